@@ -1,0 +1,50 @@
+//! Generated protocol code for faceproof's three services, one module per versioned package.
+
+// Generated code is not held to the workspace's hand-written style.
+#![allow(clippy::all, clippy::pedantic, rust_2018_idioms)]
+
+pub mod common {
+    pub mod v1 {
+        tonic::include_proto!("faceproof.common.v1");
+    }
+}
+
+pub mod gateway {
+    pub mod v1 {
+        tonic::include_proto!("faceproof.gateway.v1");
+    }
+}
+
+pub mod matcher {
+    pub mod v1 {
+        tonic::include_proto!("faceproof.matcher.v1");
+    }
+}
+
+pub mod liveness {
+    pub mod v1 {
+        tonic::include_proto!("faceproof.liveness.v1");
+    }
+}
+
+/// Encoded `FileDescriptorSet` of every faceproof proto, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/faceproof_descriptor.bin"));
+
+impl common::v1::FaceIssueReason {
+    /// The stable snake_case code used in ErrorInfo reasons and the REST form
+    /// (`no_face_detected`, ...).
+    pub fn code(self) -> &'static str {
+        use common::v1::FaceIssueReason as R;
+        match self {
+            R::Unspecified => "unspecified",
+            R::NoFaceDetected => "no_face_detected",
+            R::MultipleFacesDetected => "multiple_faces_detected",
+            R::FaceTooSmall => "face_too_small",
+            R::FaceCloseToBorder => "face_close_to_border",
+            R::ImageUndecodable => "image_undecodable",
+            R::ImageTooLarge => "image_too_large",
+            R::UnsupportedFormat => "unsupported_format",
+        }
+    }
+}
