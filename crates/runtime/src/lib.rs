@@ -1,0 +1,52 @@
+//! Service plumbing shared by faceproof's model services (matcher, liveness): the inference pool
+//! that keeps model work off the async runtime, request deadlines, the error-to-status mapping,
+//! health, reflection, graceful shutdown and logging. No model code lives here.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod args;
+pub mod deadline;
+pub mod error;
+pub mod health;
+pub mod logging;
+pub mod pool;
+pub mod serve;
+
+pub use args::ServingArgs;
+pub use deadline::{Deadline, DeadlineExceeded, DeadlinePolicy, parse_grpc_timeout};
+pub use error::{ERROR_DOMAIN, ErrorCode, ServiceError};
+pub use health::ServiceHealth;
+pub use logging::{LogFormat, init_logging};
+pub use pool::{InferencePool, PoolConfig, PoolStats};
+pub use serve::{reflection_service, serve_until_shutdown, shutdown_signal};
+
+/// Everything that can go wrong in the runtime plumbing.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The inference queue holds as many jobs as it may: the caller should back off.
+    #[error("inference queue is full ({capacity} jobs waiting)")]
+    QueueFull { capacity: usize },
+    /// The request's deadline passed before its result was ready.
+    #[error("deadline exceeded")]
+    DeadlineExceeded,
+    /// The job panicked; the worker thread survived and the panic message was logged.
+    #[error("inference job panicked: {0}")]
+    JobPanicked(String),
+    /// The pool was shut down (or its workers are gone) before the job produced a result.
+    #[error("inference pool is shut down")]
+    PoolClosed,
+    #[error("invalid inference pool configuration: {0}")]
+    InvalidPoolConfig(String),
+    #[error("failed to spawn inference worker thread: {0}")]
+    SpawnWorker(#[source] std::io::Error),
+    #[error("invalid grpc-timeout header {value:?}: {why}")]
+    InvalidGrpcTimeout { value: String, why: &'static str },
+    #[error("failed to build the reflection service: {0}")]
+    Reflection(String),
+    #[error("failed to read the listener address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("gRPC transport failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("failed to install the log subscriber: {0}")]
+    Logging(String),
+}

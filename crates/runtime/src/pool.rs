@@ -1,0 +1,374 @@
+//! A fixed set of dedicated OS threads running inference jobs from a bounded queue.
+//!
+//! Model work is CPU-bound for tens of milliseconds: on a tokio worker it would stall every other
+//! request on that worker, so it runs here instead (as text-embeddings-inference does). Workers
+//! block on the queue (no spinning: on 2 cores a busy-waiting pool halves throughput), the queue is
+//! bounded so overload is answered at once with RESOURCE_EXHAUSTED rather than by growing latency,
+//! and each job carries its deadline and its caller's tracing span.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+
+use tokio::sync::oneshot;
+use tracing::Span;
+
+use crate::RuntimeError;
+use crate::deadline::Deadline;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Size of an [`InferencePool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Worker threads, each running one job at a time.
+    pub threads: usize,
+    /// Jobs that may wait for a worker; one more is refused with [`RuntimeError::QueueFull`].
+    pub queue_capacity: usize,
+}
+
+impl PoolConfig {
+    /// One worker per available core: inference is CPU-bound, more threads only add contention.
+    pub fn default_threads() -> usize {
+        thread::available_parallelism().map_or(1, usize::from)
+    }
+}
+
+/// Counters for metrics, updated lock-free by the pool.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Jobs accepted and not yet taken by a worker.
+    pub queue_depth: AtomicUsize,
+    /// Jobs refused because the queue was full.
+    pub rejected_queue_full: AtomicU64,
+    /// Jobs dropped unrun because their deadline passed while queued.
+    pub expired_in_queue: AtomicU64,
+    /// Jobs dropped unrun because their caller had gone away.
+    pub abandoned: AtomicU64,
+    /// Jobs that panicked.
+    pub panicked: AtomicU64,
+    /// Jobs that ran to completion (successfully or with an engine error).
+    pub completed: AtomicU64,
+}
+
+/// Dedicated inference threads fed by a bounded queue. Dropping the pool closes the queue; the
+/// workers finish the jobs already queued and exit.
+#[derive(Debug)]
+pub struct InferencePool {
+    sender: SyncSender<Job>,
+    stats: Arc<PoolStats>,
+    config: PoolConfig,
+}
+
+impl InferencePool {
+    /// Starts `config.threads` worker threads named `{name}-infer-{i}`.
+    pub fn new(name: &str, config: PoolConfig) -> Result<Self, RuntimeError> {
+        if config.threads == 0 {
+            return Err(RuntimeError::InvalidPoolConfig(
+                "at least one worker thread is needed".into(),
+            ));
+        }
+        if config.queue_capacity == 0 {
+            return Err(RuntimeError::InvalidPoolConfig(
+                "queue capacity must be at least 1".into(),
+            ));
+        }
+        let (sender, receiver) = sync_channel::<Job>(config.queue_capacity);
+        let receiver = Arc::new(Mutex::new(receiver));
+        let stats = Arc::new(PoolStats::default());
+        for index in 0..config.threads {
+            let receiver = Arc::clone(&receiver);
+            let stats = Arc::clone(&stats);
+            thread::Builder::new()
+                .name(format!("{name}-infer-{index}"))
+                .spawn(move || worker_loop(&receiver, &stats))
+                .map_err(RuntimeError::SpawnWorker)?;
+        }
+        Ok(Self {
+            sender,
+            stats,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> PoolConfig {
+        self.config
+    }
+
+    /// Shared counters for metrics exporters.
+    pub fn stats(&self) -> Arc<PoolStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Queues `work` and returns the receiver of its result, or fails at once when the queue is
+    /// full. The job runs inside the current tracing span; it is skipped if its deadline passes
+    /// while queued (answered [`RuntimeError::DeadlineExceeded`]) or if the receiver is dropped.
+    pub fn submit<T, F>(
+        &self,
+        deadline: Deadline,
+        work: F,
+    ) -> Result<oneshot::Receiver<Result<T, RuntimeError>>, RuntimeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Deadline) -> T + Send + 'static,
+    {
+        let (result_tx, result_rx) = oneshot::channel();
+        let span = Span::current();
+        let stats = Arc::clone(&self.stats);
+        let job: Job = Box::new(move || run_job(work, deadline, &span, result_tx, &stats));
+
+        // Count before sending so a fast worker never decrements below zero.
+        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+        match self.sender.try_send(job) {
+            Ok(()) => Ok(result_rx),
+            Err(TrySendError::Full(_)) => {
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                self.stats
+                    .rejected_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(RuntimeError::QueueFull {
+                    capacity: self.config.queue_capacity,
+                })
+            }
+            Err(TrySendError::Disconnected(_)) => {
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                Err(RuntimeError::PoolClosed)
+            }
+        }
+    }
+
+    /// Submits `work` and waits for its result, at most until `deadline`. Dropping the returned
+    /// future (the caller went away) makes the pool skip the job if it has not started yet.
+    pub async fn run<T, F>(&self, deadline: Deadline, work: F) -> Result<T, RuntimeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Deadline) -> T + Send + 'static,
+    {
+        let receiver = self.submit(deadline, work)?;
+        let wait_until = tokio::time::Instant::from_std(deadline.instant());
+        match tokio::time::timeout_at(wait_until, receiver).await {
+            Ok(Ok(result)) => result,
+            // The worker dropped the sender without answering: only when the pool is torn down.
+            Ok(Err(_)) => Err(RuntimeError::PoolClosed),
+            Err(_) => Err(RuntimeError::DeadlineExceeded),
+        }
+    }
+}
+
+fn worker_loop(receiver: &Mutex<Receiver<Job>>, stats: &PoolStats) {
+    loop {
+        // The lock is held only while waiting for the next job; nothing can panic under it, so a
+        // poisoned lock still guards a sound receiver.
+        let next = receiver
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .recv();
+        let Ok(job) = next else {
+            tracing::debug!("inference queue closed, worker exiting");
+            return;
+        };
+        stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        job();
+    }
+}
+
+fn run_job<T, F>(
+    work: F,
+    deadline: Deadline,
+    span: &Span,
+    result_tx: oneshot::Sender<Result<T, RuntimeError>>,
+    stats: &PoolStats,
+) where
+    F: FnOnce(&Deadline) -> T,
+{
+    let _entered = span.enter();
+    if result_tx.is_closed() {
+        stats.abandoned.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("caller went away while queued, skipping inference job");
+        return;
+    }
+    if deadline.is_expired() {
+        stats.expired_in_queue.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!("deadline passed while queued, skipping inference job");
+        // The caller may have gone in the meantime: nobody to tell then.
+        let _ = result_tx.send(Err(RuntimeError::DeadlineExceeded));
+        return;
+    }
+    // The job owns everything it touches; a panic leaves no shared state half-updated that the
+    // next job could see, so unwinding out of it is sound.
+    let outcome = catch_unwind(AssertUnwindSafe(|| work(&deadline)));
+    let message = match outcome {
+        Ok(value) => {
+            stats.completed.fetch_add(1, Ordering::Relaxed);
+            let _ = result_tx.send(Ok(value));
+            return;
+        }
+        Err(payload) => panic_message(payload.as_ref()),
+    };
+    stats.panicked.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(panic = %message, "inference job panicked");
+    let _ = result_tx.send(Err(RuntimeError::JobPanicked(message)));
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pool(threads: usize, queue_capacity: usize) -> InferencePool {
+        InferencePool::new(
+            "test",
+            PoolConfig {
+                threads,
+                queue_capacity,
+            },
+        )
+        .unwrap()
+    }
+
+    fn later() -> Deadline {
+        Deadline::after(Duration::from_secs(60))
+    }
+
+    /// Occupies the single worker until the returned sender is dropped or sent to.
+    async fn block_worker(
+        pool: &InferencePool,
+    ) -> (
+        mpsc::Sender<()>,
+        oneshot::Receiver<Result<(), RuntimeError>>,
+    ) {
+        let (started_tx, started_rx) = oneshot::channel();
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let done = pool
+            .submit(later(), move |_| {
+                let _ = started_tx.send(());
+                let _ = release_rx.recv();
+            })
+            .unwrap();
+        started_rx.await.unwrap();
+        (release_tx, done)
+    }
+
+    #[tokio::test]
+    async fn runs_jobs_off_the_async_runtime() {
+        let pool = pool(2, 4);
+        let name = pool
+            .run(later(), |_| thread::current().name().map(str::to_owned))
+            .await
+            .unwrap();
+        assert!(name.unwrap().starts_with("test-infer-"));
+    }
+
+    #[tokio::test]
+    async fn full_queue_is_refused_immediately() {
+        let pool = pool(1, 1);
+        let (release, first) = block_worker(&pool).await;
+        let queued = pool.submit(later(), |_| 2).unwrap();
+        assert_eq!(pool.stats().queue_depth.load(Ordering::Relaxed), 1);
+        let refused = pool.submit(later(), |_| 3);
+        assert!(matches!(
+            refused,
+            Err(RuntimeError::QueueFull { capacity: 1 })
+        ));
+        assert_eq!(pool.stats().rejected_queue_full.load(Ordering::Relaxed), 1);
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        assert_eq!(queued.await.unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn job_expired_in_queue_is_answered_without_running() {
+        let pool = pool(1, 2);
+        let (release, _first) = block_worker(&pool).await;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let ran_in_job = Arc::clone(&ran);
+        let expired = pool
+            .submit(Deadline::after(Duration::ZERO), move |_| {
+                ran_in_job.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        release.send(()).unwrap();
+        assert!(matches!(
+            expired.await.unwrap(),
+            Err(RuntimeError::DeadlineExceeded)
+        ));
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        assert_eq!(pool.stats().expired_in_queue.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn abandoned_job_is_skipped() {
+        let pool = pool(1, 2);
+        let (release, _first) = block_worker(&pool).await;
+        let ran = Arc::new(AtomicUsize::new(0));
+        let ran_in_job = Arc::clone(&ran);
+        let abandoned = pool
+            .submit(later(), move |_| {
+                ran_in_job.fetch_add(1, Ordering::SeqCst);
+            })
+            .unwrap();
+        drop(abandoned);
+        release.send(()).unwrap();
+        // FIFO: once this job has run, the abandoned one has been taken and skipped.
+        pool.run(later(), |_| ()).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 0);
+        assert_eq!(pool.stats().abandoned.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn panic_is_reported_and_worker_survives() {
+        let pool = pool(1, 1);
+        let result: Result<(), _> = pool.run(later(), |_| panic!("boom")).await;
+        assert!(matches!(result, Err(RuntimeError::JobPanicked(message)) if message == "boom"));
+        assert_eq!(pool.run(later(), |_| 41 + 1).await.unwrap(), 42);
+        assert_eq!(pool.stats().panicked.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn run_gives_up_at_the_deadline() {
+        let pool = pool(1, 1);
+        let (_release, _first) = block_worker(&pool).await;
+        let result = pool
+            .run(Deadline::after(Duration::from_millis(20)), |_| ())
+            .await;
+        assert!(matches!(result, Err(RuntimeError::DeadlineExceeded)));
+    }
+
+    #[test]
+    fn rejects_empty_configuration() {
+        assert!(
+            InferencePool::new(
+                "x",
+                PoolConfig {
+                    threads: 0,
+                    queue_capacity: 1
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            InferencePool::new(
+                "x",
+                PoolConfig {
+                    threads: 1,
+                    queue_capacity: 0
+                }
+            )
+            .is_err()
+        );
+    }
+}

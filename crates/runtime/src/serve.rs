@@ -1,0 +1,99 @@
+//! Serving a model service: reflection, the shutdown signal, and a serve loop that flips health
+//! to NOT_SERVING on shutdown and drains in-flight requests within a bounded grace period.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
+use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
+
+use crate::RuntimeError;
+use crate::health::ServiceHealth;
+
+/// gRPC reflection (v1) over the given encoded descriptor sets plus `grpc.health.v1`, so tools
+/// such as grpcurl can list and call every service without the protos at hand.
+pub fn reflection_service(
+    descriptor_sets: &[&'static [u8]],
+) -> Result<ServerReflectionServer<impl ServerReflection>, RuntimeError> {
+    let mut builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for set in descriptor_sets {
+        builder = builder.register_encoded_file_descriptor_set(set);
+    }
+    builder
+        .build_v1()
+        .map_err(|error| RuntimeError::Reflection(error.to_string()))
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or ctrl-c.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::warn!(%error, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut stream) => {
+                stream.recv().await;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutdown signal received");
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then reports NOT_SERVING, stops
+/// accepting connections and waits up to `grace` for in-flight requests before returning.
+pub async fn serve_until_shutdown<F>(
+    router: Router,
+    listener: TcpListener,
+    health: ServiceHealth,
+    shutdown: F,
+    grace: Duration,
+) -> Result<(), RuntimeError>
+where
+    F: Future<Output = ()> + Send,
+{
+    let (signalled_tx, signalled_rx) = oneshot::channel::<()>();
+    let stop = async move {
+        shutdown.await;
+        health.begin_shutdown().await;
+        let _ = signalled_tx.send(());
+    };
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(RuntimeError::from),
+        Ok(()) = signalled_rx => {}
+    }
+    tracing::info!(grace_ms = grace.as_millis(), "draining in-flight requests");
+    match tokio::time::timeout(grace, server).await {
+        Ok(result) => {
+            tracing::info!("drained, server stopped");
+            result.map_err(RuntimeError::from)
+        }
+        Err(_) => {
+            tracing::warn!(
+                grace_ms = grace.as_millis(),
+                "shutdown grace period expired, abandoning in-flight requests"
+            );
+            Ok(())
+        }
+    }
+}

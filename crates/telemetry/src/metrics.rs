@@ -1,0 +1,374 @@
+//! Prometheus metrics: one registry per process, OpenMetrics text on `GET /metrics`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::TelemetryError;
+
+/// Content type of the OpenMetrics text format that `prometheus-client` writes.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A stage of the face pipeline, timed separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Decode,
+    Detect,
+    Align,
+    Embed,
+    Antispoof,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Decode => "decode",
+            Self::Detect => "detect",
+            Self::Align => "align",
+            Self::Embed => "embed",
+            Self::Antispoof => "antispoof",
+        }
+    }
+}
+
+/// How a comparison ended, counted without any score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CompareOutcome {
+    /// Score at or above the caller's `compare_min_score`.
+    Match,
+    /// Score below `compare_min_score`.
+    NoMatch,
+    /// The caller gave no threshold: a score was returned without a decision.
+    Unthresholded,
+    /// No usable face in the probe or gallery.
+    FaceIssue,
+}
+
+impl CompareOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Match => "match",
+            Self::NoMatch => "no_match",
+            Self::Unthresholded => "unthresholded",
+            Self::FaceIssue => "face_issue",
+        }
+    }
+}
+
+/// How a liveness check ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LivenessOutcome {
+    Passed,
+    Failed,
+    /// Not run because the comparison score was below `compare_min_score`.
+    Skipped,
+}
+
+impl LivenessOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Passed => "passed",
+            Self::Failed => "failed",
+            Self::Skipped => "skipped",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcCallLabels {
+    grpc_service: String,
+    grpc_method: String,
+    grpc_code: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GrpcMethodLabels {
+    grpc_service: String,
+    grpc_method: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model: String,
+    sha256: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// 1 ms .. ~16 s: a gRPC call spans fast rejections to slow ACCURATE requests.
+fn request_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// 0.25 ms .. ~4 s: stages range from alignment (sub-millisecond) to detection on big images.
+fn stage_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 15))
+}
+
+/// Characters of the model's sha256 kept in the info label: enough to tell builds apart.
+const SHA256_PREFIX_LEN: usize = 12;
+
+struct Instruments {
+    registry: Registry,
+    grpc_handled: Family<GrpcCallLabels, Counter>,
+    grpc_handling_seconds: HistogramFamily<GrpcMethodLabels>,
+    stage_seconds: HistogramFamily<StageLabels>,
+    queue_depth: Gauge,
+    queue_rejected: Counter,
+    compare_outcomes: Family<OutcomeLabels, Counter>,
+    liveness_outcomes: Family<OutcomeLabels, Counter>,
+    model_info: Family<ModelLabels, Gauge>,
+}
+
+/// The process's metrics; cheap to clone and share between the gRPC layer, the inference
+/// worker and the `/metrics` endpoint. All names carry the `faceproof_` prefix.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Instruments>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("faceproof");
+        let grpc_handled = Family::<GrpcCallLabels, Counter>::default();
+        registry.register(
+            "grpc_server_handled",
+            "gRPC calls completed, by service, method and status code",
+            grpc_handled.clone(),
+        );
+        let grpc_handling_seconds: HistogramFamily<GrpcMethodLabels> =
+            Family::new_with_constructor(request_histogram);
+        registry.register(
+            "grpc_server_handling_seconds",
+            "gRPC call latency from request headers to final status",
+            grpc_handling_seconds.clone(),
+        );
+        let stage_seconds: HistogramFamily<StageLabels> =
+            Family::new_with_constructor(stage_histogram);
+        registry.register(
+            "inference_stage_seconds",
+            "Time spent in each face pipeline stage",
+            stage_seconds.clone(),
+        );
+        let queue_depth = Gauge::default();
+        registry.register(
+            "inference_queue_depth",
+            "Requests waiting for an inference thread",
+            queue_depth.clone(),
+        );
+        let queue_rejected = Counter::default();
+        registry.register(
+            "inference_queue_rejected",
+            "Requests refused with RESOURCE_EXHAUSTED because the inference queue was full",
+            queue_rejected.clone(),
+        );
+        let compare_outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "compare_decisions",
+            "Comparison outcomes against the caller's compare_min_score",
+            compare_outcomes.clone(),
+        );
+        let liveness_outcomes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "liveness_decisions",
+            "Liveness outcomes: passed, failed, or skipped below compare_min_score",
+            liveness_outcomes.clone(),
+        );
+        let model_info = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "model_info",
+            "Loaded models (value 1) with their sha256 prefix",
+            model_info.clone(),
+        );
+        Self {
+            inner: Arc::new(Instruments {
+                registry,
+                grpc_handled,
+                grpc_handling_seconds,
+                stage_seconds,
+                queue_depth,
+                queue_rejected,
+                compare_outcomes,
+                liveness_outcomes,
+                model_info,
+            }),
+        }
+    }
+
+    /// Records one completed gRPC call ([`crate::GrpcServerLayer`] does this for servers).
+    pub fn record_grpc_call(
+        &self,
+        service: &str,
+        method: &str,
+        code: tonic::Code,
+        elapsed: Duration,
+    ) {
+        let method_labels = GrpcMethodLabels {
+            grpc_service: service.to_owned(),
+            grpc_method: method.to_owned(),
+        };
+        self.inner
+            .grpc_handling_seconds
+            .get_or_create(&method_labels)
+            .observe(elapsed.as_secs_f64());
+        self.inner
+            .grpc_handled
+            .get_or_create(&GrpcCallLabels {
+                grpc_service: method_labels.grpc_service,
+                grpc_method: method_labels.grpc_method,
+                grpc_code: code as u16,
+            })
+            .inc();
+    }
+
+    /// Records the time one pipeline stage took for one image.
+    pub fn record_stage(&self, stage: Stage, elapsed: Duration) {
+        self.inner
+            .stage_seconds
+            .get_or_create(&StageLabels {
+                stage: stage.as_str(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the number of requests waiting in the inference queue.
+    pub fn set_queue_depth(&self, depth: usize) {
+        self.inner
+            .queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a request refused because the inference queue was full.
+    pub fn record_queue_rejection(&self) {
+        self.inner.queue_rejected.inc();
+    }
+
+    pub fn record_compare(&self, outcome: CompareOutcome) {
+        self.inner
+            .compare_outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    pub fn record_liveness(&self, outcome: LivenessOutcome) {
+        self.inner
+            .liveness_outcomes
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.as_str(),
+            })
+            .inc();
+    }
+
+    /// Publishes a loaded model's name and the first characters of its sha256 (hex).
+    pub fn set_model_info(&self, model: &str, sha256_hex: &str) {
+        let sha256: String = sha256_hex.chars().take(SHA256_PREFIX_LEN).collect();
+        self.inner
+            .model_info
+            .get_or_create(&ModelLabels {
+                model: model.to_owned(),
+                sha256,
+            })
+            .set(1);
+    }
+
+    /// The registry in the OpenMetrics text format.
+    pub fn encode(&self) -> Result<String, TelemetryError> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)?;
+        Ok(text)
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: Metrics,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), TelemetryError> {
+    let router = axum::Router::new()
+        .route("/metrics", axum::routing::get(scrape))
+        .with_state(metrics);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(TelemetryError::MetricsServer)
+}
+
+async fn scrape(State(metrics): State<Metrics>) -> Response {
+    match metrics.encode() {
+        Ok(text) => ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], text).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "metrics encoding failed");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_every_family_with_its_labels() {
+        let metrics = Metrics::new();
+        metrics.record_stage(Stage::Detect, Duration::from_millis(3));
+        metrics.record_stage(Stage::Antispoof, Duration::from_millis(7));
+        metrics.set_queue_depth(4);
+        metrics.record_queue_rejection();
+        metrics.record_compare(CompareOutcome::NoMatch);
+        metrics.record_liveness(LivenessOutcome::Skipped);
+        metrics.set_model_info(
+            "sface",
+            "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
+        );
+        let text = metrics.encode().unwrap();
+        for expected in [
+            "faceproof_inference_stage_seconds_count{stage=\"detect\"} 1",
+            "faceproof_inference_stage_seconds_bucket{le=\"0.004\",stage=\"detect\"} 1",
+            "faceproof_inference_stage_seconds_count{stage=\"antispoof\"} 1",
+            "faceproof_inference_queue_depth 4",
+            "faceproof_inference_queue_rejected_total 1",
+            "faceproof_compare_decisions_total{outcome=\"no_match\"} 1",
+            "faceproof_liveness_decisions_total{outcome=\"skipped\"} 1",
+            "faceproof_model_info{model=\"sface\",sha256=\"0ba9fbfa01b5\"} 1",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

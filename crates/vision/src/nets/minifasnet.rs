@@ -1,0 +1,653 @@
+//! MiniFASNetV2 and MiniFASNetV1SE, the passive anti-spoofing networks of minivision-ai's
+//! Silent-Face-Anti-Spoofing (reference implementation: `src/model_lib/MiniFASNet.py` at commit
+//! b6d5f04; weights `2.7_80x80_MiniFASNetV2.pth` and `4_0_0_80x80_MiniFASNetV1SE.pth`).
+//!
+//! Both are pruned MobileFaceNets on an 80x80 BGR crop of raw 0..255 values (no normalisation):
+//! conv 3x3/2, depthwise 3x3, then inverted-bottleneck stages (1x1 expand + BN + PReLU, depthwise
+//! 3x3 + BN + PReLU, 1x1 project + BN) with residual stages of 4, 6 and 2 blocks between strided
+//! blocks, a 1x1 conv to 512, a 5x5 depthwise "global" conv, linear 512->128, BatchNorm1d and
+//! linear 128->3. V1SE adds a squeeze-excitation module to the last block of each residual stage.
+//! Channel widths differ per layer (pruning) and are read from the weight shapes.
+//!
+//! Every BatchNorm is folded into the convolution or linear layer before it at load time, so a
+//! forward pass is convolutions, matrix products and fused bias + PReLU epilogues only.
+//!
+//! # Output classes
+//! Softmax over the three logits; the probability of class 1 ([`REAL_CLASS`]) is the liveness
+//! score (upstream `test.py` calls argmax 1 "Real Face"); the reference ensemble averages the two
+//! networks' softmax outputs. See [`LivenessClass`] for what is known about classes 0 and 2.
+
+use std::collections::HashMap;
+
+use candle_core::{
+    CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Result, Shape, Tensor, bail,
+};
+use candle_nn::VarBuilder;
+
+use crate::ops::{depthwise_conv2d, depthwise_conv2d_prelu};
+
+/// Side of the square input crop, in pixels.
+pub const INPUT_SIZE: usize = 80;
+/// Number of output classes.
+pub const NUM_CLASSES: usize = 3;
+/// Index of the "real face" class among the logits.
+pub const REAL_CLASS: usize = 1;
+
+/// PyTorch's default BatchNorm epsilon (the upstream model uses the default).
+const BATCH_NORM_EPS: f64 = 1e-5;
+
+/// Which of the two upstream networks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MiniFasNetVariant {
+    /// `2.7_80x80_MiniFASNetV2.pth`: crop 2.7x the face box.
+    V2,
+    /// `4_0_0_80x80_MiniFASNetV1SE.pth`: crop 4.0x the face box, squeeze-excitation blocks.
+    V1Se,
+}
+
+impl MiniFasNetVariant {
+    /// Both variants, in the order the reference ensemble lists them.
+    pub const ALL: [Self; 2] = [Self::V2, Self::V1Se];
+
+    /// How much larger than the face box the crop fed to this network is (the number that starts
+    /// the upstream file name).
+    pub const fn crop_scale(self) -> f64 {
+        match self {
+            Self::V2 => 2.7,
+            Self::V1Se => 4.0,
+        }
+    }
+
+    /// Whether the last block of each residual stage carries a squeeze-excitation module.
+    pub const fn has_squeeze_excitation(self) -> bool {
+        matches!(self, Self::V1Se)
+    }
+}
+
+/// The three output classes, in logit order.
+///
+/// Silent-Face's training data is private (folders named `0`, `1`, `2`). What is known:
+/// - class 1 is "real": upstream `test.py` reports argmax 1 as "Real Face", anything else as fake
+///   (certain);
+/// - the maintainer (zhuyingSeu) answered in upstream issues #2 and #46 that the classes are
+///   "real, 2D fake, 3D fake", without saying which index is which (#46 lists them as
+///   "2D Fake, Real and 3D Fake"); other users guess "print and electronic" (#93);
+/// - measured here on the upstream repository's own samples: a printed photo and a tablet replay
+///   both put almost all spoof mass on class 2 (print: V2 0.96 / V1SE 0.49 on class 2, against
+///   0.03 / 0.08 on class 0; screen: 0.9995 / 0.993 on class 2).
+///
+/// So the 0/2 split does not separate print from screen attacks on the evidence available; the
+/// names below stay neutral. Use `1 - real` as the spoof probability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LivenessClass {
+    /// Class 0: a presentation attack of a kind the upstream samples rarely trigger.
+    SpoofClass0 = 0,
+    /// Class 1: a live face.
+    Real = 1,
+    /// Class 2: a presentation attack; both print and screen samples land here.
+    SpoofClass2 = 2,
+}
+
+/// Softmax probabilities of one crop, one field per [`LivenessClass`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LivenessProbabilities {
+    pub spoof_class_0: f32,
+    pub real: f32,
+    pub spoof_class_2: f32,
+}
+
+impl LivenessProbabilities {
+    /// Softmax of one row of logits (numerically stable: the maximum is subtracted first).
+    pub fn from_logits(logits: [f32; NUM_CLASSES]) -> Self {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp = logits.map(|l| (l - max).exp());
+        let sum: f32 = exp.iter().sum();
+        Self {
+            spoof_class_0: exp[0] / sum,
+            real: exp[1] / sum,
+            spoof_class_2: exp[2] / sum,
+        }
+    }
+
+    /// Probability that the crop shows a presentation attack of any kind.
+    pub fn spoof(self) -> f32 {
+        self.spoof_class_0 + self.spoof_class_2
+    }
+
+    /// Probabilities in class order.
+    pub fn to_array(self) -> [f32; NUM_CLASSES] {
+        [self.spoof_class_0, self.real, self.spoof_class_2]
+    }
+
+    /// The element-wise mean of several models' probabilities (the upstream ensemble averages the
+    /// softmax outputs). `None` for an empty slice.
+    pub fn mean(all: &[Self]) -> Option<Self> {
+        if all.is_empty() {
+            return None;
+        }
+        let n = all.len() as f32;
+        Some(Self {
+            spoof_class_0: all.iter().map(|p| p.spoof_class_0).sum::<f32>() / n,
+            real: all.iter().map(|p| p.real).sum::<f32>() / n,
+            spoof_class_2: all.iter().map(|p| p.spoof_class_2).sum::<f32>() / n,
+        })
+    }
+}
+
+/// Softmax of `[N, 3]` logits, one [`LivenessProbabilities`] per row.
+pub fn softmax_probabilities(logits: &Tensor) -> Result<Vec<LivenessProbabilities>> {
+    let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    rows.into_iter()
+        .map(|row| match <[f32; NUM_CLASSES]>::try_from(row) {
+            Ok(row) => Ok(LivenessProbabilities::from_logits(row)),
+            Err(row) => bail!("expected {NUM_CLASSES} logits per row, got {}", row.len()),
+        })
+        .collect()
+}
+
+/// One anti-spoofing network with its BatchNorms folded.
+#[derive(Debug, Clone)]
+pub struct MiniFasNet {
+    variant: MiniFasNetVariant,
+    conv1: FoldedConv,
+    conv2_dw: FoldedConv,
+    conv_23: Bottleneck,
+    conv_3: Vec<Bottleneck>,
+    conv_34: Bottleneck,
+    conv_4: Vec<Bottleneck>,
+    conv_45: Bottleneck,
+    conv_5: Vec<Bottleneck>,
+    conv_6_sep: FoldedConv,
+    conv_6_dw: FoldedConv,
+    /// `linear` (512 -> 128) with the following BatchNorm1d folded in; stored transposed.
+    embedding_t: Tensor,
+    embedding_bias: Tensor,
+    /// `prob` (128 -> 3), no bias; stored transposed.
+    classifier_t: Tensor,
+}
+
+impl MiniFasNet {
+    /// Builds the network from weights named as in the upstream state dict without the
+    /// `module.` prefix (`conv1.conv.weight`, `conv_3.model.0.conv.bn.running_mean`, ...).
+    pub fn load(vb: VarBuilder<'_>, variant: MiniFasNetVariant) -> Result<Self> {
+        let se = variant.has_squeeze_excitation();
+        let stage = |name: &str, blocks: usize| -> Result<Vec<Bottleneck>> {
+            let vb = vb.pp(name).pp("model");
+            (0..blocks)
+                .map(|i| Bottleneck::load(vb.pp(i), 1, true, se && i + 1 == blocks))
+                .collect()
+        };
+        let linear = vb.pp("linear").get_unchecked("weight")?;
+        let (embedding, embedding_bias) = fold_batch_norm(&vb.pp("bn"), &linear)?;
+        let classifier = vb.pp("prob").get_unchecked("weight")?;
+        if classifier.dims() != [NUM_CLASSES, embedding.dim(0)?] {
+            bail!(
+                "prob.weight has shape {:?}, expected [{NUM_CLASSES}, {}]",
+                classifier.dims(),
+                embedding.dim(0)?
+            );
+        }
+        Ok(Self {
+            variant,
+            conv1: FoldedConv::load(vb.pp("conv1"), ConvKind::Full, 2, 1, true)?,
+            conv2_dw: FoldedConv::load(vb.pp("conv2_dw"), ConvKind::Depthwise, 1, 1, true)?,
+            conv_23: Bottleneck::load(vb.pp("conv_23"), 2, false, false)?,
+            conv_3: stage("conv_3", 4)?,
+            conv_34: Bottleneck::load(vb.pp("conv_34"), 2, false, false)?,
+            conv_4: stage("conv_4", 6)?,
+            conv_45: Bottleneck::load(vb.pp("conv_45"), 2, false, false)?,
+            conv_5: stage("conv_5", 2)?,
+            conv_6_sep: FoldedConv::load(vb.pp("conv_6_sep"), ConvKind::Pointwise, 1, 0, true)?,
+            conv_6_dw: FoldedConv::load(vb.pp("conv_6_dw"), ConvKind::Depthwise, 1, 0, false)?,
+            embedding_t: embedding.t()?.contiguous()?,
+            embedding_bias,
+            classifier_t: classifier.t()?.contiguous()?,
+        })
+    }
+
+    /// Loads the network from a converted safetensors file (the bytes of
+    /// `models/store/minifasnet_v2.safetensors` or `minifasnet_v1se.safetensors`).
+    pub fn from_safetensors(
+        bytes: &[u8],
+        variant: MiniFasNetVariant,
+        device: &Device,
+    ) -> Result<Self> {
+        let tensors: HashMap<String, Tensor> =
+            candle_core::safetensors::load_buffer(bytes, device)?;
+        Self::load(
+            VarBuilder::from_tensors(tensors, DType::F32, device),
+            variant,
+        )
+    }
+
+    /// Which network this is.
+    pub fn variant(&self) -> MiniFasNetVariant {
+        self.variant
+    }
+
+    /// Logits `[N, 3]` for crops `[N, 3, 80, 80]`: BGR planes of raw 0..255 values.
+    pub fn forward(&self, crops: &Tensor) -> Result<Tensor> {
+        match crops.dims() {
+            &[_, 3, INPUT_SIZE, INPUT_SIZE] if crops.dtype() == DType::F32 => {}
+            dims => bail!(
+                "MiniFASNet expects f32 [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] input, got {:?} {dims:?}",
+                crops.dtype()
+            ),
+        }
+        let batch = crops.dim(0)?;
+        let mut x = self.conv1.forward(crops)?;
+        x = self.conv2_dw.forward(&x)?;
+        x = self.conv_23.forward(&x)?;
+        for block in &self.conv_3 {
+            x = block.forward(&x)?;
+        }
+        x = self.conv_34.forward(&x)?;
+        for block in &self.conv_4 {
+            x = block.forward(&x)?;
+        }
+        x = self.conv_45.forward(&x)?;
+        for block in &self.conv_5 {
+            x = block.forward(&x)?;
+        }
+        x = self.conv_6_sep.forward(&x)?;
+        x = self.conv_6_dw.forward(&x)?;
+        let features = x.reshape((batch, ()))?;
+        let embedding = features
+            .matmul(&self.embedding_t)?
+            .broadcast_add(&self.embedding_bias)?;
+        // Dropout is the identity at inference.
+        embedding.matmul(&self.classifier_t)
+    }
+}
+
+impl Module for MiniFasNet {
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        MiniFasNet::forward(self, xs)
+    }
+}
+
+/// How a [`FoldedConv`] convolves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConvKind {
+    /// Dense convolution (groups = 1) of any kernel size.
+    Full,
+    /// One filter per channel (groups = channels).
+    Depthwise,
+    /// 1x1 dense convolution, run as a matrix product.
+    Pointwise,
+}
+
+/// Upstream `Conv_block` (conv + BN + PReLU) or `Linear_block` (conv + BN) with the BN folded
+/// into the convolution's weight and a bias.
+#[derive(Debug, Clone)]
+struct FoldedConv {
+    kind: ConvKind,
+    /// `[O, I, kh, kw]` (`[O, 1, kh, kw]` depthwise); `[O, I]` for pointwise.
+    weight: Tensor,
+    bias: Tensor,
+    prelu: Option<Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl FoldedConv {
+    fn load(
+        vb: VarBuilder<'_>,
+        kind: ConvKind,
+        stride: usize,
+        padding: usize,
+        with_prelu: bool,
+    ) -> Result<Self> {
+        let raw = vb.pp("conv").get_unchecked("weight")?;
+        let (weight, bias) = fold_batch_norm(&vb.pp("bn"), &raw)?;
+        let (out_channels, in_per_group, kh, kw) = weight.dims4()?;
+        let weight = match kind {
+            ConvKind::Pointwise if (kh, kw) == (1, 1) => {
+                weight.reshape((out_channels, in_per_group))?
+            }
+            ConvKind::Pointwise => bail!("{}: pointwise conv with a {kh}x{kw} kernel", vb.prefix()),
+            ConvKind::Depthwise if in_per_group != 1 => {
+                bail!(
+                    "{}: depthwise weight must be [C, 1, kh, kw], got {:?}",
+                    vb.prefix(),
+                    weight.dims()
+                )
+            }
+            _ => weight,
+        };
+        let prelu = if with_prelu {
+            Some(vb.pp("prelu").get(out_channels, "weight")?)
+        } else {
+            None
+        };
+        Ok(Self {
+            kind,
+            weight,
+            bias,
+            prelu,
+            stride,
+            padding,
+        })
+    }
+}
+
+impl Module for FoldedConv {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self.kind {
+            ConvKind::Depthwise => match &self.prelu {
+                Some(alpha) => depthwise_conv2d_prelu(
+                    x,
+                    &self.weight,
+                    Some(&self.bias),
+                    alpha,
+                    self.stride,
+                    self.padding,
+                ),
+                None => {
+                    depthwise_conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
+                }
+            },
+            ConvKind::Full => {
+                let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
+                bias_prelu(&y, &self.bias, self.prelu.as_ref())
+            }
+            ConvKind::Pointwise => {
+                let (batch, channels, h, w) = x.dims4()?;
+                let out_channels = self.weight.dim(0)?;
+                let x = x.contiguous()?;
+                let y = if batch == 1 {
+                    self.weight.matmul(&x.reshape((channels, h * w))?)?
+                } else {
+                    self.weight.broadcast_left(batch)?.matmul(&x.reshape((
+                        batch,
+                        channels,
+                        h * w,
+                    ))?)?
+                };
+                let y = y.reshape((batch, out_channels, h, w))?;
+                bias_prelu(&y, &self.bias, self.prelu.as_ref())
+            }
+        }
+    }
+}
+
+/// Upstream `Depth_Wise` / `Depth_Wise_SE`: 1x1 expand, depthwise 3x3 (carrying the stride),
+/// 1x1 project, then optionally squeeze-excitation and the residual add.
+#[derive(Debug, Clone)]
+struct Bottleneck {
+    expand: FoldedConv,
+    depthwise: FoldedConv,
+    project: FoldedConv,
+    squeeze_excitation: Option<SqueezeExcitation>,
+    residual: bool,
+}
+
+impl Bottleneck {
+    fn load(vb: VarBuilder<'_>, stride: usize, residual: bool, se: bool) -> Result<Self> {
+        let squeeze_excitation = if se {
+            Some(SqueezeExcitation::load(vb.pp("se_module"))?)
+        } else {
+            None
+        };
+        Ok(Self {
+            expand: FoldedConv::load(vb.pp("conv"), ConvKind::Pointwise, 1, 0, true)?,
+            depthwise: FoldedConv::load(vb.pp("conv_dw"), ConvKind::Depthwise, stride, 1, true)?,
+            project: FoldedConv::load(vb.pp("project"), ConvKind::Pointwise, 1, 0, false)?,
+            squeeze_excitation,
+            residual,
+        })
+    }
+}
+
+impl Module for Bottleneck {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.expand.forward(x)?;
+        let y = self.depthwise.forward(&y)?;
+        let mut y = self.project.forward(&y)?;
+        if !self.residual {
+            return Ok(y);
+        }
+        // Upstream applies the SE module only on the residual path (`Depth_Wise_SE.forward`).
+        if let Some(se) = &self.squeeze_excitation {
+            y = se.forward(&y)?;
+        }
+        y + x
+    }
+}
+
+/// Upstream `SEModule`: global average pool, 1x1 conv to C/4 + BN + ReLU, 1x1 conv to C + BN,
+/// sigmoid, channel-wise multiply. The 1x1 convs on a 1x1 map are matrix products.
+#[derive(Debug, Clone)]
+struct SqueezeExcitation {
+    /// `[C, C/4]` (transposed `fc1` with `bn1` folded) and its bias.
+    reduce_t: Tensor,
+    reduce_bias: Tensor,
+    /// `[C/4, C]` (transposed `fc2` with `bn2` folded) and its bias.
+    expand_t: Tensor,
+    expand_bias: Tensor,
+}
+
+impl SqueezeExcitation {
+    fn load(vb: VarBuilder<'_>) -> Result<Self> {
+        let pointwise = |name: &str, bn: &str| -> Result<(Tensor, Tensor)> {
+            let raw = vb.pp(name).get_unchecked("weight")?;
+            let (weight, bias) = fold_batch_norm(&vb.pp(bn), &raw)?;
+            let (out_channels, in_channels, kh, kw) = weight.dims4()?;
+            if (kh, kw) != (1, 1) {
+                bail!(
+                    "{}.{name}: expected a 1x1 kernel, got {kh}x{kw}",
+                    vb.prefix()
+                );
+            }
+            Ok((
+                weight
+                    .reshape((out_channels, in_channels))?
+                    .t()?
+                    .contiguous()?,
+                bias,
+            ))
+        };
+        let (reduce_t, reduce_bias) = pointwise("fc1", "bn1")?;
+        let (expand_t, expand_bias) = pointwise("fc2", "bn2")?;
+        Ok(Self {
+            reduce_t,
+            reduce_bias,
+            expand_t,
+            expand_bias,
+        })
+    }
+}
+
+impl Module for SqueezeExcitation {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (batch, channels, _, _) = x.dims4()?;
+        let pooled = x.flatten_from(2)?.mean(D::Minus1)?;
+        let hidden = pooled
+            .matmul(&self.reduce_t)?
+            .broadcast_add(&self.reduce_bias)?
+            .relu()?;
+        let gate = candle_nn::ops::sigmoid(
+            &hidden
+                .matmul(&self.expand_t)?
+                .broadcast_add(&self.expand_bias)?,
+        )?;
+        x.broadcast_mul(&gate.reshape((batch, channels, 1, 1))?)
+    }
+}
+
+/// Folds an eval-mode BatchNorm (`weight`, `bias`, `running_mean`, `running_var` under `bn`) into
+/// the layer before it, whose weight has the output channels first. Returns the folded weight
+/// and the bias `beta - mean * gamma / sqrt(var + eps)`; computed in f64.
+fn fold_batch_norm(bn: &VarBuilder<'_>, weight: &Tensor) -> Result<(Tensor, Tensor)> {
+    let out_channels = weight.dim(0)?;
+    let get = |name: &str| -> Result<Tensor> { bn.get(out_channels, name)?.to_dtype(DType::F64) };
+    let gamma = get("weight")?;
+    let beta = get("bias")?;
+    let mean = get("running_mean")?;
+    let var = get("running_var")?;
+    let scale = (gamma / (var + BATCH_NORM_EPS)?.sqrt()?)?;
+    let mut scale_shape = vec![1; weight.rank()];
+    scale_shape[0] = out_channels;
+    let folded = weight
+        .to_dtype(DType::F64)?
+        .broadcast_mul(&scale.reshape(scale_shape)?)?
+        .to_dtype(DType::F32)?;
+    let bias = (beta - (mean * scale)?)?.to_dtype(DType::F32)?;
+    Ok((folded, bias))
+}
+
+/// Adds a per-channel bias to an NCHW tensor and applies an optional per-channel PReLU, in one
+/// pass over the data (candle's broadcast ops would make three passes and two temporaries).
+fn bias_prelu(x: &Tensor, bias: &Tensor, alpha: Option<&Tensor>) -> Result<Tensor> {
+    let channels = x.dim(1)?;
+    let vector = |t: &Tensor| -> Result<Vec<f32>> {
+        if t.dims() != [channels] {
+            bail!("bias/PReLU must be [{channels}], got {:?}", t.dims());
+        }
+        t.to_vec1::<f32>()
+    };
+    let op = BiasPrelu {
+        bias: vector(bias)?,
+        alpha: alpha.map(vector).transpose()?,
+    };
+    x.contiguous()?.apply_op1_no_bwd(&op)
+}
+
+/// The fused epilogue of [`bias_prelu`].
+struct BiasPrelu {
+    bias: Vec<f32>,
+    alpha: Option<Vec<f32>>,
+}
+
+impl CustomOp1 for BiasPrelu {
+    fn name(&self) -> &'static str {
+        "minifasnet-bias-prelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(data) = storage else {
+            bail!("bias_prelu: f32 input expected");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("bias_prelu: contiguous input expected");
+        };
+        let dims = layout.dims();
+        let channels = self.bias.len();
+        if dims.len() < 2 || dims[1] != channels {
+            bail!("bias_prelu: input {dims:?} does not have {channels} channels");
+        }
+        let plane: usize = dims[2..].iter().product();
+        let input = &data[start..end];
+        let mut out = vec![0f32; input.len()];
+        if plane > 0 {
+            for (index, (src, dst)) in input
+                .chunks_exact(plane)
+                .zip(out.chunks_exact_mut(plane))
+                .enumerate()
+            {
+                let channel = index % channels;
+                let bias = self.bias[channel];
+                match &self.alpha {
+                    Some(alpha) => {
+                        let alpha = alpha[channel];
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            let v = s + bias;
+                            *d = if v >= 0.0 { v } else { v * alpha };
+                        }
+                    }
+                    None => {
+                        for (d, &s) in dst.iter_mut().zip(src) {
+                            *d = s + bias;
+                        }
+                    }
+                }
+            }
+        }
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn softmax_is_stable_and_ordered() {
+        let p = LivenessProbabilities::from_logits([1000.0, 1001.0, 999.0]);
+        let sum: f32 = p.to_array().iter().sum();
+        assert!((sum - 1.0).abs() < 1e-6);
+        assert!(p.real > p.spoof_class_0 && p.spoof_class_0 > p.spoof_class_2);
+        let e = 1f32.exp();
+        assert!((p.real - e / (1.0 + e + 1.0 / e)).abs() < 1e-6);
+        let logits = Tensor::new(&[[0f32, 0.0, 0.0], [0.0, 10.0, 0.0]], &Device::Cpu).unwrap();
+        let rows = softmax_probabilities(&logits).unwrap();
+        assert!((rows[0].real - 1.0 / 3.0).abs() < 1e-6);
+        assert!(rows[1].real > 0.99);
+        let mean = LivenessProbabilities::mean(&rows).unwrap();
+        assert!((mean.real - (rows[0].real + rows[1].real) / 2.0).abs() < 1e-6);
+        assert!(LivenessProbabilities::mean(&[]).is_none());
+    }
+
+    #[test]
+    fn batch_norm_folding_matches_conv_then_batch_norm() {
+        let device = Device::Cpu;
+        let weight = Tensor::new(&[[[[2f32]], [[-1.0]]], [[[0.5]], [[3.0]]]], &device).unwrap();
+        let mut map = HashMap::new();
+        map.insert(
+            "weight".to_owned(),
+            Tensor::new(&[1.5f32, -0.5], &device).unwrap(),
+        );
+        map.insert(
+            "bias".to_owned(),
+            Tensor::new(&[0.25f32, 1.0], &device).unwrap(),
+        );
+        map.insert(
+            "running_mean".to_owned(),
+            Tensor::new(&[0.1f32, -2.0], &device).unwrap(),
+        );
+        map.insert(
+            "running_var".to_owned(),
+            Tensor::new(&[4.0f32, 0.25], &device).unwrap(),
+        );
+        let vb = VarBuilder::from_tensors(map, DType::F32, &device);
+        let (folded, bias) = fold_batch_norm(&vb, &weight).unwrap();
+        let x = Tensor::new(&[[[[3f32]], [[-2.0]]]], &device).unwrap();
+        let y = x
+            .conv2d(&folded, 0, 1, 1, 1)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .add(&bias)
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        // conv: [2*3 + -1*-2, 0.5*3 + 3*-2] = [8, -4.5]; then BN by hand.
+        let bn = |v: f32, g: f32, b: f32, m: f32, var: f32| (v - m) / (var + 1e-5).sqrt() * g + b;
+        let expected = [
+            bn(8.0, 1.5, 0.25, 0.1, 4.0),
+            bn(-4.5, -0.5, 1.0, -2.0, 0.25),
+        ];
+        for (a, e) in y.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-5, "{a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn bias_prelu_applies_per_channel() {
+        let x = Tensor::new(&[[[[1f32, -2.0]], [[-1.0, 4.0]]]], &Device::Cpu).unwrap();
+        let bias = Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap();
+        let alpha = Tensor::new(&[0.1f32, 0.25], &Device::Cpu).unwrap();
+        let y = bias_prelu(&x, &bias, Some(&alpha)).unwrap();
+        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let expected = [1.5, -0.15, -0.5, 3.0];
+        for (a, e) in y.iter().zip(expected) {
+            assert!((a - e).abs() < 1e-6, "{a} vs {e}");
+        }
+        let plain = bias_prelu(&x, &bias, None).unwrap();
+        assert_eq!(
+            plain.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            [1.5, -1.5, -2.0, 3.0]
+        );
+    }
+}

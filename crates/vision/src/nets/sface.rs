@@ -1,0 +1,272 @@
+//! SFace (2021dec), the face embedder of OpenCV's face recognition module (Zhong et al., "SFace:
+//! Sigmoid-Constrained Hypersphere Loss for Robust Face Recognition", 2021), as released in the
+//! OpenCV Zoo (`face_recognition_sface_2021dec_int8bq.onnx`, weights folded to fp32 by the
+//! importer).
+//!
+//! A MobileNet: input normalisation `(x - 127.5) / 128` (`sub0`, `mul0`), `conv0` 3x3 + BN +
+//! PReLU, then 13 pairs of depthwise 3x3 (`conv<2k-1>`, stride 2 for k = 2, 4, 6, 12) and
+//! pointwise 1x1 (`conv<2k>`), each followed by BN and per-channel PReLU
+//! (`batchnormalization<i>`, `prelu<i>` share the convolution's index), giving 7x7x1024; then BN
+//! (`batchnormalization27`), flatten, a fully connected layer to 128 (`gemm0`) and BN
+//! (`batchnormalization28`). Every BatchNorm is folded at load: into the preceding convolution,
+//! and both tail ones into the fully connected layer, so the tail is one matrix product.
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::VarBuilder;
+use faceproof_imaging::{ChannelOrder, RgbImage, to_planar_f32};
+
+use crate::VisionError;
+use crate::nets::yunet::Pointwise;
+use crate::ops::depthwise_conv2d;
+
+/// Side of the aligned face SFace takes.
+pub const SFACE_INPUT_SIDE: u32 = 112;
+/// Length of the embedding.
+pub const SFACE_EMBEDDING_DIM: usize = 128;
+
+/// Per-output-channel factors `(scale, shift)` of an inference BatchNorm: `y = x * scale + shift`.
+fn batchnorm_factors(
+    vb: &VarBuilder<'_>,
+    index: usize,
+    channels: usize,
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let vb = vb.pp(format!("batchnormalization{index}"));
+    let gamma = vb.get(channels, "weight")?;
+    let beta = vb.get(channels, "bias")?;
+    let mean = vb.get(channels, "running_mean")?;
+    let var = vb.get(channels, "running_var")?;
+    let eps = vb.get(1, "eps")?;
+    let scale = gamma.broadcast_div(&var.broadcast_add(&eps)?.sqrt()?)?;
+    let shift = (beta - mean.mul(&scale)?)?;
+    Ok((scale, shift))
+}
+
+/// A convolution without bias followed by BatchNorm, folded into one convolution with bias.
+fn folded_conv(
+    vb: &VarBuilder<'_>,
+    index: usize,
+    shape: (usize, usize, usize, usize),
+) -> candle_core::Result<(Tensor, Tensor)> {
+    let weight = vb.get(shape, &format!("conv{index}.weight"))?;
+    let (scale, shift) = batchnorm_factors(vb, index, shape.0)?;
+    let weight = weight.broadcast_mul(&scale.reshape((shape.0, 1, 1, 1))?)?;
+    Ok((weight, shift))
+}
+
+/// Per-channel PReLU: `max(x, 0) + slope * min(x, 0)`.
+#[derive(Debug, Clone)]
+struct PRelu {
+    /// `[1, C, 1, 1]`.
+    slope: Tensor,
+}
+
+impl PRelu {
+    fn load(vb: &VarBuilder<'_>, index: usize, channels: usize) -> candle_core::Result<Self> {
+        let slope = vb.get((channels, 1, 1), &format!("prelu{index}.slope"))?;
+        Ok(Self {
+            slope: slope.reshape((1, channels, 1, 1))?,
+        })
+    }
+}
+
+impl Module for PRelu {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.relu()? + x.minimum(0f32)?.broadcast_mul(&self.slope)?
+    }
+}
+
+/// Depthwise 3x3 (+BN) + PReLU, then pointwise 1x1 (+BN) + PReLU.
+#[derive(Debug, Clone)]
+struct SeparableBlock {
+    depthwise_weight: Tensor,
+    depthwise_bias: Tensor,
+    stride: usize,
+    depthwise_act: PRelu,
+    pointwise: Pointwise,
+    pointwise_act: PRelu,
+}
+
+/// The SFace network.
+#[derive(Debug, Clone)]
+pub struct SFace {
+    input_shift: f32,
+    input_scale: f32,
+    stem_weight: Tensor,
+    stem_bias: Tensor,
+    stem_act: PRelu,
+    blocks: Vec<SeparableBlock>,
+    /// `[7 * 7 * 1024, 128]`, both tail BatchNorms folded in.
+    fc_weight_t: Tensor,
+    /// `[128]`.
+    fc_bias: Tensor,
+}
+
+impl SFace {
+    /// Loads the network from weights named as the ONNX importer names them.
+    pub fn load(vb: VarBuilder<'_>) -> Result<Self, VisionError> {
+        let scalar =
+            |name: &str| -> Result<f32, VisionError> { Ok(vb.get(1, name)?.to_vec1::<f32>()?[0]) };
+        let input_shift = scalar("sub0.input1")?;
+        let input_scale = scalar("mul0.input1")?;
+
+        let (stem_weight, stem_bias) = folded_conv(&vb, 0, (32, 3, 3, 3))?;
+        let stem_act = PRelu::load(&vb, 0, 32)?;
+
+        // (input channels, output channels, depthwise stride) of blocks 1..=13.
+        let plan: [(usize, usize, usize); 13] = [
+            (32, 64, 1),
+            (64, 128, 2),
+            (128, 128, 1),
+            (128, 256, 2),
+            (256, 256, 1),
+            (256, 512, 2),
+            (512, 512, 1),
+            (512, 512, 1),
+            (512, 512, 1),
+            (512, 512, 1),
+            (512, 512, 1),
+            (512, 1024, 2),
+            (1024, 1024, 1),
+        ];
+        let mut blocks = Vec::with_capacity(plan.len());
+        for (k, &(inputs, outputs, stride)) in plan.iter().enumerate() {
+            let dw = 2 * k + 1;
+            let pw = dw + 1;
+            let (depthwise_weight, depthwise_bias) = folded_conv(&vb, dw, (inputs, 1, 3, 3))?;
+            let (pointwise_weight, pointwise_bias) = folded_conv(&vb, pw, (outputs, inputs, 1, 1))?;
+            blocks.push(SeparableBlock {
+                depthwise_weight,
+                depthwise_bias,
+                stride,
+                depthwise_act: PRelu::load(&vb, dw, inputs)?,
+                pointwise: Pointwise::from_parts(pointwise_weight, pointwise_bias)?,
+                pointwise_act: PRelu::load(&vb, pw, outputs)?,
+            });
+        }
+
+        // Tail: bn27 (per channel over 7x7) -> flatten -> gemm0 -> bn28, as one linear layer.
+        let channels = 1024;
+        let cells = 49;
+        let features = channels * cells;
+        let (bn_scale, bn_shift) = batchnorm_factors(&vb, 27, channels)?;
+        let per_feature = |t: &Tensor| -> candle_core::Result<Tensor> {
+            t.reshape((channels, 1))?
+                .broadcast_as((channels, cells))?
+                .reshape(features)
+        };
+        let (in_scale, in_shift) = (per_feature(&bn_scale)?, per_feature(&bn_shift)?);
+        let weight = vb.get((SFACE_EMBEDDING_DIM, features), "gemm0.weight")?;
+        let bias = vb.get(SFACE_EMBEDDING_DIM, "gemm0.bias")?;
+        // W (s * z + t) + b = (W * s) z + (W t + b)
+        let bias = (weight
+            .matmul(&in_shift.reshape((features, 1))?)?
+            .flatten_all()?
+            + bias)?;
+        let weight = weight.broadcast_mul(&in_scale.reshape((1, features))?)?;
+        let (out_scale, out_shift) = batchnorm_factors(&vb, 28, SFACE_EMBEDDING_DIM)?;
+        let weight = weight.broadcast_mul(&out_scale.reshape((SFACE_EMBEDDING_DIM, 1))?)?;
+        let fc_bias = (bias.mul(&out_scale)? + out_shift)?;
+        let fc_weight_t = weight.t()?.contiguous()?;
+
+        Ok(Self {
+            input_shift,
+            input_scale,
+            stem_weight,
+            stem_bias,
+            stem_act,
+            blocks,
+            fc_weight_t,
+            fc_bias,
+        })
+    }
+
+    /// Loads the network from a safetensors buffer (as written by `faceproof models fetch`).
+    pub fn from_safetensors(bytes: &[u8], device: &Device) -> Result<Self, VisionError> {
+        let tensors = candle_core::safetensors::load_buffer(bytes, device)?;
+        Self::load(VarBuilder::from_tensors(tensors, DType::F32, device))
+    }
+
+    /// Embeds a batch of aligned faces, `[N, 3, 112, 112]` RGB 0..255, into `[N, 128]` raw
+    /// (not normalised) embeddings.
+    pub fn embed(&self, faces: &Tensor) -> Result<Tensor, VisionError> {
+        let side = SFACE_INPUT_SIDE as usize;
+        let dims = faces.dims();
+        if dims.len() != 4 || dims[0] == 0 || dims[1..] != [3, side, side] {
+            return Err(VisionError::InvalidInput(format!(
+                "SFace takes [N, 3, 112, 112] with N >= 1, got {dims:?}"
+            )));
+        }
+        let x = faces.affine(
+            f64::from(self.input_scale),
+            -f64::from(self.input_shift * self.input_scale),
+        )?;
+        let x = x
+            .conv2d(&self.stem_weight, 1, 1, 1, 1)?
+            .broadcast_add(&self.stem_bias.reshape((1, 32, 1, 1))?)?;
+        let mut x = self.stem_act.forward(&x)?;
+        for block in &self.blocks {
+            x = depthwise_conv2d(
+                &x,
+                &block.depthwise_weight,
+                Some(&block.depthwise_bias),
+                block.stride,
+                1,
+            )?;
+            x = block.depthwise_act.forward(&x)?;
+            x = block.pointwise_act.forward(&block.pointwise.forward(&x)?)?;
+        }
+        let x = x.flatten_from(1)?;
+        let y = x.matmul(&self.fc_weight_t)?.broadcast_add(&self.fc_bias)?;
+        Ok(y)
+    }
+}
+
+/// Stacks aligned 112x112 faces into the `[N, 3, 112, 112]` RGB 0..255 batch [`SFace::embed`]
+/// takes.
+pub fn faces_to_batch(faces: &[RgbImage], device: &Device) -> Result<Tensor, VisionError> {
+    if faces.is_empty() {
+        return Err(VisionError::InvalidInput("no face to embed".into()));
+    }
+    let side = SFACE_INPUT_SIDE as usize;
+    let mut data = Vec::with_capacity(faces.len() * 3 * side * side);
+    for face in faces {
+        if face.width() != SFACE_INPUT_SIDE || face.height() != SFACE_INPUT_SIDE {
+            return Err(VisionError::InvalidInput(format!(
+                "aligned faces must be 112x112, got {}x{}",
+                face.width(),
+                face.height()
+            )));
+        }
+        data.extend(to_planar_f32(face, ChannelOrder::Rgb));
+    }
+    Ok(Tensor::from_vec(
+        data,
+        (faces.len(), 3, side, side),
+        device,
+    )?)
+}
+
+/// Cosine similarity of two embeddings (0 when either is all zeros or they differ in length).
+pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    let (mut dot, mut norm_a, mut norm_b) = (0f64, 0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        dot += f64::from(x) * f64::from(y);
+        norm_a += f64::from(x) * f64::from(x);
+        norm_b += f64::from(y) * f64::from(y);
+    }
+    let denominator = (norm_a * norm_b).sqrt();
+    if denominator > 0.0 {
+        (dot / denominator) as f32
+    } else {
+        0.0
+    }
+}
+
+/// L2-normalises each row of `[N, D]` embeddings.
+pub fn l2_normalize(embeddings: &Tensor) -> Result<Tensor, VisionError> {
+    let norm = embeddings.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+    Ok(embeddings.broadcast_div(&norm.clamp(1e-12f32, f32::MAX)?)?)
+}

@@ -1,0 +1,514 @@
+//! Depthwise 2-D convolution as a candle custom op with a vectorised CPU kernel.
+//!
+//! candle runs `groups == channels` as one tiny convolution per channel followed by a concat,
+//! which made SFace 8x slower than onnxruntime. This kernel works one (batch, channel) plane at a
+//! time:
+//!
+//! 1. The padded input plane is split into `stride x stride` phase planes
+//!    (`phase[ry][rx][a][b] = x[a*stride + ry - pad][b*stride + rx - pad]`, zero outside), so
+//!    every kernel tap reads a contiguous run of one phase plane even for stride 2.
+//! 2. All phase planes share one row pitch, so a block of output rows is a single flat run:
+//!    each tap becomes `acc[i] += w * phase[offset + i]` over the whole block, a long
+//!    branch-free loop that vectorises regardless of the image width. The few columns past the
+//!    output width per row are computed and thrown away.
+//! 3. The epilogue copies the valid columns out while adding the bias and, for the fused
+//!    variant, applying a per-channel PReLU.
+//!
+//! Planes run in parallel on rayon's global pool (the pool candle's own kernels use) once the work
+//! is large enough to pay for it. On x86-64 the kernel has an AVX2+FMA copy chosen at run time.
+
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, bail};
+use rayon::prelude::*;
+
+/// Output elements per vector step of the tap loop (one AVX register, two SSE registers).
+const LANES: usize = 8;
+/// Accumulator block size in floats: small enough to stay in L1 beside the phase rows it reads.
+const BLOCK_FLOATS: usize = 2048;
+/// Below this many multiply-adds the op runs on the calling thread (rayon's fork/join and
+/// wake-up cost tens of microseconds, more than a small layer takes).
+const PARALLEL_MIN_MACS: usize = 1 << 17;
+
+/// Shapes of one call, validated once.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    channels: usize,
+    in_h: usize,
+    in_w: usize,
+    k_h: usize,
+    k_w: usize,
+    stride: usize,
+    padding: usize,
+    out_h: usize,
+    out_w: usize,
+    /// Phase planes along each axis that some tap reads (`min(stride, k)`).
+    phases_y: usize,
+    phases_x: usize,
+    /// Rows and row pitch of one phase plane.
+    phase_h: usize,
+    pitch: usize,
+    /// Floats per phase plane: `phase_h * pitch` plus slack for the discarded columns of the
+    /// last row and the rounding of the accumulator to whole vectors.
+    phase_len: usize,
+}
+
+impl Geometry {
+    fn new(x: &[usize], w: &[usize], stride: usize, padding: usize) -> Result<Self> {
+        let &[_, channels, in_h, in_w] = x else {
+            bail!("depthwise_conv2d: input must be NCHW (rank 4), got shape {x:?}")
+        };
+        let &[w_c, w_one, k_h, k_w] = w else {
+            bail!("depthwise_conv2d: weight must be [C, 1, kh, kw], got shape {w:?}")
+        };
+        if w_c != channels || w_one != 1 {
+            bail!(
+                "depthwise_conv2d: weight shape {w:?} does not match {channels} input channels \
+                 (expected [{channels}, 1, kh, kw])"
+            )
+        }
+        if stride == 0 {
+            bail!("depthwise_conv2d: stride must be at least 1")
+        }
+        if k_h == 0 || k_w == 0 {
+            bail!("depthwise_conv2d: empty kernel {w:?}")
+        }
+        let padded_h = in_h + 2 * padding;
+        let padded_w = in_w + 2 * padding;
+        if padded_h < k_h || padded_w < k_w {
+            bail!(
+                "depthwise_conv2d: kernel {k_h}x{k_w} larger than the padded input \
+                 {padded_h}x{padded_w}"
+            )
+        }
+        let out_h = (padded_h - k_h) / stride + 1;
+        let out_w = (padded_w - k_w) / stride + 1;
+        let phase_h = out_h + (k_h - 1) / stride;
+        let pitch = out_w + (k_w - 1) / stride;
+        Ok(Self {
+            channels,
+            in_h,
+            in_w,
+            k_h,
+            k_w,
+            stride,
+            padding,
+            out_h,
+            out_w,
+            phases_y: stride.min(k_h),
+            phases_x: stride.min(k_w),
+            phase_h,
+            pitch,
+            phase_len: phase_h * pitch + (k_w - 1) / stride + LANES,
+        })
+    }
+
+    fn in_plane(&self) -> usize {
+        self.in_h * self.in_w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    fn taps(&self) -> usize {
+        self.k_h * self.k_w
+    }
+
+    /// Accumulator floats for `rows` output rows, rounded up to whole vectors (the extra
+    /// outputs read the phase planes' slack and are discarded) so the tap loop has no scalar tail.
+    fn block_len(&self, rows: usize) -> usize {
+        (rows * self.pitch).next_multiple_of(LANES)
+    }
+
+    /// Output rows per accumulator block.
+    fn block_rows(&self) -> usize {
+        (BLOCK_FLOATS / self.pitch).clamp(1, self.out_h)
+    }
+}
+
+/// Per-thread buffers: the phase planes and the accumulator block.
+struct Scratch {
+    phases: Vec<f32>,
+    acc: Vec<f32>,
+    /// One zero-padded input row (`stride * pitch` floats), split into the phase rows.
+    padded_row: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(g: &Geometry) -> Self {
+        Self {
+            // Zeroed once: each plane rewrites exactly the same in-image positions, so the
+            // padding positions stay zero for every later plane.
+            phases: vec![0.0; g.phases_y * g.phases_x * g.phase_len],
+            acc: vec![0.0; g.block_len(g.block_rows())],
+            padded_row: vec![0.0; g.stride * g.pitch],
+        }
+    }
+}
+
+/// The per-channel epilogue applied when the accumulated rows are written out.
+#[derive(Clone, Copy, Debug)]
+struct Epilogue {
+    bias: f32,
+    /// PReLU slope for negative values; `None` leaves the output linear.
+    alpha: Option<f32>,
+}
+
+/// The custom op: `x` is the op's argument, the small per-channel tensors ride along.
+struct DepthwiseOp<'a> {
+    weight: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    alpha: Option<&'a Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+/// Contiguous f32 values of a CPU tensor (copied: these are the small per-channel tensors).
+fn small_tensor_values(t: &Tensor, what: &str) -> Result<Vec<f32>> {
+    if t.dtype() != DType::F32 {
+        bail!("depthwise_conv2d: {what} must be f32, got {:?}", t.dtype())
+    }
+    let t = t.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    let Storage::Cpu(cpu) = &*storage else {
+        bail!("depthwise_conv2d: {what} must be on the CPU")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("depthwise_conv2d: {what} is not contiguous")
+    };
+    Ok(cpu.as_slice::<f32>()?[start..end].to_vec())
+}
+
+fn per_channel(t: Option<&Tensor>, channels: usize, what: &str) -> Result<Option<Vec<f32>>> {
+    let Some(t) = t else { return Ok(None) };
+    let non_unit_dims = t.dims().iter().filter(|&&d| d != 1).count();
+    if t.elem_count() != channels || non_unit_dims > 1 {
+        bail!(
+            "depthwise_conv2d: {what} must hold one value per channel ({channels}), got shape {:?}",
+            t.dims()
+        )
+    }
+    small_tensor_values(t, what).map(Some)
+}
+
+impl CustomOp1 for DepthwiseOp<'_> {
+    fn name(&self) -> &'static str {
+        "depthwise-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            bail!("depthwise_conv2d: input must be f32")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("depthwise_conv2d: input must be contiguous")
+        };
+        let x = &x[start..end];
+        let g = Geometry::new(layout.dims(), self.weight.dims(), self.stride, self.padding)?;
+        let weight = small_tensor_values(self.weight, "weight")?;
+        let bias = per_channel(self.bias, g.channels, "bias")?;
+        let alpha = per_channel(self.alpha, g.channels, "PReLU slope")?;
+        let batch = layout.dims()[0];
+        let mut out = vec![0.0f32; batch * g.channels * g.out_plane()];
+        run(&g, x, &weight, bias.as_deref(), alpha.as_deref(), &mut out);
+        let shape = Shape::from((batch, g.channels, g.out_h, g.out_w));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+/// Runs every plane, in parallel when the work is large enough.
+fn run(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    alpha: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let out_plane = g.out_plane();
+    if out_plane == 0 || out.is_empty() {
+        return;
+    }
+    let planes = out.len() / out_plane;
+    let kernel = select_kernel();
+    let plane_job = |scratch: &mut Scratch, (plane, out): (usize, &mut [f32])| {
+        let channel = plane % g.channels;
+        let input = &x[plane * g.in_plane()..(plane + 1) * g.in_plane()];
+        let taps = &weight[channel * g.taps()..(channel + 1) * g.taps()];
+        let epilogue = Epilogue {
+            bias: bias.map_or(0.0, |b| b[channel]),
+            alpha: alpha.map(|a| a[channel]),
+        };
+        kernel(g, input, taps, epilogue, scratch, out);
+    };
+    let macs = planes * out_plane * g.taps();
+    let threads = rayon::current_num_threads();
+    if macs < PARALLEL_MIN_MACS || threads < 2 || planes < 2 {
+        let mut scratch = Scratch::new(g);
+        out.chunks_mut(out_plane)
+            .enumerate()
+            .for_each(|job| plane_job(&mut scratch, job));
+    } else {
+        // A few tasks per thread balance uneven progress without paying per-plane overhead.
+        let min_len = (planes / (threads * 4)).max(1);
+        out.par_chunks_mut(out_plane)
+            .enumerate()
+            .with_min_len(min_len)
+            .for_each_init(|| Scratch::new(g), plane_job);
+    }
+}
+
+type PlaneKernel = fn(&Geometry, &[f32], &[f32], Epilogue, &mut Scratch, &mut [f32]);
+
+/// Picks the AVX2+FMA copy of the kernel when the CPU has it (decided at run time: the build
+/// targets baseline x86-64), else the portable one.
+fn select_kernel() -> PlaneKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return plane_avx2_fma_entry;
+        }
+    }
+    conv_plane::<false>
+}
+
+#[cfg(target_arch = "x86_64")]
+fn plane_avx2_fma_entry(
+    g: &Geometry,
+    input: &[f32],
+    taps: &[f32],
+    epilogue: Epilogue,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    // SAFETY: this entry is only returned by `select_kernel` after `is_x86_feature_detected!`
+    // confirmed AVX2 and FMA on the running CPU, which is the only requirement of
+    // `plane_avx2_fma`; the function itself is safe code (bounds-checked slices).
+    #[allow(unsafe_code)]
+    unsafe {
+        plane_avx2_fma(g, input, taps, epilogue, scratch, out)
+    }
+}
+
+/// The generic kernel compiled with AVX2 and FMA enabled (and `mul_add` lowering to `vfmadd`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn plane_avx2_fma(
+    g: &Geometry,
+    input: &[f32],
+    taps: &[f32],
+    epilogue: Epilogue,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    conv_plane::<true>(g, input, taps, epilogue, scratch, out);
+}
+
+/// One (batch, channel) plane: fill the phase planes, then accumulate and write out row blocks.
+#[inline(always)]
+fn conv_plane<const FMA: bool>(
+    g: &Geometry,
+    input: &[f32],
+    taps: &[f32],
+    epilogue: Epilogue,
+    scratch: &mut Scratch,
+    out: &mut [f32],
+) {
+    fill_phases(g, input, &mut scratch.phases, &mut scratch.padded_row);
+    let phases = &scratch.phases;
+    let block_rows = g.block_rows();
+    let mut y0 = 0;
+    while y0 < g.out_h {
+        let y1 = (y0 + block_rows).min(g.out_h);
+        let block_len = g.block_len(y1 - y0);
+        let acc = &mut scratch.acc[..block_len];
+        // The run that tap (ky, kx) reads for this block.
+        let source = |ky: usize, kx: usize| -> &[f32] {
+            let phase = (ky % g.stride) * g.phases_x + kx % g.stride;
+            let start = phase * g.phase_len + (y0 + ky / g.stride) * g.pitch + kx / g.stride;
+            &phases[start..start + block_len]
+        };
+        if g.k_h == 3 && g.k_w == 3 {
+            let sources = std::array::from_fn(|t| source(t / 3, t % 3));
+            let weights = std::array::from_fn(|t| taps[t]);
+            accumulate::<9, FMA>(acc, &sources, &weights, false);
+        } else if g.k_w == 3 || g.k_w == 5 {
+            for ky in 0..g.k_h {
+                let row = &taps[ky * g.k_w..(ky + 1) * g.k_w];
+                if g.k_w == 3 {
+                    let sources = std::array::from_fn(|kx| source(ky, kx));
+                    let weights = std::array::from_fn(|kx| row[kx]);
+                    accumulate::<3, FMA>(acc, &sources, &weights, ky > 0);
+                } else {
+                    let sources = std::array::from_fn(|kx| source(ky, kx));
+                    let weights = std::array::from_fn(|kx| row[kx]);
+                    accumulate::<5, FMA>(acc, &sources, &weights, ky > 0);
+                }
+            }
+        } else {
+            for (t, &w) in taps.iter().enumerate() {
+                let sources = [source(t / g.k_w, t % g.k_w)];
+                accumulate::<1, FMA>(acc, &sources, &[w], t > 0);
+            }
+        }
+        let out_rows = &mut out[y0 * g.out_w..y1 * g.out_w];
+        for (out_row, acc_row) in out_rows.chunks_exact_mut(g.out_w).zip(acc.chunks(g.pitch)) {
+            write_row(out_row, &acc_row[..g.out_w], epilogue);
+        }
+        y0 = y1;
+    }
+}
+
+/// Copies the input plane into the phase planes (in-image positions only; see `Scratch::new`).
+#[inline(always)]
+fn fill_phases(g: &Geometry, input: &[f32], phases: &mut [f32], padded_row: &mut [f32]) {
+    let (s, p) = (g.stride, g.padding);
+    // Source columns that land in the padded row `[p, p + in_w)`, clipped to the row buffer
+    // (columns past the last phase column are never read).
+    let copy_end = (p + g.in_w).min(padded_row.len());
+    let copy_len = copy_end.saturating_sub(p);
+    for ry in 0..g.phases_y {
+        for a in 0..g.phase_h {
+            let Some(iy) = (a * s + ry).checked_sub(p).filter(|&iy| iy < g.in_h) else {
+                continue;
+            };
+            let src_row = &input[iy * g.in_w..][..copy_len];
+            let row_start = |rx: usize| (ry * g.phases_x + rx) * g.phase_len + a * g.pitch;
+            if s == 1 {
+                // The padded row is the phase row itself.
+                phases[row_start(0) + p..][..copy_len].copy_from_slice(src_row);
+                continue;
+            }
+            padded_row[p..p + copy_len].copy_from_slice(src_row);
+            if s == 2 && g.phases_x == 2 {
+                // De-interleave even and odd columns in one pass.
+                let (even_start, odd_start) = (row_start(0), row_start(1));
+                let (head, tail) = phases.split_at_mut(odd_start);
+                let even = &mut head[even_start..even_start + g.pitch];
+                let odd = &mut tail[..g.pitch];
+                for ((e, o), pair) in even.iter_mut().zip(odd).zip(padded_row.chunks_exact(2)) {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+            } else {
+                for rx in 0..g.phases_x {
+                    let dst = &mut phases[row_start(rx)..][..g.pitch];
+                    for (d, v) in dst.iter_mut().zip(padded_row[rx..].iter().step_by(s)) {
+                        *d = *v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(w: f32, x: f32, acc: f32) -> f32 {
+    // Without hardware FMA `mul_add` is a slow libm call, so the portable kernel multiplies and
+    // adds separately; the AVX2 copy fuses them.
+    if FMA { w.mul_add(x, acc) } else { acc + w * x }
+}
+
+/// `acc[i] (+)= sum_t weights[t] * sources[t][i]`, `LANES` outputs at a time so the compiler
+/// keeps each group in one vector register across all `T` taps.
+#[inline(always)]
+fn accumulate<const T: usize, const FMA: bool>(
+    acc: &mut [f32],
+    sources: &[&[f32]; T],
+    weights: &[f32; T],
+    add_to_existing: bool,
+) {
+    let n = acc.len();
+    let vector_end = n - n % LANES;
+    let mut i = 0;
+    while i < vector_end {
+        let lanes = &mut acc[i..i + LANES];
+        let mut sum = [0.0f32; LANES];
+        if add_to_existing {
+            sum.copy_from_slice(lanes);
+        }
+        for t in 0..T {
+            let src = &sources[t][i..i + LANES];
+            for l in 0..LANES {
+                sum[l] = madd::<FMA>(weights[t], src[l], sum[l]);
+            }
+        }
+        lanes.copy_from_slice(&sum);
+        i += LANES;
+    }
+    for i in vector_end..n {
+        let mut sum = if add_to_existing { acc[i] } else { 0.0 };
+        for t in 0..T {
+            sum = madd::<FMA>(weights[t], sources[t][i], sum);
+        }
+        acc[i] = sum;
+    }
+}
+
+#[inline(always)]
+fn write_row(out: &mut [f32], acc: &[f32], epilogue: Epilogue) {
+    let bias = epilogue.bias;
+    match epilogue.alpha {
+        None => {
+            for (o, a) in out.iter_mut().zip(acc) {
+                *o = a + bias;
+            }
+        }
+        Some(alpha) => {
+            for (o, a) in out.iter_mut().zip(acc) {
+                let v = a + bias;
+                *o = if v >= 0.0 { v } else { v * alpha };
+            }
+        }
+    }
+}
+
+/// Depthwise 2-D convolution (one filter per channel, `groups == channels`) of an NCHW f32 tensor.
+///
+/// `weight` is `[C, 1, kh, kw]`, `bias` is `[C]`; `padding` is applied symmetrically on both axes.
+/// Any stride, padding and kernel size; 3x3 and 5x5 (and kx3, kx5) have unrolled inner loops.
+pub fn depthwise_conv2d(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    apply(x, weight, bias, None, stride, padding)
+}
+
+/// [`depthwise_conv2d`] followed by a per-channel PReLU (`alpha` is `[C]`), in one pass: the
+/// activation is applied while the output is written, saving a full read and write of the tensor
+/// plus candle's PReLU temporaries.
+pub fn depthwise_conv2d_prelu(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    alpha: &Tensor,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    apply(x, weight, bias, Some(alpha), stride, padding)
+}
+
+fn apply(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    alpha: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        bail!("depthwise_conv2d: input must be f32, got {:?}", x.dtype())
+    }
+    // Validate before touching storage so bad shapes fail the same way on every device.
+    Geometry::new(x.dims(), weight.dims(), stride, padding)?;
+    let x = x.contiguous()?;
+    x.apply_op1_no_bwd(&DepthwiseOp {
+        weight,
+        bias,
+        alpha,
+        stride,
+        padding,
+    })
+}

@@ -1,0 +1,329 @@
+//! The gateway's request errors, with the one mapping to a gRPC status and the one mapping to the
+//! reference REST API's JSON errors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::auth::AuthError;
+
+/// ErrorInfo domain of every error the gateway itself raises.
+pub const ERROR_DOMAIN: &str = "faceproof.gateway";
+
+/// A model service the gateway calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Matcher,
+    Liveness,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Matcher => "matcher",
+            Self::Liveness => "liveness",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str(self.name())
+    }
+}
+
+/// One invalid request field (`probe`, `gallery[3]`, `os`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub field: String,
+    pub description: String,
+    /// Machine-readable reason, e.g. `out_of_range`, `unsupported_format`.
+    pub reason: &'static str,
+}
+
+impl Violation {
+    pub fn new(
+        field: impl Into<String>,
+        reason: &'static str,
+        description: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            description: description.into(),
+            reason,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0}")]
+    Unauthenticated(AuthError),
+    #[error("rate limit exceeded: retry in {:.3} s", .retry_after.as_secs_f64())]
+    RateLimited { retry_after: Duration },
+    #[error("invalid request: {}", describe(.0))]
+    InvalidRequest(Vec<Violation>),
+    /// REST only: an image string is not base64.
+    #[error("undecodable image: {}", describe(.0))]
+    UndecodableImage(Vec<Violation>),
+    #[error("the {service} service is unavailable: {detail}")]
+    BackendUnavailable { service: Backend, detail: String },
+    #[error("the {service} service did not answer within the request deadline")]
+    BackendDeadline { service: Backend },
+    /// A backend answer that the caller must see as is (INVALID_ARGUMENT with its details,
+    /// RESOURCE_EXHAUSTED).
+    #[error("the {service} service refused the request: {}", .status.message())]
+    BackendRejected { service: Backend, status: Status },
+    #[error("the {service} service failed: {detail}")]
+    BackendFailed { service: Backend, detail: String },
+    #[error("the request message is larger than the gateway's limit of {limit} bytes")]
+    MessageTooLarge { limit: usize },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn describe(violations: &[Violation]) -> String {
+    violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn error_info(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
+    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+}
+
+fn service_metadata(service: Backend) -> HashMap<String, String> {
+    HashMap::from([("service".to_owned(), service.name().to_owned())])
+}
+
+impl ServiceError {
+    /// The ErrorInfo reason.
+    pub fn reason(&self) -> String {
+        match self {
+            Self::Unauthenticated(error) => error.reason().to_owned(),
+            Self::RateLimited { .. } => "rate_limited".to_owned(),
+            Self::InvalidRequest(_) => "invalid_request".to_owned(),
+            Self::UndecodableImage(_) => "undecodable_base64".to_owned(),
+            Self::BackendUnavailable { service, .. } => format!("{service}_unavailable"),
+            Self::BackendDeadline { service } => format!("{service}_deadline_exceeded"),
+            Self::BackendRejected { service, status } => status
+                .get_error_details()
+                .error_info()
+                .map(|info| info.reason.clone())
+                .filter(|reason| !reason.is_empty())
+                .unwrap_or_else(|| match status.code() {
+                    Code::ResourceExhausted => format!("{service}_overloaded"),
+                    _ => format!("{service}_rejected"),
+                }),
+            Self::BackendFailed { service, .. } => format!("{service}_failed"),
+            Self::MessageTooLarge { .. } => "message_too_large".to_owned(),
+            Self::Internal(_) => "internal".to_owned(),
+        }
+    }
+
+    /// Field violations to show the caller (ours, or the backend's BadRequest).
+    pub fn violations(&self) -> Vec<Violation> {
+        match self {
+            Self::InvalidRequest(violations) | Self::UndecodableImage(violations) => {
+                violations.clone()
+            }
+            Self::BackendRejected { status, .. } => status
+                .get_error_details()
+                .bad_request()
+                .map(|bad_request| {
+                    bad_request
+                        .field_violations
+                        .iter()
+                        .map(|violation| Violation {
+                            field: violation.field.clone(),
+                            description: violation.description.clone(),
+                            reason: "",
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// HTTP status of the reference REST API.
+    pub fn http_status(&self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            Self::Unauthenticated(_) => S::UNAUTHORIZED,
+            Self::RateLimited { .. } => S::TOO_MANY_REQUESTS,
+            Self::InvalidRequest(_) => S::CONFLICT,
+            Self::UndecodableImage(_) => S::PRECONDITION_FAILED,
+            Self::BackendUnavailable { .. } => S::SERVICE_UNAVAILABLE,
+            Self::BackendDeadline { .. } => S::GATEWAY_TIMEOUT,
+            Self::BackendRejected { status, .. } => match status.code() {
+                Code::InvalidArgument => S::CONFLICT,
+                Code::ResourceExhausted => S::SERVICE_UNAVAILABLE,
+                _ => S::BAD_GATEWAY,
+            },
+            Self::BackendFailed { .. } => S::BAD_GATEWAY,
+            Self::MessageTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Self {
+        let message = error.to_string();
+        let reason = error.reason();
+        match error {
+            ServiceError::Unauthenticated(_) => Status::with_error_details(
+                Code::Unauthenticated,
+                message,
+                error_info(&reason, HashMap::new()),
+            ),
+            ServiceError::RateLimited { retry_after } => {
+                let mut details = error_info(&reason, HashMap::new());
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
+            ServiceError::InvalidRequest(violations)
+            | ServiceError::UndecodableImage(violations) => {
+                let count = violations.len().to_string();
+                let mut details =
+                    error_info(&reason, HashMap::from([("violations".to_owned(), count)]));
+                details.set_bad_request(
+                    violations
+                        .into_iter()
+                        .map(|violation| FieldViolation {
+                            field: violation.field,
+                            description: violation.description,
+                            reason: violation.reason.to_owned(),
+                            localized_message: None,
+                        })
+                        .collect::<Vec<_>>(),
+                );
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            ServiceError::BackendUnavailable { service, .. } => Status::with_error_details(
+                Code::Unavailable,
+                message,
+                error_info(&reason, service_metadata(service)),
+            ),
+            ServiceError::BackendDeadline { service } => Status::with_error_details(
+                Code::DeadlineExceeded,
+                message,
+                error_info(&reason, service_metadata(service)),
+            ),
+            // Passed through with the backend's own message and details (field, reason).
+            ServiceError::BackendRejected { status, .. } => Status::with_details(
+                status.code(),
+                status.message(),
+                status.details().to_vec().into(),
+            ),
+            ServiceError::BackendFailed { service, .. } => Status::with_error_details(
+                Code::Internal,
+                message,
+                error_info(&reason, service_metadata(service)),
+            ),
+            ServiceError::MessageTooLarge { limit } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                error_info(
+                    &reason,
+                    HashMap::from([("limit_bytes".to_owned(), limit.to_string())]),
+                ),
+            ),
+            ServiceError::Internal(_) => Status::with_error_details(
+                Code::Internal,
+                message,
+                error_info(&reason, HashMap::new()),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_grpc_code_and_reason() {
+        let cases = [
+            (
+                ServiceError::Unauthenticated(AuthError::TokenExpired),
+                Code::Unauthenticated,
+                "token_expired",
+            ),
+            (
+                ServiceError::RateLimited {
+                    retry_after: Duration::from_millis(1500),
+                },
+                Code::ResourceExhausted,
+                "rate_limited",
+            ),
+            (
+                ServiceError::BackendUnavailable {
+                    service: Backend::Liveness,
+                    detail: "down".into(),
+                },
+                Code::Unavailable,
+                "liveness_unavailable",
+            ),
+            (
+                ServiceError::BackendDeadline {
+                    service: Backend::Matcher,
+                },
+                Code::DeadlineExceeded,
+                "matcher_deadline_exceeded",
+            ),
+        ];
+        for (error, code, reason) in cases {
+            let status = Status::from(error);
+            assert_eq!(status.code(), code);
+            let details = status.get_error_details();
+            assert_eq!(
+                details.error_info().map(|info| info.reason.as_str()),
+                Some(reason)
+            );
+        }
+    }
+
+    #[test]
+    fn rate_limit_carries_retry_info() {
+        let status = Status::from(ServiceError::RateLimited {
+            retry_after: Duration::from_millis(1500),
+        });
+        let retry = status
+            .get_error_details()
+            .retry_info()
+            .and_then(|info| info.retry_delay);
+        assert_eq!(retry, Some(Duration::from_millis(1500)));
+    }
+
+    #[test]
+    fn passthrough_keeps_backend_details() {
+        let backend = Status::with_error_details(
+            Code::InvalidArgument,
+            "no face",
+            ErrorDetails::with_bad_request_violation("probe", "no face detected"),
+        );
+        let error = ServiceError::BackendRejected {
+            service: Backend::Matcher,
+            status: backend,
+        };
+        assert_eq!(error.http_status(), http::StatusCode::CONFLICT);
+        assert_eq!(error.violations()[0].field, "probe");
+        let status = Status::from(error);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "no face");
+        let details = status.get_error_details();
+        assert_eq!(
+            details
+                .bad_request()
+                .map(|b| b.field_violations[0].field.as_str()),
+            Some("probe")
+        );
+    }
+}

@@ -1,0 +1,459 @@
+//! The orchestration of one compare-with-liveness request: rate limit, validation, matcher call,
+//! the skip rule, liveness call, records and signature, under one overall deadline.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use faceproof_proto::gateway::v1 as pb;
+use faceproof_proto::liveness::v1 as liveness_pb;
+use faceproof_proto::liveness::v1::liveness_client::LivenessClient;
+use faceproof_proto::matcher::v1 as matcher_pb;
+use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
+use faceproof_signing::{Signer, false_accept_rate_for_threshold};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+use crate::GatewayError;
+use crate::auth::ClientId;
+use crate::config::Limits;
+use crate::error::{Backend, ServiceError};
+use crate::rate_limit::RateLimiter;
+use crate::validation::{SearchMode, ValidRequest, validate};
+
+/// `liveness_skipped.reason` when the comparison score is below `compare_min_score`.
+pub const SKIP_REASON_BELOW_THRESHOLD: &str = "comparison_below_threshold";
+
+/// One or more endpoints of a model service, picked in turn per request.
+#[derive(Debug)]
+pub struct Endpoints {
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl Endpoints {
+    /// Lazy channels: nothing is dialled until the first request, and a dead endpoint fails
+    /// within `connect_timeout`.
+    pub fn new(
+        service: Backend,
+        urls: &[String],
+        connect_timeout: Duration,
+    ) -> Result<Self, GatewayError> {
+        let channels = urls
+            .iter()
+            .map(|url| {
+                Endpoint::from_shared(url.trim().to_owned())
+                    .map(|endpoint| {
+                        endpoint
+                            .connect_timeout(connect_timeout)
+                            .tcp_nodelay(true)
+                            .connect_lazy()
+                    })
+                    .map_err(|error| {
+                        GatewayError::Config(format!("bad {service} URL {url:?}: {error}"))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if channels.is_empty() {
+            return Err(GatewayError::Config(format!("no {service} URL configured")));
+        }
+        Ok(Self {
+            channels,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn pick(&self) -> Channel {
+        let position = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        self.channels[position].clone()
+    }
+}
+
+/// Overall request deadline per search mode.
+#[derive(Debug, Clone, Copy)]
+pub struct Deadlines {
+    pub fast: Duration,
+    pub accurate: Duration,
+}
+
+/// The gateway's request handling, shared by the gRPC and REST front ends.
+#[derive(Debug)]
+pub struct Gateway {
+    pub limits: Limits,
+    pub deadlines: Deadlines,
+    pub rate_limiter: RateLimiter,
+    pub matchers: Endpoints,
+    pub liveness: Endpoints,
+    pub signer: Signer,
+}
+
+impl Gateway {
+    /// The public keys that verify this gateway's signatures.
+    pub fn signing_keys(&self) -> pb::GetSigningKeysResponse {
+        pb::GetSigningKeysResponse {
+            keys: vec![self.signer.public_key()],
+        }
+    }
+
+    /// Handles one request for `client`; `caller_timeout` is the caller's own deadline
+    /// (grpc-timeout), which shortens ours when it is tighter.
+    pub async fn compare_with_liveness(
+        &self,
+        client: &ClientId,
+        request: pb::CompareWithLivenessRequest,
+        caller_timeout: Option<Duration>,
+    ) -> Result<pb::CompareWithLivenessResponse, ServiceError> {
+        let started = Instant::now();
+        let created_at = Utc::now();
+        self.rate_limiter
+            .check(&client.0)
+            .map_err(|retry_after| ServiceError::RateLimited { retry_after })?;
+        let request = validate(request, &self.limits)?;
+        let budget = match request.search_mode {
+            SearchMode::Fast => self.deadlines.fast,
+            SearchMode::Accurate => self.deadlines.accurate,
+        };
+        let deadline = started + caller_timeout.map_or(budget, |caller| caller.min(budget));
+        let result = self
+            .orchestrate(client, request, created_at, deadline)
+            .await;
+        match &result {
+            Ok(response) => tracing::info!(
+                client = %client.0,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                response_id = %response.id,
+                "compare-with-liveness answered"
+            ),
+            Err(error) => tracing::info!(
+                client = %client.0,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                reason = %error.reason(),
+                "compare-with-liveness failed"
+            ),
+        }
+        result
+    }
+
+    async fn orchestrate(
+        &self,
+        client: &ClientId,
+        request: ValidRequest,
+        created_at: DateTime<Utc>,
+        deadline: Instant,
+    ) -> Result<pb::CompareWithLivenessResponse, ServiceError> {
+        let ValidRequest {
+            os,
+            search_mode,
+            compare_min_score,
+            liveness_min_score,
+            probe,
+            gallery,
+        } = request;
+        let matcher_request = matcher_pb::CompareRequest {
+            probe: probe.clone(),
+            gallery,
+            search_mode: search_mode.to_proto().into(),
+        };
+        let channel = self.matchers.pick();
+        let compared = call_with_deadline(Backend::Matcher, deadline, |remaining| {
+            let mut request = tonic::Request::new(matcher_request);
+            request.set_timeout(remaining);
+            async move {
+                MatcherClient::new(channel)
+                    .max_encoding_message_size(usize::MAX)
+                    .compare(request)
+                    .await
+            }
+        })
+        .await?;
+        let compared_at = Utc::now();
+        check_score(Backend::Matcher, compared.best_score)?;
+
+        let mut data = pb::ResponseData {
+            comparison: None,
+            liveness: None,
+            liveness_skipped: None,
+        };
+        let below_threshold =
+            compare_min_score.filter(|threshold| compared.best_score < *threshold);
+        if let Some(threshold) = below_threshold {
+            data.liveness_skipped = Some(pb::LivenessSkipped {
+                reason: SKIP_REASON_BELOW_THRESHOLD.to_owned(),
+                comparison_score: compared.best_score,
+                compare_min_score: threshold,
+            });
+        } else {
+            let liveness_started = Utc::now();
+            let check_request = liveness_pb::CheckRequest {
+                image: probe,
+                search_mode: search_mode.to_proto().into(),
+                face_hint: compared.probe_face.clone(),
+                os: os.as_str().to_owned(),
+            };
+            let channel = self.liveness.pick();
+            let checked = call_with_deadline(Backend::Liveness, deadline, |remaining| {
+                let mut request = tonic::Request::new(check_request);
+                request.set_timeout(remaining);
+                async move {
+                    LivenessClient::new(channel)
+                        .max_encoding_message_size(usize::MAX)
+                        .check(request)
+                        .await
+                }
+            })
+            .await?;
+            let result = liveness_result(checked, liveness_min_score)?;
+            let status = if result.issue.is_some() {
+                "failed"
+            } else {
+                "success"
+            };
+            data.liveness = Some(pb::LivenessRecord {
+                id: new_id(),
+                client: client.0.clone(),
+                r#type: "liveness".to_owned(),
+                status: status.to_owned(),
+                search_mode: search_mode.as_str().to_owned(),
+                os: os.as_str().to_owned(),
+                liveness_min_score,
+                result: Some(result),
+                created_at: timestamp(liveness_started),
+                updated_at: timestamp(Utc::now()),
+            });
+        }
+
+        let gallery = compared
+            .gallery
+            .iter()
+            .map(|item| {
+                let mut entry = pb::GalleryItem {
+                    index: item.index,
+                    score: 0.0,
+                    face: None,
+                    issue: None,
+                };
+                match &item.outcome {
+                    Some(matcher_pb::gallery_item_result::Outcome::Match(matched)) => {
+                        entry.score = matched.score;
+                        entry.face = matched.face.clone();
+                    }
+                    Some(matcher_pb::gallery_item_result::Outcome::Issue(issue)) => {
+                        entry.issue = Some(issue.clone());
+                    }
+                    None => {}
+                }
+                entry
+            })
+            .collect();
+        let finished_at = Utc::now();
+        data.comparison = Some(pb::ComparisonRecord {
+            id: new_id(),
+            client: client.0.clone(),
+            r#type: "compareLive".to_owned(),
+            search_mode: search_mode.as_str().to_owned(),
+            status: "success".to_owned(),
+            result: Some(pb::ComparisonResult {
+                score: compared.best_score,
+                false_accept_rate: compare_min_score.map(false_accept_rate_for_threshold),
+                best_gallery_index: compared.best_index,
+                probe_face: compared.probe_face,
+                gallery,
+            }),
+            compared_at: timestamp(compared_at),
+            created_at: timestamp(created_at),
+            updated_at: timestamp(finished_at),
+        });
+        let mut response = pb::CompareWithLivenessResponse {
+            id: new_id(),
+            data: Some(data),
+            signature: None,
+        };
+        self.signer
+            .sign(&mut response, human_date_time(finished_at))
+            .map_err(|error| ServiceError::Internal(format!("signing failed: {error}")))?;
+        Ok(response)
+    }
+}
+
+/// `liveness_score > min_score` (strictly above, as the reference API); a capture-quality issue
+/// fails the check without a score.
+fn liveness_result(
+    checked: liveness_pb::CheckResponse,
+    min_score: f64,
+) -> Result<pb::LivenessResult, ServiceError> {
+    match checked.outcome {
+        Some(liveness_pb::check_response::Outcome::Score(score)) => {
+            check_score(Backend::Liveness, score.liveness_score)?;
+            Ok(pb::LivenessResult {
+                liveness_score: score.liveness_score,
+                passed: score.liveness_score > min_score,
+                min_score,
+                attack: score.attack.map(|attack| pb::AttackEvidence {
+                    print_probability: attack.print_probability,
+                    screen_probability: attack.screen_probability,
+                }),
+                issue: None,
+            })
+        }
+        Some(liveness_pb::check_response::Outcome::Issue(issue)) => Ok(pb::LivenessResult {
+            liveness_score: 0.0,
+            passed: false,
+            min_score,
+            attack: None,
+            issue: Some(issue),
+        }),
+        None => Err(ServiceError::BackendFailed {
+            service: Backend::Liveness,
+            detail: "the answer has neither a score nor an issue".into(),
+        }),
+    }
+}
+
+fn check_score(service: Backend, score: f64) -> Result<(), ServiceError> {
+    if (0.0..=1.0).contains(&score) {
+        Ok(())
+    } else {
+        Err(ServiceError::BackendFailed {
+            service,
+            detail: format!("score {score} is outside 0..1"),
+        })
+    }
+}
+
+/// Runs one backend call with what is left of the request's deadline, sent as grpc-timeout and
+/// enforced here too so a backend that never answers cannot hold the request.
+async fn call_with_deadline<T, F, Fut>(
+    service: Backend,
+    deadline: Instant,
+    call: F,
+) -> Result<T, ServiceError>
+where
+    F: FnOnce(Duration) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+{
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    if remaining.is_zero() {
+        return Err(ServiceError::BackendDeadline { service });
+    }
+    match tokio::time::timeout(remaining, call(remaining)).await {
+        Err(_) => Err(ServiceError::BackendDeadline { service }),
+        Ok(Ok(response)) => Ok(response.into_inner()),
+        Ok(Err(status)) => Err(backend_error(service, status)),
+    }
+}
+
+fn backend_error(service: Backend, status: Status) -> ServiceError {
+    match status.code() {
+        Code::InvalidArgument | Code::ResourceExhausted => {
+            ServiceError::BackendRejected { service, status }
+        }
+        Code::Unavailable => ServiceError::BackendUnavailable {
+            service,
+            detail: status.message().to_owned(),
+        },
+        Code::DeadlineExceeded => ServiceError::BackendDeadline { service },
+        // tonic's client reports its own grpc-timeout expiry as CANCELLED.
+        Code::Cancelled if status.message().contains("Timeout expired") => {
+            ServiceError::BackendDeadline { service }
+        }
+        _ => ServiceError::BackendFailed {
+            service,
+            detail: format!("{:?}: {}", status.code(), status.message()),
+        },
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// RFC 3339, UTC, milliseconds: `2026-11-28T06:41:02.123Z`.
+pub fn timestamp(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// The human-readable `signature.dateTime`: `2026-11-28 06:41:02 UTC`.
+pub fn human_date_time(time: DateTime<Utc>) -> String {
+    time.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// Parses a grpc-timeout header value (`100m`, `5S`, ...: digits then one of H M S m u n).
+pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    if value.len() < 2 || value.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use faceproof_proto::common::v1::{FaceIssue, FaceIssueReason};
+
+    fn score(value: f64) -> liveness_pb::CheckResponse {
+        liveness_pb::CheckResponse {
+            outcome: Some(liveness_pb::check_response::Outcome::Score(
+                liveness_pb::LivenessScore {
+                    liveness_score: value,
+                    attack: None,
+                    models: Vec::new(),
+                },
+            )),
+            face: None,
+        }
+    }
+
+    #[test]
+    fn liveness_passes_strictly_above_the_threshold() {
+        assert!(!liveness_result(score(0.6), 0.6).expect("scored").passed);
+        assert!(
+            liveness_result(score(0.6000001), 0.6)
+                .expect("scored")
+                .passed
+        );
+        assert!(liveness_result(score(f64::NAN), 0.6).is_err());
+    }
+
+    #[test]
+    fn a_liveness_issue_fails_without_a_score() {
+        let checked = liveness_pb::CheckResponse {
+            outcome: Some(liveness_pb::check_response::Outcome::Issue(FaceIssue {
+                reason: FaceIssueReason::FaceTooSmall.into(),
+                field: "probe".into(),
+                detail: "small".into(),
+            })),
+            face: None,
+        };
+        let result = liveness_result(checked, 0.6).expect("issue is a result");
+        assert!(!result.passed);
+        assert!(result.issue.is_some());
+    }
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("5x"), None);
+        assert_eq!(parse_grpc_timeout("m"), None);
+    }
+
+    #[test]
+    fn timestamps_have_milliseconds_and_z() {
+        let time = DateTime::parse_from_rfc3339("2026-11-28T06:41:02.123456Z")
+            .expect("valid")
+            .with_timezone(&Utc);
+        assert_eq!(timestamp(time), "2026-11-28T06:41:02.123Z");
+        assert_eq!(human_date_time(time), "2026-11-28 06:41:02 UTC");
+    }
+}

@@ -1,0 +1,450 @@
+//! The liveness service over real gRPC on 127.0.0.1:0, with a scripted fake engine behind the
+//! same trait as the real one. The image bytes are the script: `block` waits for the test to
+//! release it, `panic` panics, `noface`/`border` fail a capture-quality gate, `garbage` is
+//! undecodable, `live:0.8` scores 0.8.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use faceproof_liveness::{
+    Application, AttackSplit, CheckJob, EngineError, FaceRejection, LivenessConfig, LivenessEngine,
+    LivenessError, LivenessVerdict, ModelVerdict,
+};
+use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode};
+use faceproof_proto::liveness::v1::liveness_client::LivenessClient;
+use faceproof_proto::liveness::v1::liveness_server::SERVICE_NAME;
+use faceproof_proto::liveness::v1::{CheckRequest, CheckResponse, check_response};
+use faceproof_runtime::{Deadline, PoolStats, ServingArgs};
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+/// Upper bound on any single network await: a hang fails the test instead of stalling CI.
+const STEP: Duration = Duration::from_secs(10);
+const MAX_IMAGE_BYTES: usize = 64;
+
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, future)
+        .await
+        .expect("step timed out")
+}
+
+fn face(x: f32) -> Face {
+    Face {
+        r#box: Some(BoundingBox {
+            x,
+            y: 10.0,
+            width: 50.0,
+            height: 60.0,
+        }),
+        landmarks: Vec::new(),
+        detection_score: 0.95,
+    }
+}
+
+struct FakeEngine {
+    check_calls: AtomicUsize,
+    started: async_mpsc::UnboundedSender<()>,
+    release: Mutex<mpsc::Receiver<()>>,
+    gate_warm_up: bool,
+}
+
+impl FakeEngine {
+    fn wait_for_release(&self) {
+        let _ = self.release.lock().unwrap().recv();
+    }
+}
+
+impl LivenessEngine for FakeEngine {
+    fn check(&self, job: CheckJob, deadline: &Deadline) -> Result<LivenessVerdict, EngineError> {
+        self.check_calls.fetch_add(1, Ordering::SeqCst);
+        let text = String::from_utf8_lossy(&job.image).into_owned();
+        let reject = |reason, face| {
+            Err(EngineError::Rejected(FaceRejection {
+                face,
+                ..FaceRejection::new(reason, "scripted")
+            }))
+        };
+        match text.as_str() {
+            "block" => {
+                let _ = self.started.send(());
+                self.wait_for_release();
+            }
+            "panic" => panic!("fake engine panicked"),
+            "noface" => return reject(FaceIssueReason::NoFaceDetected, None),
+            "border" => return reject(FaceIssueReason::FaceCloseToBorder, Some(face(0.0))),
+            "garbage" => return reject(FaceIssueReason::ImageUndecodable, None),
+            _ => {}
+        }
+        deadline.check()?;
+        let score = text
+            .strip_prefix("live:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.9);
+        Ok(LivenessVerdict {
+            // The hint wins, as the real engine does.
+            face: job.face_hint.unwrap_or_else(|| face(5.0)),
+            liveness_score: score,
+            attack: Some(AttackSplit {
+                print_probability: (1.0 - score) * 0.25,
+                screen_probability: (1.0 - score) * 0.75,
+            }),
+            models: vec![ModelVerdict {
+                model: "MiniFASNetV2@2.7".into(),
+                liveness_score: score,
+            }],
+        })
+    }
+
+    fn warm_up(&self) -> Result<(), EngineError> {
+        if self.gate_warm_up {
+            self.wait_for_release();
+        }
+        Ok(())
+    }
+}
+
+struct TestApp {
+    client: LivenessClient<Channel>,
+    health: HealthClient<Channel>,
+    engine: Arc<FakeEngine>,
+    stats: Arc<PoolStats>,
+    started: async_mpsc::UnboundedReceiver<()>,
+    release: mpsc::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), LivenessError>>,
+}
+
+async fn spawn_app(queue_capacity: usize, gate_warm_up: bool) -> TestApp {
+    let (started_tx, started) = async_mpsc::unbounded_channel();
+    let (release, release_rx) = mpsc::channel();
+    let engine = Arc::new(FakeEngine {
+        check_calls: AtomicUsize::new(0),
+        started: started_tx,
+        release: Mutex::new(release_rx),
+        gate_warm_up,
+    });
+    let config = LivenessConfig {
+        max_image_bytes: MAX_IMAGE_BYTES,
+        serving: ServingArgs {
+            inference_threads: Some(1),
+            queue_capacity,
+            ..ServingArgs::default()
+        },
+        ..LivenessConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::build(config, listener, engine.clone()).unwrap();
+    let addr = app.local_addr();
+    let stats = app.pool_stats();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stop_rx.await;
+    }));
+    let channel = within(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let mut app = TestApp {
+        client: LivenessClient::new(channel.clone()),
+        health: HealthClient::new(channel),
+        engine,
+        stats,
+        started,
+        release,
+        stop: Some(stop),
+        server,
+    };
+    if !gate_warm_up {
+        app.wait_for_status(ServingStatus::Serving).await;
+    }
+    app
+}
+
+impl TestApp {
+    async fn wait_for_status(&mut self, wanted: ServingStatus) {
+        let mut updates = within(self.health.watch(HealthCheckRequest {
+            service: SERVICE_NAME.to_owned(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        loop {
+            let update = within(updates.next()).await.expect("watch ended").unwrap();
+            if update.status() == wanted {
+                return;
+            }
+        }
+    }
+
+    async fn occupy_worker(&mut self) -> JoinHandle<Result<CheckResponse, Status>> {
+        let mut client = self.client.clone();
+        let in_flight = tokio::spawn(async move { check(&mut client, request(b"block")).await });
+        within(self.started.recv()).await.expect("engine gone");
+        in_flight
+    }
+}
+
+fn request(image: &[u8]) -> CheckRequest {
+    CheckRequest {
+        image: image.to_vec(),
+        search_mode: SearchMode::Accurate.into(),
+        face_hint: None,
+        os: "ANDROID".into(),
+    }
+}
+
+async fn check(
+    client: &mut LivenessClient<Channel>,
+    request: CheckRequest,
+) -> Result<CheckResponse, Status> {
+    within(client.check(request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn details(status: &Status) -> (String, Vec<(String, String)>) {
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.domain, "faceproof");
+    let violations = details
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.reason.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (info.reason.clone(), violations)
+}
+
+#[tokio::test]
+async fn health_is_not_serving_until_warm_up_completes() {
+    let mut app = spawn_app(4, true).await;
+    let status = within(app.health.check(HealthCheckRequest {
+        service: SERVICE_NAME.into(),
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(status.status(), ServingStatus::NotServing);
+    app.release.send(()).unwrap();
+    app.wait_for_status(ServingStatus::Serving).await;
+}
+
+#[tokio::test]
+async fn scores_the_hinted_face() {
+    let mut app = spawn_app(4, false).await;
+    let hint = face(42.0);
+    let response = check(
+        &mut app.client,
+        CheckRequest {
+            face_hint: Some(hint.clone()),
+            ..request(b"live:0.8")
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.face, Some(hint));
+    let Some(check_response::Outcome::Score(score)) = response.outcome else {
+        panic!("expected a score");
+    };
+    assert_eq!(score.liveness_score, 0.8);
+    let attack = score.attack.unwrap();
+    assert!((attack.print_probability + attack.screen_probability - 0.2).abs() < 1e-9);
+    assert_eq!(score.models[0].model, "MiniFASNetV2@2.7");
+}
+
+#[tokio::test]
+async fn quality_gates_are_issues_and_bad_images_are_invalid_argument() {
+    let mut app = spawn_app(4, false).await;
+    for (image, reason) in [
+        (&b"noface"[..], FaceIssueReason::NoFaceDetected),
+        (b"border", FaceIssueReason::FaceCloseToBorder),
+    ] {
+        let response = check(&mut app.client, request(image)).await.unwrap();
+        let Some(check_response::Outcome::Issue(issue)) = response.outcome else {
+            panic!("expected an issue for {reason:?}");
+        };
+        assert_eq!(issue.reason(), reason);
+        assert_eq!(issue.field, "image");
+    }
+
+    let status = check(&mut app.client, request(b"garbage"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        details(&status),
+        (
+            "image_undecodable".to_owned(),
+            vec![("image".to_owned(), "image_undecodable".to_owned())]
+        )
+    );
+
+    let calls_before = app.engine.check_calls.load(Ordering::SeqCst);
+    let status = check(&mut app.client, request(&[b'x'; MAX_IMAGE_BYTES + 1]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        details(&status).1,
+        [("image".to_owned(), "image_too_large".to_owned())]
+    );
+    assert_eq!(app.engine.check_calls.load(Ordering::SeqCst), calls_before);
+}
+
+#[tokio::test]
+async fn full_queue_answers_resource_exhausted_at_once() {
+    let mut app = spawn_app(1, false).await;
+    let blocked = app.occupy_worker().await;
+    let queued = {
+        let mut client = app.client.clone();
+        tokio::spawn(async move { check(&mut client, request(b"live:0.7")).await })
+    };
+    // The queued request holds the only slot once the depth gauge says so.
+    within(async {
+        while app.stats.queue_depth.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let sent = Instant::now();
+    let status = check(&mut app.client, request(b"live:0.7"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(sent.elapsed() < Duration::from_secs(1));
+
+    app.release.send(()).unwrap();
+    within(blocked).await.unwrap().unwrap();
+    within(queued).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn deadline_passing_in_the_queue_is_deadline_exceeded() {
+    let mut app = spawn_app(2, false).await;
+    let blocked = app.occupy_worker().await;
+    let mut late = tonic::Request::new(request(b"live:0.7"));
+    late.set_timeout(Duration::from_millis(200));
+    let status = within(app.client.check(late)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    app.release.send(()).unwrap();
+    within(blocked).await.unwrap().unwrap();
+    check(&mut app.client, request(b"live:0.7")).await.unwrap();
+    assert_eq!(app.engine.check_calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn engine_panic_is_internal_and_the_service_keeps_serving() {
+    let mut app = spawn_app(4, false).await;
+    let status = check(&mut app.client, request(b"panic")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    check(&mut app.client, request(b"live:0.7")).await.unwrap();
+}
+
+#[tokio::test]
+async fn graceful_shutdown_lets_in_flight_requests_finish() {
+    let mut app = spawn_app(4, false).await;
+    let blocked = app.occupy_worker().await;
+    if let Some(stop) = app.stop.take() {
+        stop.send(()).unwrap();
+    }
+    app.release.send(()).unwrap();
+    within(blocked).await.unwrap().unwrap();
+    within(app.server).await.unwrap().unwrap();
+}
+
+/// The real engine over the converted weights and the public-domain fixtures.
+mod real_models {
+    use std::path::PathBuf;
+
+    use faceproof_liveness::vision::VisionLivenessEngine;
+    use faceproof_models::{ModelName, ModelStore};
+
+    use super::*;
+
+    fn repo_path(relative: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(relative)
+    }
+
+    fn engine() -> VisionLivenessEngine {
+        let store = ModelStore::at(repo_path("models/store")).unwrap();
+        VisionLivenessEngine::from_weights(
+            &store.read_verified(ModelName::YuNet).unwrap(),
+            &store.read_verified(ModelName::MiniFasNetV2).unwrap(),
+            &store.read_verified(ModelName::MiniFasNetV1Se).unwrap(),
+            40_000_000,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn live_portraits_score_high_over_grpc() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let app =
+            Application::build(LivenessConfig::default(), listener, Arc::new(engine())).unwrap();
+        let addr = app.local_addr();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stop_rx.await;
+        }));
+        let channel = within(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect(),
+        )
+        .await
+        .unwrap();
+        let mut client = LivenessClient::new(channel);
+        let image =
+            std::fs::read(repo_path("tests/fixtures/obama_2012_official_portrait.jpg")).unwrap();
+        for mode in [SearchMode::Fast, SearchMode::Accurate] {
+            let started = Instant::now();
+            let response = tokio::time::timeout(
+                Duration::from_secs(120),
+                client.check(CheckRequest {
+                    image: image.clone(),
+                    search_mode: mode.into(),
+                    face_hint: None,
+                    os: "DESKTOP".into(),
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .into_inner();
+            eprintln!("{mode:?}: {:?}: {response:?}", started.elapsed());
+            let Some(check_response::Outcome::Score(score)) = response.outcome else {
+                panic!("{mode:?}: expected a score");
+            };
+            // onnxruntime reference on the raw box: V2 0.99999, V1SE 0.9996.
+            assert!(score.liveness_score > 0.9, "{mode:?}: {score:?}");
+            let expected_models = if mode == SearchMode::Fast { 1 } else { 2 };
+            assert_eq!(score.models.len(), expected_models);
+            assert!(response.face.is_some());
+        }
+        let status = within(client.check(request(b"not an image")))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        let _ = stop.send(());
+        within(server).await.unwrap().unwrap();
+    }
+}

@@ -1,0 +1,70 @@
+//! The contract between the gRPC service and the model code: the service validates, schedules
+//! and maps errors; an engine turns image bytes into faces and cosine similarities. Engines run
+//! on the inference pool's threads, never on the async runtime.
+
+use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
+use faceproof_runtime::{Deadline, DeadlineExceeded};
+
+/// A validated comparison request, owned so it can move to a worker thread.
+#[derive(Debug, Clone)]
+pub struct CompareJob {
+    pub probe: Vec<u8>,
+    pub gallery: Vec<Vec<u8>>,
+    pub mode: SearchMode,
+}
+
+/// Why an image has no usable face, e.g. `FaceTooSmall` with "face is 31 px wide, minimum 48".
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaceRejection {
+    pub reason: FaceIssueReason,
+    pub detail: String,
+}
+
+impl FaceRejection {
+    pub fn new(reason: FaceIssueReason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// One gallery image compared with the probe.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GalleryMatch {
+    pub face: Face,
+    /// Cosine similarity of the embeddings, -1..1.
+    pub similarity: f64,
+}
+
+/// The engine's answer: the probe's subject face and one entry per gallery image, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompareOutcome {
+    pub probe_face: Face,
+    pub gallery: Vec<Result<GalleryMatch, FaceRejection>>,
+}
+
+/// Failures that end a comparison. Gallery-item problems are not errors: they are entries of
+/// [`CompareOutcome::gallery`].
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The probe has no usable face (or cannot be decoded): INVALID_ARGUMENT on `probe`.
+    #[error("probe rejected: {} ({})", .0.reason.code(), .0.detail)]
+    Probe(FaceRejection),
+    #[error(transparent)]
+    DeadlineExceeded(#[from] DeadlineExceeded),
+    /// A model or bug failure; logged, answered INTERNAL.
+    #[error("engine failure: {0}")]
+    Internal(String),
+}
+
+/// Face comparison, run inside the inference pool.
+pub trait MatchEngine: Send + Sync + 'static {
+    /// Compares the probe's subject face with every gallery image. Implementations should call
+    /// `deadline.check()?` between stages so abandoned work stops early.
+    fn compare(&self, job: CompareJob, deadline: &Deadline) -> Result<CompareOutcome, EngineError>;
+
+    /// Runs the whole pipeline once so the first real request is not slow; the service reports
+    /// SERVING only after this succeeds.
+    fn warm_up(&self) -> Result<(), EngineError>;
+}

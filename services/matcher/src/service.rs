@@ -1,0 +1,335 @@
+//! The `faceproof.matcher.v1.Matcher` gRPC service: validates requests, runs the engine on the
+//! inference pool and maps its outcome to the response or to a status with rich details.
+
+use std::sync::Arc;
+
+use faceproof_proto::common::v1::{FaceIssue, SearchMode};
+use faceproof_proto::matcher::v1::matcher_server::Matcher;
+use faceproof_proto::matcher::v1::{
+    CompareRequest, CompareResponse, GalleryItemResult, Match, gallery_item_result,
+};
+use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError};
+use tonic::{Request, Response, Status};
+
+use crate::calibration::Calibration;
+use crate::engine::{CompareJob, CompareOutcome, EngineError, MatchEngine};
+
+/// Request limits enforced before any work is queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    pub max_image_bytes: usize,
+    pub max_gallery_items: usize,
+}
+
+/// The gRPC handler; cheap to clone (everything shared is behind an `Arc`).
+#[derive(Clone)]
+pub struct MatcherService {
+    engine: Arc<dyn MatchEngine>,
+    pool: Arc<InferencePool>,
+    calibration: Arc<Calibration>,
+    limits: RequestLimits,
+    deadlines: DeadlinePolicy,
+}
+
+impl std::fmt::Debug for MatcherService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MatcherService")
+            .field("calibration", &self.calibration.id())
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MatcherService {
+    pub fn new(
+        engine: Arc<dyn MatchEngine>,
+        pool: Arc<InferencePool>,
+        calibration: Arc<Calibration>,
+        limits: RequestLimits,
+        deadlines: DeadlinePolicy,
+    ) -> Self {
+        Self {
+            engine,
+            pool,
+            calibration,
+            limits,
+            deadlines,
+        }
+    }
+
+    async fn compare_inner(
+        &self,
+        request: Request<CompareRequest>,
+    ) -> Result<CompareResponse, ServiceError> {
+        let deadline = self.deadlines.deadline_for(request.metadata());
+        let job = validate(request.into_inner(), self.limits)?;
+        let gallery_len = job.gallery.len();
+        let engine = Arc::clone(&self.engine);
+        let outcome = self
+            .pool
+            .run(deadline, move |deadline| engine.compare(job, deadline))
+            .await?
+            .map_err(engine_error)?;
+        build_response(outcome, gallery_len, &self.calibration)
+    }
+}
+
+#[tonic::async_trait]
+impl Matcher for MatcherService {
+    #[tracing::instrument(name = "matcher.compare", skip_all)]
+    async fn compare(
+        &self,
+        request: Request<CompareRequest>,
+    ) -> Result<Response<CompareResponse>, Status> {
+        match self.compare_inner(request).await {
+            Ok(response) => Ok(Response::new(response)),
+            Err(error) => {
+                tracing::info!(code = ?error.code, reason = %error.reason, "compare failed");
+                Err(error.into())
+            }
+        }
+    }
+}
+
+/// Turns the wire request into a job, or names the offending field.
+fn validate(request: CompareRequest, limits: RequestLimits) -> Result<CompareJob, ServiceError> {
+    let mode = match SearchMode::try_from(request.search_mode) {
+        // Callers that do not choose get the cheaper pipeline.
+        Ok(SearchMode::Unspecified) | Ok(SearchMode::Fast) => SearchMode::Fast,
+        Ok(SearchMode::Accurate) => SearchMode::Accurate,
+        Err(_) => {
+            return Err(ServiceError::invalid_field(
+                "invalid_search_mode",
+                "search_mode",
+                format!("unknown search mode {}", request.search_mode),
+            ));
+        }
+    };
+    check_image(&request.probe, "probe", limits)?;
+    if request.gallery.is_empty() {
+        return Err(ServiceError::invalid_field(
+            "empty_gallery",
+            "gallery",
+            "at least one gallery image is needed",
+        ));
+    }
+    if request.gallery.len() > limits.max_gallery_items {
+        return Err(ServiceError::invalid_field(
+            "gallery_too_large",
+            "gallery",
+            format!(
+                "{} images, the limit is {}",
+                request.gallery.len(),
+                limits.max_gallery_items
+            ),
+        ));
+    }
+    for (index, image) in request.gallery.iter().enumerate() {
+        check_image(image, &format!("gallery[{index}]"), limits)?;
+    }
+    Ok(CompareJob {
+        probe: request.probe,
+        gallery: request.gallery,
+        mode,
+    })
+}
+
+fn check_image(bytes: &[u8], field: &str, limits: RequestLimits) -> Result<(), ServiceError> {
+    if bytes.is_empty() {
+        return Err(ServiceError::invalid_field(
+            "empty_image",
+            field.to_owned(),
+            "image is empty",
+        ));
+    }
+    if bytes.len() > limits.max_image_bytes {
+        return Err(ServiceError::invalid_field(
+            "image_too_large",
+            field.to_owned(),
+            format!(
+                "image is {} bytes, the limit is {}",
+                bytes.len(),
+                limits.max_image_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn engine_error(error: EngineError) -> ServiceError {
+    match error {
+        EngineError::Probe(rejection) => {
+            ServiceError::invalid_field(rejection.reason.code(), "probe", rejection.detail)
+        }
+        EngineError::DeadlineExceeded(_) => ServiceError::deadline_exceeded(),
+        EngineError::Internal(detail) => ServiceError::internal(detail),
+    }
+}
+
+fn build_response(
+    outcome: CompareOutcome,
+    gallery_len: usize,
+    calibration: &Calibration,
+) -> Result<CompareResponse, ServiceError> {
+    if outcome.gallery.len() != gallery_len {
+        return Err(ServiceError::internal(format!(
+            "engine returned {} gallery results for {gallery_len} images",
+            outcome.gallery.len()
+        )));
+    }
+    let mut items = Vec::with_capacity(gallery_len);
+    let mut best: Option<(u32, f64)> = None;
+    let mut rejections = Vec::new();
+    for (index, result) in outcome.gallery.into_iter().enumerate() {
+        let index = u32::try_from(index)
+            .map_err(|_| ServiceError::internal("gallery index overflows u32"))?;
+        let field = format!("gallery[{index}]");
+        let outcome = match result {
+            Ok(matched) => {
+                let score = calibration.score(matched.similarity);
+                if best.is_none_or(|(_, best_score)| score > best_score) {
+                    best = Some((index, score));
+                }
+                gallery_item_result::Outcome::Match(Match {
+                    face: Some(matched.face),
+                    similarity: matched.similarity,
+                    score,
+                })
+            }
+            Err(rejection) => {
+                rejections.push((field.clone(), rejection.clone()));
+                gallery_item_result::Outcome::Issue(FaceIssue {
+                    reason: rejection.reason.into(),
+                    field,
+                    detail: rejection.detail,
+                })
+            }
+        };
+        items.push(GalleryItemResult {
+            index,
+            outcome: Some(outcome),
+        });
+    }
+    let Some((best_index, best_score)) = best else {
+        // No gallery image has a usable face: nothing to compare with. ErrorInfo carries the
+        // first item's reason; each item's own reason is on its field violation.
+        let mut rejections = rejections.into_iter();
+        let Some((first_field, first)) = rejections.next() else {
+            return Err(ServiceError::internal("empty gallery reached the response"));
+        };
+        let mut error = ServiceError::new(
+            faceproof_runtime::ErrorCode::InvalidArgument,
+            first.reason.code(),
+            "no gallery image has a usable face",
+        )
+        .with_violation(first.reason.code(), first_field, first.detail);
+        for (field, rejection) in rejections {
+            error = error.with_violation(rejection.reason.code(), field, rejection.detail);
+        }
+        return Err(error);
+    };
+    Ok(CompareResponse {
+        probe_face: Some(outcome.probe_face),
+        gallery: items,
+        best_index,
+        best_score,
+        calibration: calibration.id().to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use faceproof_proto::common::v1::{Face, FaceIssueReason};
+
+    use super::*;
+    use crate::engine::{FaceRejection, GalleryMatch};
+
+    const LIMITS: RequestLimits = RequestLimits {
+        max_image_bytes: 10,
+        max_gallery_items: 2,
+    };
+
+    fn request(probe: &[u8], gallery: &[&[u8]]) -> CompareRequest {
+        CompareRequest {
+            probe: probe.to_vec(),
+            gallery: gallery.iter().map(|g| g.to_vec()).collect(),
+            search_mode: SearchMode::Accurate.into(),
+        }
+    }
+
+    fn field_of(error: &ServiceError) -> &str {
+        &error.violations[0].field
+    }
+
+    #[test]
+    fn validation_names_the_offending_field() {
+        let cases: [(CompareRequest, &str, &str); 5] = [
+            (request(b"", &[b"x"]), "probe", "empty_image"),
+            (request(b"x", &[]), "gallery", "empty_gallery"),
+            (
+                request(b"x", &[b"x", b"x", b"x"]),
+                "gallery",
+                "gallery_too_large",
+            ),
+            (
+                request(b"x", &[b"x", b"01234567890"]),
+                "gallery[1]",
+                "image_too_large",
+            ),
+            (
+                CompareRequest {
+                    search_mode: 9,
+                    ..request(b"x", &[b"x"])
+                },
+                "search_mode",
+                "invalid_search_mode",
+            ),
+        ];
+        for (request, field, reason) in cases {
+            let error = validate(request, LIMITS).unwrap_err();
+            assert_eq!(field_of(&error), field);
+            assert_eq!(error.reason, reason);
+        }
+        let job = validate(request(b"p", &[b"g"]), LIMITS).unwrap();
+        assert_eq!(job.mode, SearchMode::Accurate);
+    }
+
+    #[test]
+    fn best_item_is_the_highest_score_among_matches() {
+        let calibration = Calibration::builtin().unwrap();
+        let outcome = CompareOutcome {
+            probe_face: Face::default(),
+            gallery: vec![
+                Ok(GalleryMatch {
+                    face: Face::default(),
+                    similarity: 0.2,
+                }),
+                Err(FaceRejection::new(FaceIssueReason::FaceTooSmall, "tiny")),
+                Ok(GalleryMatch {
+                    face: Face::default(),
+                    similarity: 0.5,
+                }),
+            ],
+        };
+        let response = build_response(outcome, 3, &calibration).unwrap();
+        assert_eq!(response.best_index, 2);
+        assert_eq!(response.best_score, calibration.score(0.5));
+        assert_eq!(response.gallery.len(), 3);
+        let Some(gallery_item_result::Outcome::Issue(issue)) = &response.gallery[1].outcome else {
+            panic!("item 1 should be an issue");
+        };
+        assert_eq!(issue.field, "gallery[1]");
+        assert_eq!(issue.reason(), FaceIssueReason::FaceTooSmall);
+    }
+
+    #[test]
+    fn mismatched_result_count_is_internal() {
+        let calibration = Calibration::builtin().unwrap();
+        let outcome = CompareOutcome {
+            probe_face: Face::default(),
+            gallery: vec![],
+        };
+        let error = build_response(outcome, 1, &calibration).unwrap_err();
+        assert_eq!(error.code, faceproof_runtime::ErrorCode::Internal);
+    }
+}

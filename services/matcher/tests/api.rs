@@ -1,0 +1,673 @@
+//! The matcher over real gRPC on 127.0.0.1:0, with a scripted fake engine behind the same trait
+//! as the real one. The probe and gallery bytes are the script: `block` waits for the test to
+//! release it, `panic` panics, `noface`/`small` are rejected, `cos:0.5` matches with that cosine.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use faceproof_matcher::{
+    Application, Calibration, CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch,
+    MatchEngine, MatcherConfig, MatcherError,
+};
+use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode};
+use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
+use faceproof_proto::matcher::v1::matcher_server::SERVICE_NAME;
+use faceproof_proto::matcher::v1::{CompareRequest, CompareResponse, gallery_item_result};
+use faceproof_runtime::{Deadline, PoolStats, ServingArgs};
+use tokio::sync::{mpsc as async_mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_types::StatusExt;
+
+/// Upper bound on any single network await: a hang fails the test instead of stalling CI.
+const STEP: Duration = Duration::from_secs(10);
+
+async fn within<T>(future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(STEP, future)
+        .await
+        .expect("step timed out")
+}
+
+struct FakeEngine {
+    compare_calls: AtomicUsize,
+    /// Told when a `block` job starts running.
+    started: async_mpsc::UnboundedSender<()>,
+    /// `block` jobs (and a gated warm-up) wait for a message (or a hang-up) here.
+    release: Mutex<mpsc::Receiver<()>>,
+    gate_warm_up: bool,
+}
+
+fn face(x: f32) -> Face {
+    Face {
+        r#box: Some(BoundingBox {
+            x,
+            y: 10.0,
+            width: 50.0,
+            height: 60.0,
+        }),
+        landmarks: Vec::new(),
+        detection_score: 0.95,
+    }
+}
+
+impl FakeEngine {
+    fn wait_for_release(&self) {
+        let _ = self.release.lock().unwrap().recv();
+    }
+}
+
+impl MatchEngine for FakeEngine {
+    fn compare(&self, job: CompareJob, deadline: &Deadline) -> Result<CompareOutcome, EngineError> {
+        self.compare_calls.fetch_add(1, Ordering::SeqCst);
+        match job.probe.as_slice() {
+            b"block" => {
+                let _ = self.started.send(());
+                self.wait_for_release();
+            }
+            b"panic" => panic!("fake engine panicked"),
+            b"noface" => {
+                return Err(EngineError::Probe(FaceRejection::new(
+                    FaceIssueReason::NoFaceDetected,
+                    "no face found",
+                )));
+            }
+            _ => {}
+        }
+        deadline.check()?;
+        let gallery = job
+            .gallery
+            .iter()
+            .map(|item| match item.as_slice() {
+                b"noface" => Err(FaceRejection::new(FaceIssueReason::NoFaceDetected, "none")),
+                b"small" => Err(FaceRejection::new(FaceIssueReason::FaceTooSmall, "31 px")),
+                other => {
+                    let text = std::str::from_utf8(other).unwrap_or("");
+                    let similarity = text
+                        .strip_prefix("cos:")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0.9);
+                    Ok(GalleryMatch {
+                        face: face(1.0),
+                        similarity,
+                    })
+                }
+            })
+            .collect();
+        Ok(CompareOutcome {
+            probe_face: face(0.0),
+            gallery,
+        })
+    }
+
+    fn warm_up(&self) -> Result<(), EngineError> {
+        if self.gate_warm_up {
+            self.wait_for_release();
+        }
+        Ok(())
+    }
+}
+
+struct Options {
+    threads: usize,
+    queue_capacity: usize,
+    gate_warm_up: bool,
+    shutdown_grace: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            threads: 1,
+            queue_capacity: 4,
+            gate_warm_up: false,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+struct TestApp {
+    channel: Channel,
+    client: MatcherClient<Channel>,
+    health: HealthClient<Channel>,
+    engine: Arc<FakeEngine>,
+    stats: Arc<PoolStats>,
+    started: async_mpsc::UnboundedReceiver<()>,
+    release: mpsc::Sender<()>,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), MatcherError>>,
+}
+
+const MAX_IMAGE_BYTES: usize = 64;
+
+async fn spawn_app(options: Options) -> TestApp {
+    let (started_tx, started) = async_mpsc::unbounded_channel();
+    let (release, release_rx) = mpsc::channel();
+    let engine = Arc::new(FakeEngine {
+        compare_calls: AtomicUsize::new(0),
+        started: started_tx,
+        release: Mutex::new(release_rx),
+        gate_warm_up: options.gate_warm_up,
+    });
+    let config = MatcherConfig {
+        max_image_bytes: MAX_IMAGE_BYTES,
+        max_gallery_items: 4,
+        serving: ServingArgs {
+            inference_threads: Some(options.threads),
+            queue_capacity: options.queue_capacity,
+            shutdown_grace_ms: u64::try_from(options.shutdown_grace.as_millis()).unwrap(),
+            ..ServingArgs::default()
+        },
+        ..MatcherConfig::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = Application::build(config, listener, engine.clone()).unwrap();
+    let addr = app.local_addr();
+    let stats = app.pool_stats();
+    let (stop, stop_rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stop_rx.await;
+    }));
+    let channel = within(
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let mut app = TestApp {
+        client: MatcherClient::new(channel.clone()),
+        health: HealthClient::new(channel.clone()),
+        channel,
+        engine,
+        stats,
+        started,
+        release,
+        stop: Some(stop),
+        server,
+    };
+    if !options.gate_warm_up {
+        app.wait_for_status(ServingStatus::Serving).await;
+    }
+    app
+}
+
+impl TestApp {
+    async fn wait_for_status(&mut self, wanted: ServingStatus) {
+        let mut updates = within(self.health.watch(HealthCheckRequest {
+            service: SERVICE_NAME.to_owned(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+        loop {
+            let update = within(updates.next()).await.expect("watch ended").unwrap();
+            if update.status() == wanted {
+                return;
+            }
+        }
+    }
+
+    async fn status_of(&mut self, service: &str) -> ServingStatus {
+        within(self.health.check(HealthCheckRequest {
+            service: service.to_owned(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .status()
+    }
+
+    /// Sends a request whose probe blocks the single worker, and waits until it runs.
+    async fn occupy_worker(&mut self) -> JoinHandle<Result<CompareResponse, Status>> {
+        let mut client = self.client.clone();
+        let in_flight =
+            tokio::spawn(
+                async move { compare(&mut client, request(b"block", &[b"cos:0.5"])).await },
+            );
+        within(self.started.recv()).await.expect("engine gone");
+        in_flight
+    }
+
+    async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+fn request(probe: &[u8], gallery: &[&[u8]]) -> CompareRequest {
+    CompareRequest {
+        probe: probe.to_vec(),
+        gallery: gallery.iter().map(|item| item.to_vec()).collect(),
+        search_mode: SearchMode::Fast.into(),
+    }
+}
+
+async fn compare(
+    client: &mut MatcherClient<Channel>,
+    request: CompareRequest,
+) -> Result<CompareResponse, Status> {
+    within(client.compare(request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// (reason, [(field, field reason)]) of an error status.
+fn details(status: &Status) -> (String, Vec<(String, String)>) {
+    let details = status.get_error_details();
+    let info = details.error_info().expect("ErrorInfo");
+    assert_eq!(info.domain, "faceproof");
+    let violations = details
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| (v.field.clone(), v.reason.clone()))
+                .collect()
+        })
+        .unwrap_or_default();
+    (info.reason.clone(), violations)
+}
+
+#[tokio::test]
+async fn health_is_not_serving_until_warm_up_completes() {
+    let mut app = spawn_app(Options {
+        gate_warm_up: true,
+        ..Options::default()
+    })
+    .await;
+    assert_eq!(app.status_of(SERVICE_NAME).await, ServingStatus::NotServing);
+    assert_eq!(app.status_of("").await, ServingStatus::NotServing);
+    app.release.send(()).unwrap();
+    app.wait_for_status(ServingStatus::Serving).await;
+    assert_eq!(app.status_of("").await, ServingStatus::Serving);
+}
+
+#[tokio::test]
+async fn compare_returns_calibrated_scores_and_gallery_issues() {
+    let mut app = spawn_app(Options::default()).await;
+    let response = compare(
+        &mut app.client,
+        request(b"face", &[b"cos:0.2", b"noface", b"cos:0.5"]),
+    )
+    .await
+    .unwrap();
+    let calibration = Calibration::builtin().unwrap();
+    assert_eq!(response.best_index, 2);
+    assert_eq!(response.best_score, calibration.score(0.5));
+    assert_eq!(response.calibration, calibration.id());
+    assert_eq!(response.probe_face, Some(face(0.0)));
+    assert_eq!(response.gallery.len(), 3);
+    for (index, item) in response.gallery.iter().enumerate() {
+        assert_eq!(item.index as usize, index);
+    }
+    let Some(gallery_item_result::Outcome::Match(first)) = &response.gallery[0].outcome else {
+        panic!("gallery[0] should match");
+    };
+    assert_eq!(first.similarity, 0.2);
+    assert_eq!(first.score, calibration.score(0.2));
+    let Some(gallery_item_result::Outcome::Issue(issue)) = &response.gallery[1].outcome else {
+        panic!("gallery[1] should be an issue");
+    };
+    assert_eq!(issue.reason(), FaceIssueReason::NoFaceDetected);
+    assert_eq!(issue.field, "gallery[1]");
+}
+
+#[tokio::test]
+async fn probe_without_face_is_invalid_argument_on_probe() {
+    let mut app = spawn_app(Options::default()).await;
+    let status = compare(&mut app.client, request(b"noface", &[b"cos:0.5"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let (reason, violations) = details(&status);
+    assert_eq!(reason, "no_face_detected");
+    assert_eq!(
+        violations,
+        [("probe".to_owned(), "no_face_detected".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn no_usable_gallery_face_names_every_item() {
+    let mut app = spawn_app(Options::default()).await;
+    let status = compare(&mut app.client, request(b"face", &[b"noface", b"small"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let (reason, violations) = details(&status);
+    assert_eq!(reason, "no_face_detected");
+    assert_eq!(
+        violations,
+        [
+            ("gallery[0]".to_owned(), "no_face_detected".to_owned()),
+            ("gallery[1]".to_owned(), "face_too_small".to_owned()),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn malformed_requests_are_rejected_before_inference() {
+    let mut app = spawn_app(Options::default()).await;
+    let oversized = vec![b'x'; MAX_IMAGE_BYTES + 1];
+    let cases: [(CompareRequest, &str, &str); 4] = [
+        (request(b"", &[b"cos:0.5"]), "probe", "empty_image"),
+        (request(b"face", &[]), "gallery", "empty_gallery"),
+        (
+            request(&oversized, &[b"cos:0.5"]),
+            "probe",
+            "image_too_large",
+        ),
+        (
+            request(b"face", &[b"cos:0.5", &oversized]),
+            "gallery[1]",
+            "image_too_large",
+        ),
+    ];
+    for (request, field, field_reason) in cases {
+        let status = compare(&mut app.client, request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        let (reason, violations) = details(&status);
+        assert_eq!(reason, field_reason);
+        assert_eq!(violations, [(field.to_owned(), field_reason.to_owned())]);
+    }
+    assert_eq!(app.engine.compare_calls.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn full_queue_answers_resource_exhausted_at_once() {
+    let mut app = spawn_app(Options {
+        threads: 1,
+        queue_capacity: 1,
+        ..Options::default()
+    })
+    .await;
+    let blocked = app.occupy_worker().await;
+
+    // One of these takes the single queue slot; the other three must be refused immediately.
+    let (results_tx, mut results) = async_mpsc::unbounded_channel();
+    for _ in 0..4 {
+        let mut client = app.client.clone();
+        let results_tx = results_tx.clone();
+        tokio::spawn(async move {
+            let sent = Instant::now();
+            let result = compare(&mut client, request(b"face", &[b"cos:0.5"])).await;
+            let _ = results_tx.send((result, sent.elapsed()));
+        });
+    }
+    for _ in 0..3 {
+        let (result, elapsed) = within(results.recv()).await.unwrap();
+        let status = result.unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(details(&status).0, "inference_queue_full");
+        assert!(elapsed < Duration::from_secs(1), "refusal took {elapsed:?}");
+    }
+    assert_eq!(app.stats.rejected_queue_full.load(Ordering::Relaxed), 3);
+
+    app.release.send(()).unwrap();
+    within(blocked).await.unwrap().unwrap();
+    let (queued, _) = within(results.recv()).await.unwrap();
+    queued.unwrap();
+}
+
+#[tokio::test]
+async fn deadline_passing_in_the_queue_is_deadline_exceeded_and_never_runs() {
+    let mut app = spawn_app(Options {
+        threads: 1,
+        queue_capacity: 2,
+        ..Options::default()
+    })
+    .await;
+    let blocked = app.occupy_worker().await;
+
+    let mut late = tonic::Request::new(request(b"face", &[b"cos:0.5"]));
+    late.set_timeout(Duration::from_millis(200));
+    let status = within(app.client.compare(late)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+
+    app.release.send(()).unwrap();
+    within(blocked).await.unwrap().unwrap();
+    // FIFO: once this one has run, the expired job has been taken from the queue and skipped.
+    compare(&mut app.client, request(b"face", &[b"cos:0.5"]))
+        .await
+        .unwrap();
+    assert_eq!(app.engine.compare_calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn engine_panic_is_internal_and_the_service_keeps_serving() {
+    let mut app = spawn_app(Options::default()).await;
+    let status = compare(&mut app.client, request(b"panic", &[b"cos:0.5"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    assert!(
+        !status.message().contains("fake engine"),
+        "panic text must not leak"
+    );
+    compare(&mut app.client, request(b"face", &[b"cos:0.5"]))
+        .await
+        .unwrap();
+    assert_eq!(app.stats.panicked.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn graceful_shutdown_reports_not_serving_and_lets_in_flight_requests_finish() {
+    let mut app = spawn_app(Options::default()).await;
+    let blocked = app.occupy_worker().await;
+    let mut updates = within(app.health.watch(HealthCheckRequest {
+        service: SERVICE_NAME.to_owned(),
+    }))
+    .await
+    .unwrap()
+    .into_inner();
+    let first = within(updates.next()).await.unwrap().unwrap();
+    assert_eq!(first.status(), ServingStatus::Serving);
+
+    app.stop().await;
+    let next = within(updates.next()).await.unwrap().unwrap();
+    assert_eq!(next.status(), ServingStatus::NotServing);
+    drop(updates);
+
+    app.release.send(()).unwrap();
+    let response = within(blocked).await.unwrap().unwrap();
+    assert_eq!(response.gallery.len(), 1);
+    within(app.server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_gives_up_on_stuck_requests_after_the_grace_period() {
+    let mut app = spawn_app(Options {
+        shutdown_grace: Duration::from_millis(100),
+        ..Options::default()
+    })
+    .await;
+    let _stuck = app.occupy_worker().await;
+    app.stop().await;
+    within(app.server).await.unwrap().unwrap();
+}
+
+/// The real engine over the converted weights and the public-domain fixtures.
+mod real_models {
+    use std::path::PathBuf;
+
+    use faceproof_matcher::vision::{VisionMatchEngine, VisionMatchSettings};
+    use faceproof_models::{ModelName, ModelStore};
+
+    use super::*;
+
+    fn repo_path(relative: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../..")
+            .join(relative)
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(repo_path("tests/fixtures").join(name)).unwrap()
+    }
+
+    fn engine(fast_detector_side: u32) -> VisionMatchEngine {
+        let store = ModelStore::at(repo_path("models/store")).unwrap();
+        VisionMatchEngine::from_weights(
+            &store.read_verified(ModelName::YuNet).unwrap(),
+            &store.read_verified(ModelName::SFace).unwrap(),
+            VisionMatchSettings {
+                max_image_pixels: 40_000_000,
+                fast_detector_side,
+                accurate_detector_side: 640,
+            },
+        )
+        .unwrap()
+    }
+
+    fn similarities(outcome: &CompareOutcome) -> Vec<f64> {
+        outcome
+            .gallery
+            .iter()
+            .map(|item| item.as_ref().unwrap().similarity)
+            .collect()
+    }
+
+    fn job(mode: SearchMode) -> CompareJob {
+        CompareJob {
+            probe: fixture("obama_2009_congress.jpg"),
+            gallery: vec![
+                fixture("obama_2012_official_portrait.jpg"),
+                fixture("biden_2010_blue_room.jpg"),
+                b"not an image".to_vec(),
+            ],
+            mode,
+        }
+    }
+
+    #[test]
+    fn detector_at_640_reproduces_the_reference_cosines() {
+        let engine = engine(640);
+        let outcome = engine
+            .compare(
+                job(SearchMode::Fast),
+                &Deadline::after(Duration::from_secs(120)),
+            )
+            .unwrap();
+        let [same, other] = similarities(&CompareOutcome {
+            gallery: outcome.gallery[..2].to_vec(),
+            ..outcome.clone()
+        })[..] else {
+            panic!("two matches expected");
+        };
+        eprintln!("detector 640, single embedding: same {same:.4}, different {other:.4}");
+        // onnxruntime reference: 0.7434 (same person), 0.2611 (Obama vs Biden).
+        assert!((same - 0.7434).abs() < 0.03, "same-person cosine {same}");
+        assert!(
+            (other - 0.2611).abs() < 0.03,
+            "different-person cosine {other}"
+        );
+        let issue = outcome.gallery[2].as_ref().unwrap_err();
+        assert_eq!(issue.reason, FaceIssueReason::UnsupportedFormat);
+    }
+
+    #[tokio::test]
+    async fn both_modes_separate_same_and_different_people_over_grpc() {
+        let engine = Arc::new(engine(320));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = MatcherConfig::default();
+        let app = Application::build(config, listener, engine).unwrap();
+        let addr = app.local_addr();
+        let (stop, stop_rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async {
+            let _ = stop_rx.await;
+        }));
+        let channel = within(
+            Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect(),
+        )
+        .await
+        .unwrap();
+        let mut client = MatcherClient::new(channel);
+        for mode in [SearchMode::Fast, SearchMode::Accurate] {
+            let job = job(mode);
+            let started = Instant::now();
+            let response = tokio::time::timeout(
+                Duration::from_secs(120),
+                client.compare(CompareRequest {
+                    probe: job.probe,
+                    gallery: job.gallery,
+                    search_mode: mode.into(),
+                }),
+            )
+            .await
+            .unwrap()
+            .unwrap()
+            .into_inner();
+            eprintln!(
+                "{mode:?}: {:?} for 3 images, best score {:.3}, gallery {:?}",
+                started.elapsed(),
+                response.best_score,
+                response
+                    .gallery
+                    .iter()
+                    .map(|g| &g.outcome)
+                    .collect::<Vec<_>>()
+            );
+            assert_eq!(response.best_index, 0, "{mode:?}");
+            assert!(
+                response.best_score > 0.6,
+                "{mode:?}: {}",
+                response.best_score
+            );
+            let Some(gallery_item_result::Outcome::Match(other)) = &response.gallery[1].outcome
+            else {
+                panic!("Biden's face should be found");
+            };
+            assert!(
+                other.similarity < 0.33 && other.score < 0.6,
+                "{mode:?}: {other:?}"
+            );
+            assert!(matches!(
+                response.gallery[2].outcome,
+                Some(gallery_item_result::Outcome::Issue(_))
+            ));
+        }
+        let _ = stop.send(());
+        within(server).await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn reflection_lists_the_matcher_and_health_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let app = spawn_app(Options::default()).await;
+    let mut reflection = ServerReflectionClient::new(app.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = within(reflection.server_reflection_info(tokio_stream::once(request)))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = within(responses.next()).await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("expected a service list");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.iter().any(|n| n == SERVICE_NAME), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == "grpc.health.v1.Health"),
+        "{names:?}"
+    );
+}
