@@ -3,15 +3,15 @@
 use std::time::Duration;
 
 use crate::deadline::DeadlinePolicy;
-use crate::logging::LogFormat;
 use crate::pool::PoolConfig;
+use crate::telemetry::TelemetryArgs;
 
 pub const DEFAULT_QUEUE_CAPACITY: usize = 32;
 pub const DEFAULT_DEADLINE_MS: u64 = 10_000;
 pub const DEFAULT_MAX_DEADLINE_MS: u64 = 60_000;
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 20_000;
 
-/// Inference pool, deadline, shutdown and logging settings (flag and environment variable each).
+/// Inference pool, deadline, shutdown, logging and tracing settings (flag and environment variable each).
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
 pub struct ServingArgs {
     /// Inference worker threads [default: available cores].
@@ -34,9 +34,8 @@ pub struct ServingArgs {
     #[arg(long, env = "FACEPROOF_SHUTDOWN_GRACE_MS", default_value_t = DEFAULT_SHUTDOWN_GRACE_MS)]
     pub shutdown_grace_ms: u64,
 
-    /// Log line format; the level comes from RUST_LOG.
-    #[arg(long, env = "FACEPROOF_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
 
 impl Default for ServingArgs {
@@ -47,7 +46,7 @@ impl Default for ServingArgs {
             default_deadline_ms: DEFAULT_DEADLINE_MS,
             max_deadline_ms: DEFAULT_MAX_DEADLINE_MS,
             shutdown_grace_ms: DEFAULT_SHUTDOWN_GRACE_MS,
-            log_format: LogFormat::Text,
+            telemetry: TelemetryArgs::default(),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Service plumbing shared by faceproof's model services (matcher, liveness): the inference pool
 //! that keeps model work off the async runtime, request deadlines, the error-to-status mapping,
-//! health, reflection, graceful shutdown and logging. No model code lives here.
+//! health, reflection, graceful shutdown and the telemetry settings and metrics endpoint shared by
+//! all three services (the telemetry itself lives in faceproof-telemetry). No model code lives here.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -8,17 +9,19 @@ pub mod args;
 pub mod deadline;
 pub mod error;
 pub mod health;
-pub mod logging;
 pub mod pool;
 pub mod serve;
+pub mod telemetry;
 
 pub use args::ServingArgs;
 pub use deadline::{Deadline, DeadlineExceeded, DeadlinePolicy, parse_grpc_timeout};
 pub use error::{ERROR_DOMAIN, ErrorCode, ServiceError};
 pub use health::ServiceHealth;
-pub use logging::{LogFormat, init_logging};
 pub use pool::{InferencePool, PoolConfig, PoolStats};
-pub use serve::{reflection_service, serve_until_shutdown, shutdown_signal};
+pub use serve::{
+    ObservedRouter, observed_server, reflection_service, serve_until_shutdown, shutdown_signal,
+};
+pub use telemetry::{MetricsAddr, MetricsServer, TelemetryArgs, time_stage};
 
 /// Everything that can go wrong in the runtime plumbing.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +50,12 @@ pub enum RuntimeError {
     Listener(#[source] std::io::Error),
     #[error("gRPC transport failed: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("failed to install the log subscriber: {0}")]
-    Logging(String),
+    #[error(transparent)]
+    Telemetry(#[from] faceproof_telemetry::TelemetryError),
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    MetricsListener {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
 }

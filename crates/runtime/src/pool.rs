@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
+use faceproof_telemetry::Metrics;
 use tokio::sync::oneshot;
 use tracing::Span;
 
@@ -36,7 +37,8 @@ impl PoolConfig {
     }
 }
 
-/// Counters for metrics, updated lock-free by the pool.
+/// Counters for metrics, updated lock-free by the pool (and mirrored into the Prometheus
+/// [`Metrics`] of [`InferencePool::with_metrics`]).
 #[derive(Debug, Default)]
 pub struct PoolStats {
     /// Jobs accepted and not yet taken by a worker.
@@ -60,11 +62,30 @@ pub struct InferencePool {
     sender: SyncSender<Job>,
     stats: Arc<PoolStats>,
     config: PoolConfig,
+    metrics: Option<Metrics>,
 }
 
 impl InferencePool {
     /// Starts `config.threads` worker threads named `{name}-infer-{i}`.
     pub fn new(name: &str, config: PoolConfig) -> Result<Self, RuntimeError> {
+        Self::start(name, config, None)
+    }
+
+    /// As [`Self::new`], also publishing the queue depth and queue-full rejections to `metrics`
+    /// (`faceproof_inference_queue_depth`, `faceproof_inference_queue_rejected_total`).
+    pub fn with_metrics(
+        name: &str,
+        config: PoolConfig,
+        metrics: Metrics,
+    ) -> Result<Self, RuntimeError> {
+        Self::start(name, config, Some(metrics))
+    }
+
+    fn start(
+        name: &str,
+        config: PoolConfig,
+        metrics: Option<Metrics>,
+    ) -> Result<Self, RuntimeError> {
         if config.threads == 0 {
             return Err(RuntimeError::InvalidPoolConfig(
                 "at least one worker thread is needed".into(),
@@ -81,15 +102,17 @@ impl InferencePool {
         for index in 0..config.threads {
             let receiver = Arc::clone(&receiver);
             let stats = Arc::clone(&stats);
+            let metrics = metrics.clone();
             thread::Builder::new()
                 .name(format!("{name}-infer-{index}"))
-                .spawn(move || worker_loop(&receiver, &stats))
+                .spawn(move || worker_loop(&receiver, &stats, metrics.as_ref()))
                 .map_err(RuntimeError::SpawnWorker)?;
         }
         Ok(Self {
             sender,
             stats,
             config,
+            metrics,
         })
     }
 
@@ -121,21 +144,25 @@ impl InferencePool {
 
         // Count before sending so a fast worker never decrements below zero.
         self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        match self.sender.try_send(job) {
+        let sent = self.sender.try_send(job);
+        if sent.is_err() {
+            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        }
+        publish_queue_depth(&self.stats, self.metrics.as_ref());
+        match sent {
             Ok(()) => Ok(result_rx),
             Err(TrySendError::Full(_)) => {
-                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
                 self.stats
                     .rejected_queue_full
                     .fetch_add(1, Ordering::Relaxed);
+                if let Some(metrics) = &self.metrics {
+                    metrics.record_queue_rejection();
+                }
                 Err(RuntimeError::QueueFull {
                     capacity: self.config.queue_capacity,
                 })
             }
-            Err(TrySendError::Disconnected(_)) => {
-                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                Err(RuntimeError::PoolClosed)
-            }
+            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::PoolClosed),
         }
     }
 
@@ -157,7 +184,23 @@ impl InferencePool {
     }
 }
 
-fn worker_loop(receiver: &Mutex<Receiver<Job>>, stats: &PoolStats) {
+/// Copies the queue depth into the gauge. Submitters and workers race to publish; re-reading
+/// after the write means whoever published last saw the final value, so at rest the gauge
+/// equals the counter.
+fn publish_queue_depth(stats: &PoolStats, metrics: Option<&Metrics>) {
+    let Some(metrics) = metrics else {
+        return;
+    };
+    loop {
+        let depth = stats.queue_depth.load(Ordering::Relaxed);
+        metrics.set_queue_depth(depth);
+        if stats.queue_depth.load(Ordering::Relaxed) == depth {
+            return;
+        }
+    }
+}
+
+fn worker_loop(receiver: &Mutex<Receiver<Job>>, stats: &PoolStats, metrics: Option<&Metrics>) {
     loop {
         // The lock is held only while waiting for the next job; nothing can panic under it, so a
         // poisoned lock still guards a sound receiver.
@@ -170,6 +213,7 @@ fn worker_loop(receiver: &Mutex<Receiver<Job>>, stats: &PoolStats) {
             return;
         };
         stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+        publish_queue_depth(stats, metrics);
         job();
     }
 }
@@ -346,6 +390,34 @@ mod tests {
             .run(Deadline::after(Duration::from_millis(20)), |_| ())
             .await;
         assert!(matches!(result, Err(RuntimeError::DeadlineExceeded)));
+    }
+
+    #[tokio::test]
+    async fn queue_depth_and_rejections_reach_the_metrics() {
+        let metrics = Metrics::new();
+        let pool = InferencePool::with_metrics(
+            "test",
+            PoolConfig {
+                threads: 1,
+                queue_capacity: 1,
+            },
+            metrics.clone(),
+        )
+        .unwrap();
+        let (release, first) = block_worker(&pool).await;
+        let queued = pool.submit(later(), |_| ()).unwrap();
+        assert!(pool.submit(later(), |_| ()).is_err());
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("faceproof_inference_queue_depth 1"), "{text}");
+        assert!(
+            text.contains("faceproof_inference_queue_rejected_total 1"),
+            "{text}"
+        );
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        queued.await.unwrap().unwrap();
+        let text = metrics.encode().unwrap();
+        assert!(text.contains("faceproof_inference_queue_depth 0"), "{text}");
     }
 
     #[test]

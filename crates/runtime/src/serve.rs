@@ -4,14 +4,26 @@
 use std::future::Future;
 use std::time::Duration;
 
+use faceproof_telemetry::{GrpcServerLayer, Metrics};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
+use tower::layer::util::{Identity, Stack};
 
 use crate::RuntimeError;
 use crate::health::ServiceHealth;
+
+/// A tonic router whose every call is traced (span parented on the caller's W3C context) and
+/// counted by [`GrpcServerLayer`]: what [`serve_until_shutdown`] serves.
+pub type ObservedRouter = Router<Stack<GrpcServerLayer, Identity>>;
+
+/// A server builder with the observation layer in place; add the services to it.
+pub fn observed_server(metrics: &Metrics) -> Server<Stack<GrpcServerLayer, Identity>> {
+    Server::builder().layer(GrpcServerLayer::new(metrics.clone()))
+}
 
 /// gRPC reflection (v1) over the given encoded descriptor sets plus `grpc.health.v1`, so tools
 /// such as grpcurl can list and call every service without the protos at hand.
@@ -61,7 +73,7 @@ pub async fn shutdown_signal() {
 /// Serves `router` on `listener` until `shutdown` resolves, then reports NOT_SERVING, stops
 /// accepting connections and waits up to `grace` for in-flight requests before returning.
 pub async fn serve_until_shutdown<F>(
-    router: Router,
+    router: ObservedRouter,
     listener: TcpListener,
     health: ServiceHealth,
     shutdown: F,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use faceproof_runtime::{MetricsAddr, TelemetryArgs};
 
 use crate::GatewayError;
 
@@ -150,10 +151,17 @@ pub struct Config {
     #[arg(long, env = "FACEPROOF_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 
-    /// Log as JSON lines instead of text (filter with RUST_LOG, default `info`).
-    #[arg(long, env = "FACEPROOF_LOG_JSON", default_value_t = false)]
-    pub log_json: bool,
+    /// Address of the Prometheus endpoint (`GET /metrics`); `off` disables it.
+    #[arg(long, env = "FACEPROOF_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: MetricsAddr,
+
+    /// Logs (format, filter) and trace export.
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
 }
+
+/// Prometheus scrape address (the matcher uses 9465, liveness 9466).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
 
 /// JWT algorithms the gateway can be pinned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -224,7 +232,8 @@ impl fmt::Debug for Config {
             .field("max_image_bytes", &self.max_image_bytes)
             .field("max_image_pixels", &self.max_image_pixels)
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
-            .field("log_json", &self.log_json)
+            .field("metrics_addr", &self.metrics_addr)
+            .field("telemetry", &self.telemetry)
             .finish()
     }
 }

@@ -21,17 +21,64 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use faceproof_proto::gateway::v1::face_verification_server::FaceVerificationServer;
+use faceproof_runtime::MetricsServer;
+use faceproof_telemetry::{GrpcServerLayer, Metrics};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
 
-pub use config::{Config, GatewayCli, Tool};
+pub use config::{Config, DEFAULT_METRICS_ADDR, GatewayCli, Tool};
 pub use service::Gateway;
 
 use crate::auth::{Authenticator, GrpcAuthLayer};
 use crate::error::Backend;
 use crate::service::{Deadlines, Endpoints};
+
+/// OpenTelemetry `service.name` of the gateway.
+pub const TELEMETRY_SERVICE_NAME: &str = "faceproof-gateway";
+
+/// The gateway process: telemetry (logs, traces) for the process, then [`serve`] until SIGTERM
+/// or ctrl-c, then the last spans are flushed. Call it once per process.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let telemetry = config.telemetry.telemetry_config(TELEMETRY_SERVICE_NAME)?;
+    let guard = faceproof_telemetry::init(&telemetry).context("initialising telemetry")?;
+    let served = serve(config, faceproof_runtime::shutdown_signal()).await;
+    if let Err(error) = guard.shutdown().await {
+        tracing::warn!(%error, "flushing the last spans failed");
+    }
+    served
+}
+
+/// Validates, binds the gRPC, REST and metrics listeners and serves until `shutdown` resolves,
+/// then drains. Installs no subscriber: the host process owns telemetry.
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    let metrics = Metrics::new();
+    let metrics_server = MetricsServer::bind(config.metrics_addr, metrics.clone()).await?;
+    let application =
+        Application::build_with_metrics(config, grpc_listener, http_listener, metrics)?;
+    tracing::info!(
+        grpc = %application.grpc_addr(),
+        http = %application.http_addr(),
+        "gateway listening"
+    );
+    let served = application.run_until_stopped(shutdown).await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.stop().await;
+    }
+    Ok(served?)
+}
 
 /// Errors that stop the gateway from starting or serving.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +105,15 @@ pub struct Application {
     shutdown_grace: Duration,
 }
 
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("grpc_addr", &self.grpc_addr)
+            .field("http_addr", &self.http_addr)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Application {
     /// Validates the configuration, loads keys and credentials, and takes the given listeners
     /// (tests pass `127.0.0.1:0`).
@@ -65,6 +121,17 @@ impl Application {
         config: Config,
         grpc_listener: TcpListener,
         http_listener: TcpListener,
+    ) -> Result<Self, GatewayError> {
+        Self::build_with_metrics(config, grpc_listener, http_listener, Metrics::new())
+    }
+
+    /// As [`Self::build`], recording gRPC calls and decisions into `metrics` (serve it with
+    /// `faceproof_telemetry::serve_metrics`).
+    pub fn build_with_metrics(
+        config: Config,
+        grpc_listener: TcpListener,
+        http_listener: TcpListener,
+        metrics: Metrics,
     ) -> Result<Self, GatewayError> {
         config.validate()?;
         let dev = dev::prepare(&config)?;
@@ -102,6 +169,7 @@ impl Application {
                 config.backend_connect_timeout(),
             )?,
             signer,
+            metrics,
         };
         let grpc_addr = grpc_listener.local_addr().map_err(GatewayError::Listener)?;
         let http_addr = http_listener.local_addr().map_err(GatewayError::Listener)?;
@@ -122,6 +190,11 @@ impl Application {
             auth,
             shutdown_grace: config.shutdown_grace(),
         })
+    }
+
+    /// The registry this gateway records into, for a `/metrics` endpoint.
+    pub fn metrics(&self) -> &Metrics {
+        &self.gateway.metrics
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
@@ -167,7 +240,9 @@ impl Application {
             // An error means the sender is gone, which also means stop.
             let _ = receiver.wait_for(|stop| *stop).await;
         };
+        // Observation outermost, so refused calls are traced and counted too.
         let grpc_server = tonic::transport::Server::builder()
+            .layer(GrpcServerLayer::new(self.gateway.metrics.clone()))
             .layer(GrpcAuthLayer::new(Arc::clone(&self.auth), max_message))
             .add_service(health_service)
             .add_service(reflection)

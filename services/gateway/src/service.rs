@@ -12,8 +12,10 @@ use faceproof_proto::liveness::v1::liveness_client::LivenessClient;
 use faceproof_proto::matcher::v1 as matcher_pb;
 use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_signing::{Signer, false_accept_rate_for_threshold};
+use faceproof_telemetry::{CompareOutcome, LivenessOutcome, Metrics, TraceContextInterceptor};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
+use tracing::Instrument as _;
 
 use crate::GatewayError;
 use crate::auth::ClientId;
@@ -86,6 +88,8 @@ pub struct Gateway {
     pub matchers: Endpoints,
     pub liveness: Endpoints,
     pub signer: Signer,
+    /// Decision counters (`faceproof_compare_decisions_total`, `faceproof_liveness_decisions_total`).
+    pub metrics: Metrics,
 }
 
 impl Gateway {
@@ -115,8 +119,18 @@ impl Gateway {
             SearchMode::Accurate => self.deadlines.accurate,
         };
         let deadline = started + caller_timeout.map_or(budget, |caller| caller.min(budget));
+        // Sizes and decisions only: never images, scores or the caller's credentials.
+        let span = tracing::info_span!(
+            "gateway.compare_with_liveness",
+            search_mode = request.search_mode.as_str(),
+            gallery_size = request.gallery.len(),
+            compare_threshold_set = request.compare_min_score.is_some(),
+            compare_outcome = tracing::field::Empty,
+            liveness_outcome = tracing::field::Empty,
+        );
         let result = self
             .orchestrate(client, request, created_at, deadline)
+            .instrument(span)
             .await;
         match &result {
             Ok(response) => tracing::info!(
@@ -160,15 +174,26 @@ impl Gateway {
             let mut request = tonic::Request::new(matcher_request);
             request.set_timeout(remaining);
             async move {
-                MatcherClient::new(channel)
+                MatcherClient::with_interceptor(channel, TraceContextInterceptor)
                     .max_encoding_message_size(usize::MAX)
                     .compare(request)
                     .await
             }
+            .instrument(client_span("faceproof.matcher.v1.Matcher", "Compare"))
         })
-        .await?;
+        .await
+        .inspect_err(|error| {
+            if is_probe_face_issue(error) {
+                self.record_compare(CompareOutcome::FaceIssue);
+            }
+        })?;
         let compared_at = Utc::now();
         check_score(Backend::Matcher, compared.best_score)?;
+        self.record_compare(match compare_min_score {
+            None => CompareOutcome::Unthresholded,
+            Some(threshold) if compared.best_score >= threshold => CompareOutcome::Match,
+            Some(_) => CompareOutcome::NoMatch,
+        });
 
         let mut data = pb::ResponseData {
             comparison: None,
@@ -178,6 +203,7 @@ impl Gateway {
         let below_threshold =
             compare_min_score.filter(|threshold| compared.best_score < *threshold);
         if let Some(threshold) = below_threshold {
+            self.record_liveness(LivenessOutcome::Skipped);
             data.liveness_skipped = Some(pb::LivenessSkipped {
                 reason: SKIP_REASON_BELOW_THRESHOLD.to_owned(),
                 comparison_score: compared.best_score,
@@ -196,14 +222,20 @@ impl Gateway {
                 let mut request = tonic::Request::new(check_request);
                 request.set_timeout(remaining);
                 async move {
-                    LivenessClient::new(channel)
+                    LivenessClient::with_interceptor(channel, TraceContextInterceptor)
                         .max_encoding_message_size(usize::MAX)
                         .check(request)
                         .await
                 }
+                .instrument(client_span("faceproof.liveness.v1.Liveness", "Check"))
             })
             .await?;
             let result = liveness_result(checked, liveness_min_score)?;
+            self.record_liveness(if result.passed {
+                LivenessOutcome::Passed
+            } else {
+                LivenessOutcome::Failed
+            });
             let status = if result.issue.is_some() {
                 "failed"
             } else {
@@ -274,6 +306,41 @@ impl Gateway {
             .map_err(|error| ServiceError::Internal(format!("signing failed: {error}")))?;
         Ok(response)
     }
+}
+
+impl Gateway {
+    fn record_compare(&self, outcome: CompareOutcome) {
+        self.metrics.record_compare(outcome);
+        tracing::Span::current().record("compare_outcome", outcome.as_str());
+    }
+
+    fn record_liveness(&self, outcome: LivenessOutcome) {
+        self.metrics.record_liveness(outcome);
+        tracing::Span::current().record("liveness_outcome", outcome.as_str());
+    }
+}
+
+/// The matcher refuses a request that passed the gateway's validation only for its images: no
+/// usable face in the probe (or an image it cannot decode).
+fn is_probe_face_issue(error: &ServiceError) -> bool {
+    matches!(
+        error,
+        ServiceError::BackendRejected { service: Backend::Matcher, status }
+            if status.code() == Code::InvalidArgument
+    )
+}
+
+/// The client-side span of one backend call: its context travels in `traceparent`
+/// ([`TraceContextInterceptor`]), so the model service's server span becomes its child.
+fn client_span(service: &'static str, method: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "grpc.client",
+        otel.name = %format_args!("{service}/{method}"),
+        otel.kind = "client",
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+    )
 }
 
 /// `liveness_score > min_score` (strictly above, as the reference API); a capture-quality issue

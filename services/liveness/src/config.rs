@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use faceproof_runtime::ServingArgs;
+use faceproof_runtime::{MetricsAddr, ServingArgs};
 
 use crate::LivenessError;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50053";
+/// Prometheus scrape address (the gateway uses 9464, the matcher 9465).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9466";
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
 /// The largest image a request may carry whatever the flags say: protects the gRPC decoder.
@@ -33,6 +35,10 @@ pub struct LivenessConfig {
     #[arg(long, env = "FACEPROOF_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`); `off` disables it.
+    #[arg(long, env = "FACEPROOF_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: MetricsAddr,
+
     #[command(flatten)]
     pub serving: ServingArgs,
 }
@@ -44,6 +50,7 @@ impl Default for LivenessConfig {
             model_dir: PathBuf::from("models/store"),
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            metrics_addr: MetricsAddr(Some(SocketAddr::from(([0, 0, 0, 0], 9466)))),
             serving: ServingArgs::default(),
         }
     }
@@ -83,6 +90,7 @@ mod tests {
         let config = LivenessConfig::default();
         assert!(config.validate().is_ok());
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.metrics_addr, DEFAULT_METRICS_ADDR.parse().unwrap());
         assert!(LivenessConfig::try_parse_from(["faceproof-liveness"]).is_ok());
     }
 
@@ -100,12 +108,22 @@ mod tests {
             "1000",
             "--log-format",
             "json",
+            "--metrics-addr",
+            "127.0.0.1:9999",
         ])
         .unwrap();
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 6000)));
         assert_eq!(config.serving.pool_config().threads, 2);
         assert_eq!(config.serving.queue_capacity, 8);
         assert_eq!(config.max_image_bytes, 1000);
+        assert_eq!(
+            config.metrics_addr,
+            MetricsAddr(Some(SocketAddr::from(([127, 0, 0, 1], 9999))))
+        );
+        assert_eq!(
+            config.serving.telemetry.log_format,
+            faceproof_telemetry::LogFormat::Json
+        );
         assert!(config.validate().is_ok());
     }
 

@@ -10,7 +10,7 @@ pub mod engine;
 pub mod service;
 pub mod vision;
 
-pub use app::Application;
+pub use app::{Application, TELEMETRY_SERVICE_NAME, run, serve};
 pub use config::LivenessConfig;
 pub use engine::{
     AttackSplit, CheckJob, EngineError, FaceRejection, LivenessEngine, LivenessVerdict,

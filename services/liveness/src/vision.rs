@@ -7,7 +7,8 @@ use candle_core::{Device, Tensor};
 use faceproof_imaging::{DecodeOptions, ImageError, RgbImage, decode};
 use faceproof_models::{ModelName, ModelStore};
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, Point, SearchMode};
-use faceproof_runtime::Deadline;
+use faceproof_runtime::{Deadline, time_stage};
+use faceproof_telemetry::{Metrics, Stage};
 use faceproof_vision::face::liveness_crop::liveness_crop;
 use faceproof_vision::face::subject::{DEFAULT_RIVAL_AREA_RATIO, choose_subject, has_rival_face};
 use faceproof_vision::face::{DetectedFace, DetectorConfig, FaceDetector};
@@ -35,6 +36,8 @@ pub struct VisionLivenessEngine {
     v1se: MiniFasNet,
     device: Device,
     decode_options: DecodeOptions,
+    /// Where stage timings go; `None` times nothing.
+    metrics: Option<Metrics>,
 }
 
 /// Loads the verified weights from the configured model directory.
@@ -90,7 +93,18 @@ impl VisionLivenessEngine {
                 max_pixels: max_image_pixels,
                 min_long_side: None,
             },
+            metrics: None,
         })
+    }
+
+    /// Records the time of each stage (decode, detect, antispoof) into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn timed<T>(&self, stage: Stage, work: impl FnOnce() -> T) -> T {
+        time_stage(self.metrics.as_ref(), stage, work)
     }
 
     /// The subject's box `[x, y, w, h]` and its wire form: the hint when given, else detected.
@@ -109,7 +123,9 @@ impl VisionLivenessEngine {
             };
             return Ok(([bbox.x, bbox.y, bbox.width, bbox.height], hint));
         }
-        let faces = self.detector.detect(image).map_err(internal)?;
+        let faces = self
+            .timed(Stage::Detect, || self.detector.detect(image))
+            .map_err(internal)?;
         let (width, height) = image.dimensions();
         let Some(subject) = choose_subject(&faces, width, height) else {
             return Err(rejection(
@@ -154,7 +170,8 @@ impl VisionLivenessEngine {
 
 impl LivenessEngine for VisionLivenessEngine {
     fn check(&self, job: CheckJob, deadline: &Deadline) -> Result<LivenessVerdict, EngineError> {
-        let image = decode(&job.image, &self.decode_options)
+        let image = self
+            .timed(Stage::Decode, || decode(&job.image, &self.decode_options))
             .map_err(|error| rejection(decode_reason(&error), error.to_string(), None))?
             .image;
         deadline.check()?;
@@ -171,7 +188,7 @@ impl LivenessEngine for VisionLivenessEngine {
         let mut verdicts = Vec::with_capacity(nets.len());
         for net in nets {
             deadline.check()?;
-            let probabilities = self.run(net, &image, bbox)?;
+            let probabilities = self.timed(Stage::Antispoof, || self.run(net, &image, bbox))?;
             verdicts.push(ModelVerdict {
                 model: model_label(net.variant()),
                 liveness_score: f64::from(probabilities.real),

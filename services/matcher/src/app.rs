@@ -1,24 +1,96 @@
 //! Assembling and running the matcher: `Application::build` binds nothing itself (the caller
 //! hands in a bound listener, so tests use 127.0.0.1:0), `run_until_stopped` warms the engine up,
-//! reports SERVING and serves until the shutdown future resolves.
+//! reports SERVING and serves until the shutdown future resolves. [`run`] is the whole process
+//! (what `main` and `faceproof serve` call); [`serve`] is the same without the process-wide
+//! telemetry set-up, for hosts that run several services in one process.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
+use faceproof_models::{ModelName, ModelStore};
 use faceproof_proto::matcher::v1::matcher_server::{MatcherServer, SERVICE_NAME};
 use faceproof_runtime::{
-    Deadline, InferencePool, PoolStats, ServiceHealth, reflection_service, serve_until_shutdown,
+    Deadline, InferencePool, MetricsServer, PoolStats, ServiceHealth, observed_server,
+    reflection_service, serve_until_shutdown,
 };
+use faceproof_telemetry::Metrics;
 use tokio::net::TcpListener;
-use tonic::transport::Server;
 
 use crate::MatcherError;
 use crate::calibration::Calibration;
 use crate::config::MatcherConfig;
 use crate::engine::MatchEngine;
 use crate::service::{MatcherService, RequestLimits};
+
+/// OpenTelemetry `service.name` of the matcher.
+pub const TELEMETRY_SERVICE_NAME: &str = "faceproof-matcher";
+
+/// The matcher process: telemetry (logs, traces) for the process, then [`serve`] until SIGTERM
+/// or ctrl-c, then the last spans are flushed. Call it once per process.
+pub async fn run(config: MatcherConfig) -> anyhow::Result<()> {
+    let telemetry = config
+        .serving
+        .telemetry
+        .telemetry_config(TELEMETRY_SERVICE_NAME)?;
+    let guard = faceproof_telemetry::init(&telemetry).context("initialising telemetry")?;
+    let served = serve(config, faceproof_runtime::shutdown_signal()).await;
+    if let Err(error) = guard.shutdown().await {
+        tracing::warn!(%error, "flushing the last spans failed");
+    }
+    served
+}
+
+/// Validates, loads the models, binds the gRPC and metrics listeners and serves until
+/// `shutdown` resolves. Installs no subscriber: the host process owns telemetry.
+pub async fn serve(
+    config: MatcherConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let metrics = Metrics::new();
+    // Reading and verifying the weights takes seconds: keep it off the async workers.
+    let (loaded, config) = tokio::task::spawn_blocking(move || {
+        let loaded = crate::vision::load_engine(&config);
+        (loaded, config)
+    })
+    .await
+    .context("loading the matcher models panicked")?;
+    let engine = loaded.context("loading the matcher models")?;
+    publish_model_info(
+        &metrics,
+        &config.model_dir,
+        &[ModelName::YuNet, ModelName::SFace],
+    );
+    let engine = engine.with_metrics(metrics.clone());
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let metrics_server = MetricsServer::bind(config.metrics_addr, metrics.clone()).await?;
+    let app = Application::build_with_metrics(config, listener, Arc::new(engine), metrics)?;
+    let served = app.run_until_stopped(shutdown).await;
+    if let Some(metrics_server) = metrics_server {
+        metrics_server.stop().await;
+    }
+    Ok(served?)
+}
+
+/// Publishes `faceproof_model_info` for the loaded models: their name and the pinned sha256 of
+/// the converted file (what `read_verified` checked the loaded bytes against).
+fn publish_model_info(metrics: &Metrics, model_dir: &std::path::Path, models: &[ModelName]) {
+    match ModelStore::at(model_dir) {
+        Ok(store) => {
+            for &name in models {
+                if let Some(digest) = store.manifest().model(name).converted_sha256 {
+                    metrics.set_model_info(name.as_str(), &digest.to_string());
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "no model manifest for the model info metric"),
+    }
+}
 
 /// Warm-up runs whole model passes on a cold process; give it generous room.
 const WARM_UP_BUDGET: Duration = Duration::from_secs(600);
@@ -31,6 +103,7 @@ pub struct Application {
     engine: Arc<dyn MatchEngine>,
     pool: Arc<InferencePool>,
     calibration: Arc<Calibration>,
+    metrics: Metrics,
 }
 
 impl std::fmt::Debug for Application {
@@ -44,11 +117,22 @@ impl std::fmt::Debug for Application {
 
 impl Application {
     /// Validates the configuration and starts the inference pool; serving starts with
-    /// [`Self::run_until_stopped`].
+    /// [`Self::run_until_stopped`]. Metrics go to a registry of its own ([`Self::metrics`]).
     pub fn build(
         config: MatcherConfig,
         listener: TcpListener,
         engine: Arc<dyn MatchEngine>,
+    ) -> Result<Self, MatcherError> {
+        Self::build_with_metrics(config, listener, engine, Metrics::new())
+    }
+
+    /// As [`Self::build`], recording gRPC calls and the inference queue into `metrics` (share it
+    /// with the engine so its stage timings land in the same registry).
+    pub fn build_with_metrics(
+        config: MatcherConfig,
+        listener: TcpListener,
+        engine: Arc<dyn MatchEngine>,
+        metrics: Metrics,
     ) -> Result<Self, MatcherError> {
         config.validate()?;
         let local_addr = listener.local_addr().map_err(MatcherError::Listener)?;
@@ -59,7 +143,11 @@ impl Application {
                 "calibration table is provisional: scores do not map to measured false-accept rates"
             );
         }
-        let pool = Arc::new(InferencePool::new("matcher", config.serving.pool_config())?);
+        let pool = Arc::new(InferencePool::with_metrics(
+            "matcher",
+            config.serving.pool_config(),
+            metrics.clone(),
+        )?);
         Ok(Self {
             config,
             listener,
@@ -67,7 +155,13 @@ impl Application {
             engine,
             pool,
             calibration,
+            metrics,
         })
+    }
+
+    /// The registry this matcher records into, for a `/metrics` endpoint.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The address actually bound (the port the OS chose for `:0`).
@@ -98,7 +192,7 @@ impl Application {
             },
             self.config.serving.deadline_policy(),
         );
-        let router = Server::builder()
+        let router = observed_server(&self.metrics)
             .add_service(health_server)
             .add_service(reflection)
             .add_service(
@@ -130,5 +224,36 @@ impl Application {
             },
         }
         serve.await.map_err(MatcherError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use faceproof_models::Manifest;
+
+    use super::*;
+
+    #[test]
+    fn model_info_carries_the_pinned_checksum_prefix_of_each_model() {
+        let metrics = Metrics::new();
+        publish_model_info(
+            &metrics,
+            std::path::Path::new("models/store"),
+            &[ModelName::YuNet, ModelName::SFace],
+        );
+        let text = metrics.encode().unwrap();
+        let manifest = Manifest::builtin().unwrap();
+        for name in [ModelName::YuNet, ModelName::SFace] {
+            let Some(digest) = manifest.model(name).converted_sha256 else {
+                continue;
+            };
+            let prefix: String = digest.to_string().chars().take(12).collect();
+            let expected = format!(
+                "faceproof_model_info{{model=\"{}\",sha256=\"{prefix}\"}} 1",
+                name.as_str()
+            );
+            assert!(text.contains(&expected), "missing {expected} in\n{text}");
+        }
+        assert!(!text.contains("minifasnet"), "{text}");
     }
 }

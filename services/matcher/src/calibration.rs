@@ -105,13 +105,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn builtin_table_is_valid_and_maps_the_reference_threshold_to_0_6() {
+    fn builtin_table_is_fitted_and_puts_far_1e3_near_the_reference_threshold() {
         let calibration = Calibration::builtin().unwrap();
-        assert!((calibration.score(0.33) - 0.6).abs() < 1e-9);
         assert!(
-            calibration.is_provisional(),
-            "README says the table is provisional"
+            !calibration.is_provisional(),
+            "the shipped table is fitted on LFW devtrain"
         );
+        // Score 0.6 stands for FAR 1e-3; on LFW devtrain that is cosine ~0.36 (the reference
+        // pipeline's best-accuracy threshold is ~0.33, a little lower, where FAR is higher).
+        let at_far_1e3 = calibration.score(0.3593);
+        assert!((at_far_1e3 - 0.6).abs() < 0.01, "score {at_far_1e3}");
+        assert!(calibration.score(0.33) < 0.6);
     }
 
     #[test]

@@ -3,11 +3,13 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use faceproof_runtime::ServingArgs;
+use faceproof_runtime::{MetricsAddr, ServingArgs};
 
 use crate::MatcherError;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:50052";
+/// Prometheus scrape address (the gateway uses 9464, liveness 9466).
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9465";
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
 pub const DEFAULT_MAX_GALLERY_ITEMS: usize = 10;
@@ -48,6 +50,10 @@ pub struct MatcherConfig {
     #[arg(long, env = "FACEPROOF_ACCURATE_DETECTOR_SIDE", default_value_t = DEFAULT_ACCURATE_DETECTOR_SIDE)]
     pub accurate_detector_side: u32,
 
+    /// Address of the Prometheus endpoint (`GET /metrics`); `off` disables it.
+    #[arg(long, env = "FACEPROOF_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
+    pub metrics_addr: MetricsAddr,
+
     #[command(flatten)]
     pub serving: ServingArgs,
 }
@@ -62,6 +68,7 @@ impl Default for MatcherConfig {
             max_gallery_items: DEFAULT_MAX_GALLERY_ITEMS,
             fast_detector_side: DEFAULT_FAST_DETECTOR_SIDE,
             accurate_detector_side: DEFAULT_ACCURATE_DETECTOR_SIDE,
+            metrics_addr: MetricsAddr(Some(SocketAddr::from(([0, 0, 0, 0], 9465)))),
             serving: ServingArgs::default(),
         }
     }
@@ -119,6 +126,7 @@ mod tests {
         let config = MatcherConfig::default();
         assert!(config.validate().is_ok());
         assert_eq!(config.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(config.metrics_addr, DEFAULT_METRICS_ADDR.parse().unwrap());
         assert!(MatcherConfig::try_parse_from(["faceproof-matcher"]).is_ok());
     }
 
@@ -136,12 +144,19 @@ mod tests {
             "1000",
             "--log-format",
             "json",
+            "--metrics-addr",
+            "off",
         ])
         .unwrap();
         assert_eq!(config.listen, SocketAddr::from(([127, 0, 0, 1], 6000)));
         assert_eq!(config.serving.pool_config().threads, 2);
         assert_eq!(config.serving.queue_capacity, 8);
         assert_eq!(config.max_image_bytes, 1000);
+        assert_eq!(config.metrics_addr, MetricsAddr::DISABLED);
+        assert_eq!(
+            config.serving.telemetry.log_format,
+            faceproof_telemetry::LogFormat::Json
+        );
         assert!(config.validate().is_ok());
     }
 

@@ -11,7 +11,7 @@ pub mod engine;
 pub mod service;
 pub mod vision;
 
-pub use app::Application;
+pub use app::{Application, TELEMETRY_SERVICE_NAME, run, serve};
 pub use calibration::Calibration;
 pub use config::MatcherConfig;
 pub use engine::{

@@ -1,24 +1,9 @@
-//! faceproof matcher service binary: parse the configuration, load the models, serve until
-//! SIGTERM or ctrl-c.
+//! faceproof matcher service binary: everything happens in [`faceproof_matcher::run`].
 
-use std::sync::Arc;
-
-use anyhow::Context;
 use clap::Parser;
-use faceproof_matcher::{Application, MatcherConfig};
+use faceproof_matcher::MatcherConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = MatcherConfig::parse();
-    faceproof_runtime::init_logging(config.serving.log_format)?;
-    config.validate()?;
-    let engine =
-        faceproof_matcher::vision::load_engine(&config).context("loading the matcher models")?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let app = Application::build(config, listener, Arc::new(engine))?;
-    app.run_until_stopped(faceproof_runtime::shutdown_signal())
-        .await?;
-    Ok(())
+    faceproof_matcher::run(MatcherConfig::parse()).await
 }

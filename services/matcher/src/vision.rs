@@ -10,7 +10,8 @@ use candle_core::Device;
 use faceproof_imaging::{DecodeOptions, ImageError, RgbImage, decode};
 use faceproof_models::{ModelName, ModelStore};
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, Point, SearchMode};
-use faceproof_runtime::Deadline;
+use faceproof_runtime::{Deadline, time_stage};
+use faceproof_telemetry::{Metrics, Stage};
 use faceproof_vision::face::align::align_face;
 use faceproof_vision::face::subject::{DEFAULT_RIVAL_AREA_RATIO, choose_subject, has_rival_face};
 use faceproof_vision::face::{DetectedFace, DetectorConfig, FaceDetector};
@@ -54,6 +55,8 @@ pub struct VisionMatchEngine {
     embedder: SFace,
     device: Device,
     decode_options: DecodeOptions,
+    /// Where stage timings go; `None` times nothing (evaluation tools).
+    metrics: Option<Metrics>,
 }
 
 /// Loads the verified weights from the configured model directory.
@@ -93,7 +96,18 @@ impl VisionMatchEngine {
                 max_pixels: settings.max_image_pixels,
                 min_long_side: None,
             },
+            metrics: None,
         })
+    }
+
+    /// Records the time of each stage (decode, detect, align, embed) into `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn timed<T>(&self, stage: Stage, work: impl FnOnce() -> T) -> T {
+        time_stage(self.metrics.as_ref(), stage, work)
     }
 
     fn detector(&self, mode: SearchMode) -> &FaceDetector {
@@ -110,12 +124,12 @@ impl VisionMatchEngine {
         mode: SearchMode,
         refuse_rivals: bool,
     ) -> Result<Result<(RgbImage, DetectedFace), FaceRejection>, EngineError> {
-        let image = match decode(bytes, &self.decode_options) {
+        let image = match self.timed(Stage::Decode, || decode(bytes, &self.decode_options)) {
             Ok(decoded) => decoded.image,
             Err(error) => return Ok(Err(decode_rejection(&error))),
         };
         let detector = self.detector(mode);
-        let faces = detect_with_context(detector, &image)?;
+        let faces = self.timed(Stage::Detect, || detect_with_context(detector, &image))?;
         let (width, height) = image.dimensions();
         let Some(subject) = choose_subject(&faces, width, height) else {
             return Ok(Err(FaceRejection::new(
@@ -142,7 +156,8 @@ impl VisionMatchEngine {
                 format!("face is {side:.0} px wide, the minimum is {MIN_FACE_SIDE:.0}"),
             )));
         }
-        let aligned = align_face(&image, &face.landmarks)
+        let aligned = self
+            .timed(Stage::Align, || align_face(&image, &face.landmarks))
             .map_err(|error| EngineError::Internal(error.to_string()))?;
         Ok(Ok((aligned, face)))
     }
@@ -190,7 +205,7 @@ impl MatchEngine for VisionMatchEngine {
         for (face, _) in gallery.iter().flatten() {
             aligned.push(face.clone());
         }
-        let embeddings = self.embed(&aligned, job.mode)?;
+        let embeddings = self.timed(Stage::Embed, || self.embed(&aligned, job.mode))?;
         let Some((probe_embedding, gallery_embeddings)) = embeddings.split_first() else {
             return Err(EngineError::Internal("embedder returned no rows".into()));
         };

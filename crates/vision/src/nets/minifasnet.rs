@@ -19,12 +19,10 @@
 
 use std::collections::HashMap;
 
-use candle_core::{
-    CpuStorage, CustomOp1, D, DType, Device, Layout, Module, Result, Shape, Tensor, bail,
-};
+use candle_core::{D, DType, Device, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
-use crate::ops::{depthwise_conv2d, depthwise_conv2d_prelu};
+use crate::ops::{conv2d_bias_prelu, depthwise_conv2d, depthwise_conv2d_prelu, pointwise_conv2d};
 
 /// Side of the square input crop, in pixels.
 pub const INPUT_SIZE: usize = 80;
@@ -347,25 +345,18 @@ impl Module for FoldedConv {
                     depthwise_conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
                 }
             },
-            ConvKind::Full => {
-                let y = x.conv2d(&self.weight, self.padding, self.stride, 1, 1)?;
-                bias_prelu(&y, &self.bias, self.prelu.as_ref())
-            }
+            // Both finish with the bias + PReLU applied in place on the fresh output (one pass,
+            // no temporaries); the 1x1 case also skips im2col (an NCHW map is already the matrix).
+            ConvKind::Full => conv2d_bias_prelu(
+                x,
+                &self.weight,
+                Some(&self.bias),
+                self.prelu.as_ref(),
+                self.stride,
+                self.padding,
+            ),
             ConvKind::Pointwise => {
-                let (batch, channels, h, w) = x.dims4()?;
-                let out_channels = self.weight.dim(0)?;
-                let x = x.contiguous()?;
-                let y = if batch == 1 {
-                    self.weight.matmul(&x.reshape((channels, h * w))?)?
-                } else {
-                    self.weight.broadcast_left(batch)?.matmul(&x.reshape((
-                        batch,
-                        channels,
-                        h * w,
-                    ))?)?
-                };
-                let y = y.reshape((batch, out_channels, h, w))?;
-                bias_prelu(&y, &self.bias, self.prelu.as_ref())
+                pointwise_conv2d(x, &self.weight, Some(&self.bias), self.prelu.as_ref())
             }
         }
     }
@@ -496,77 +487,6 @@ fn fold_batch_norm(bn: &VarBuilder<'_>, weight: &Tensor) -> Result<(Tensor, Tens
     Ok((folded, bias))
 }
 
-/// Adds a per-channel bias to an NCHW tensor and applies an optional per-channel PReLU, in one
-/// pass over the data (candle's broadcast ops would make three passes and two temporaries).
-fn bias_prelu(x: &Tensor, bias: &Tensor, alpha: Option<&Tensor>) -> Result<Tensor> {
-    let channels = x.dim(1)?;
-    let vector = |t: &Tensor| -> Result<Vec<f32>> {
-        if t.dims() != [channels] {
-            bail!("bias/PReLU must be [{channels}], got {:?}", t.dims());
-        }
-        t.to_vec1::<f32>()
-    };
-    let op = BiasPrelu {
-        bias: vector(bias)?,
-        alpha: alpha.map(vector).transpose()?,
-    };
-    x.contiguous()?.apply_op1_no_bwd(&op)
-}
-
-/// The fused epilogue of [`bias_prelu`].
-struct BiasPrelu {
-    bias: Vec<f32>,
-    alpha: Option<Vec<f32>>,
-}
-
-impl CustomOp1 for BiasPrelu {
-    fn name(&self) -> &'static str {
-        "minifasnet-bias-prelu"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            bail!("bias_prelu: f32 input expected");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("bias_prelu: contiguous input expected");
-        };
-        let dims = layout.dims();
-        let channels = self.bias.len();
-        if dims.len() < 2 || dims[1] != channels {
-            bail!("bias_prelu: input {dims:?} does not have {channels} channels");
-        }
-        let plane: usize = dims[2..].iter().product();
-        let input = &data[start..end];
-        let mut out = vec![0f32; input.len()];
-        if plane > 0 {
-            for (index, (src, dst)) in input
-                .chunks_exact(plane)
-                .zip(out.chunks_exact_mut(plane))
-                .enumerate()
-            {
-                let channel = index % channels;
-                let bias = self.bias[channel];
-                match &self.alpha {
-                    Some(alpha) => {
-                        let alpha = alpha[channel];
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            let v = s + bias;
-                            *d = if v >= 0.0 { v } else { v * alpha };
-                        }
-                    }
-                    None => {
-                        for (d, &s) in dst.iter_mut().zip(src) {
-                            *d = s + bias;
-                        }
-                    }
-                }
-            }
-        }
-        Ok((CpuStorage::F32(out), layout.shape().clone()))
-    }
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -631,23 +551,5 @@ mod tests {
         for (a, e) in y.iter().zip(expected) {
             assert!((a - e).abs() < 1e-5, "{a} vs {e}");
         }
-    }
-
-    #[test]
-    fn bias_prelu_applies_per_channel() {
-        let x = Tensor::new(&[[[[1f32, -2.0]], [[-1.0, 4.0]]]], &Device::Cpu).unwrap();
-        let bias = Tensor::new(&[0.5f32, -1.0], &Device::Cpu).unwrap();
-        let alpha = Tensor::new(&[0.1f32, 0.25], &Device::Cpu).unwrap();
-        let y = bias_prelu(&x, &bias, Some(&alpha)).unwrap();
-        let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let expected = [1.5, -0.15, -0.5, 3.0];
-        for (a, e) in y.iter().zip(expected) {
-            assert!((a - e).abs() < 1e-6, "{a} vs {e}");
-        }
-        let plain = bias_prelu(&x, &bias, None).unwrap();
-        assert_eq!(
-            plain.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            [1.5, -1.5, -2.0, 3.0]
-        );
     }
 }

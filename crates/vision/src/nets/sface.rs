@@ -10,6 +10,10 @@
 //! (`batchnormalization27`), flatten, a fully connected layer to 128 (`gemm0`) and BN
 //! (`batchnormalization28`). Every BatchNorm is folded at load: into the preceding convolution,
 //! and both tail ones into the fully connected layer, so the tail is one matrix product.
+//!
+//! Speed: each convolution runs with its bias and PReLU fused into the pass that writes its
+//! output ([`crate::ops`]): the depthwise kernel applies them per row, the 1x1 convolutions are
+//! one matrix product finished in place, so no layer makes extra broadcast passes or temporaries.
 
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -17,7 +21,7 @@ use faceproof_imaging::{ChannelOrder, RgbImage, to_planar_f32};
 
 use crate::VisionError;
 use crate::nets::yunet::Pointwise;
-use crate::ops::depthwise_conv2d;
+use crate::ops::{conv2d_bias_prelu, depthwise_conv2d_prelu};
 
 /// Side of the aligned face SFace takes.
 pub const SFACE_INPUT_SIDE: u32 = 112;
@@ -53,26 +57,10 @@ fn folded_conv(
     Ok((weight, shift))
 }
 
-/// Per-channel PReLU: `max(x, 0) + slope * min(x, 0)`.
-#[derive(Debug, Clone)]
-struct PRelu {
-    /// `[1, C, 1, 1]`.
-    slope: Tensor,
-}
-
-impl PRelu {
-    fn load(vb: &VarBuilder<'_>, index: usize, channels: usize) -> candle_core::Result<Self> {
-        let slope = vb.get((channels, 1, 1), &format!("prelu{index}.slope"))?;
-        Ok(Self {
-            slope: slope.reshape((1, channels, 1, 1))?,
-        })
-    }
-}
-
-impl Module for PRelu {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.relu()? + x.minimum(0f32)?.broadcast_mul(&self.slope)?
-    }
+/// Per-channel PReLU slopes `[C]` of `prelu<index>`.
+fn prelu_slope(vb: &VarBuilder<'_>, index: usize, channels: usize) -> candle_core::Result<Tensor> {
+    vb.get((channels, 1, 1), &format!("prelu{index}.slope"))?
+        .flatten_all()
 }
 
 /// Depthwise 3x3 (+BN) + PReLU, then pointwise 1x1 (+BN) + PReLU.
@@ -80,10 +68,50 @@ impl Module for PRelu {
 struct SeparableBlock {
     depthwise_weight: Tensor,
     depthwise_bias: Tensor,
+    depthwise_slope: Tensor,
     stride: usize,
-    depthwise_act: PRelu,
     pointwise: Pointwise,
-    pointwise_act: PRelu,
+}
+
+impl SeparableBlock {
+    /// Block `k` (0-based): depthwise `conv<2k+1>`, pointwise `conv<2k+2>`.
+    fn load(
+        vb: &VarBuilder<'_>,
+        k: usize,
+        inputs: usize,
+        outputs: usize,
+        stride: usize,
+    ) -> candle_core::Result<Self> {
+        let dw = 2 * k + 1;
+        let pw = dw + 1;
+        let (depthwise_weight, depthwise_bias) = folded_conv(vb, dw, (inputs, 1, 3, 3))?;
+        let (pointwise_weight, pointwise_bias) = folded_conv(vb, pw, (outputs, inputs, 1, 1))?;
+        Ok(Self {
+            depthwise_weight,
+            depthwise_bias,
+            depthwise_slope: prelu_slope(vb, dw, inputs)?,
+            stride,
+            pointwise: Pointwise::from_parts(
+                pointwise_weight,
+                pointwise_bias,
+                Some(prelu_slope(vb, pw, outputs)?),
+            )?,
+        })
+    }
+}
+
+impl Module for SeparableBlock {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let x = depthwise_conv2d_prelu(
+            x,
+            &self.depthwise_weight,
+            Some(&self.depthwise_bias),
+            &self.depthwise_slope,
+            self.stride,
+            1,
+        )?;
+        self.pointwise.forward(&x)
+    }
 }
 
 /// The SFace network.
@@ -93,7 +121,7 @@ pub struct SFace {
     input_scale: f32,
     stem_weight: Tensor,
     stem_bias: Tensor,
-    stem_act: PRelu,
+    stem_slope: Tensor,
     blocks: Vec<SeparableBlock>,
     /// `[7 * 7 * 1024, 128]`, both tail BatchNorms folded in.
     fc_weight_t: Tensor,
@@ -110,7 +138,7 @@ impl SFace {
         let input_scale = scalar("mul0.input1")?;
 
         let (stem_weight, stem_bias) = folded_conv(&vb, 0, (32, 3, 3, 3))?;
-        let stem_act = PRelu::load(&vb, 0, 32)?;
+        let stem_slope = prelu_slope(&vb, 0, 32)?;
 
         // (input channels, output channels, depthwise stride) of blocks 1..=13.
         let plan: [(usize, usize, usize); 13] = [
@@ -130,18 +158,7 @@ impl SFace {
         ];
         let mut blocks = Vec::with_capacity(plan.len());
         for (k, &(inputs, outputs, stride)) in plan.iter().enumerate() {
-            let dw = 2 * k + 1;
-            let pw = dw + 1;
-            let (depthwise_weight, depthwise_bias) = folded_conv(&vb, dw, (inputs, 1, 3, 3))?;
-            let (pointwise_weight, pointwise_bias) = folded_conv(&vb, pw, (outputs, inputs, 1, 1))?;
-            blocks.push(SeparableBlock {
-                depthwise_weight,
-                depthwise_bias,
-                stride,
-                depthwise_act: PRelu::load(&vb, dw, inputs)?,
-                pointwise: Pointwise::from_parts(pointwise_weight, pointwise_bias)?,
-                pointwise_act: PRelu::load(&vb, pw, outputs)?,
-            });
+            blocks.push(SeparableBlock::load(&vb, k, inputs, outputs, stride)?);
         }
 
         // Tail: bn27 (per channel over 7x7) -> flatten -> gemm0 -> bn28, as one linear layer.
@@ -173,7 +190,7 @@ impl SFace {
             input_scale,
             stem_weight,
             stem_bias,
-            stem_act,
+            stem_slope,
             blocks,
             fc_weight_t,
             fc_bias,
@@ -200,20 +217,16 @@ impl SFace {
             f64::from(self.input_scale),
             -f64::from(self.input_shift * self.input_scale),
         )?;
-        let x = x
-            .conv2d(&self.stem_weight, 1, 1, 1, 1)?
-            .broadcast_add(&self.stem_bias.reshape((1, 32, 1, 1))?)?;
-        let mut x = self.stem_act.forward(&x)?;
+        let mut x = conv2d_bias_prelu(
+            &x,
+            &self.stem_weight,
+            Some(&self.stem_bias),
+            Some(&self.stem_slope),
+            1,
+            1,
+        )?;
         for block in &self.blocks {
-            x = depthwise_conv2d(
-                &x,
-                &block.depthwise_weight,
-                Some(&block.depthwise_bias),
-                block.stride,
-                1,
-            )?;
-            x = block.depthwise_act.forward(&x)?;
-            x = block.pointwise_act.forward(&block.pointwise.forward(&x)?)?;
+            x = block.forward(&x)?;
         }
         let x = x.flatten_from(1)?;
         let y = x.matmul(&self.fc_weight_t)?.broadcast_add(&self.fc_bias)?;

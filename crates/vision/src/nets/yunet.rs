@@ -12,29 +12,38 @@
 //! - heads per level (stride 8, 16, 32), each a unit without ReLU: cls `conv29..34`, bbox
 //!   `conv35..40`, obj `conv41..46`, kps `conv47..52`.
 //!
-//! Convolutions with a 1x1 kernel run as one matrix product; depthwise ones through
-//! [`crate::ops::depthwise_conv2d`].
+//! Speed: 1x1 convolutions run as one matrix product with the bias added in place
+//! ([`crate::ops::pointwise_conv2d`]); depthwise ones through the vectorised kernel with the bias
+//! and ReLU applied as the output is written ([`crate::ops::depthwise_conv2d_prelu`] with slope 0);
+//! the four heads of a level read the same feature map, so their weights are stacked at load time
+//! and each level runs one 64 -> 16 unit instead of four thin ones.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::VisionError;
-use crate::ops::depthwise_conv2d;
+use crate::ops::{conv2d_bias_prelu, depthwise_conv2d, depthwise_conv2d_prelu, pointwise_conv2d};
 
 /// The detector's output strides, in the order of the heads.
 pub const STRIDES: [usize; 3] = [8, 16, 32];
 
-/// A 1x1 convolution with bias, run as a matrix product over the pixels.
+/// Output channels of the cls, bbox, obj and kps heads, in the order they are stacked.
+const HEAD_OUTPUTS: [usize; 4] = [1, 4, 1, 10];
+
+/// A 1x1 convolution with bias and an optional per-channel PReLU, run as one matrix product
+/// with the epilogue applied in place (no im2col copy, no broadcast passes).
 #[derive(Debug, Clone)]
 pub(crate) struct Pointwise {
-    /// `[out, in]`.
+    /// `[out, in]`, contiguous.
     weight: Tensor,
-    /// `[out, 1]`, broadcast over the pixels.
+    /// `[out]`.
     bias: Tensor,
+    /// `[out]` PReLU slopes, or `None` for a linear output.
+    slope: Option<Tensor>,
 }
 
 impl Pointwise {
-    /// Loads `weight` `[out, in, 1, 1]` and `bias` `[out]` from `vb`.
+    /// Loads `weight` `[out, in, 1, 1]` and `bias` `[out]` from `vb` (linear output).
     pub(crate) fn load(
         vb: VarBuilder<'_>,
         inputs: usize,
@@ -42,49 +51,63 @@ impl Pointwise {
     ) -> candle_core::Result<Self> {
         let weight = vb.get((outputs, inputs, 1, 1), "weight")?;
         let bias = vb.get(outputs, "bias")?;
-        Self::from_parts(weight, bias)
+        Self::from_parts(weight, bias, None)
     }
 
-    /// From a `[out, in, 1, 1]` (or `[out, in]`) weight and `[out]` bias.
-    pub(crate) fn from_parts(weight: Tensor, bias: Tensor) -> candle_core::Result<Self> {
+    /// From a `[out, in, 1, 1]` (or `[out, in]`) weight, `[out]` bias and optional `[out]` slopes.
+    pub(crate) fn from_parts(
+        weight: Tensor,
+        bias: Tensor,
+        slope: Option<Tensor>,
+    ) -> candle_core::Result<Self> {
         let outputs = weight.dim(0)?;
         let inputs = weight.elem_count() / outputs.max(1);
         Ok(Self {
             weight: weight.reshape((outputs, inputs))?.contiguous()?,
-            bias: bias.reshape((outputs, 1))?,
+            bias: bias.flatten_all()?,
+            slope: slope.map(|s| s.flatten_all()).transpose()?,
         })
     }
 }
 
 impl Module for Pointwise {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, c, h, w) = x.dims4()?;
-        let x = x.reshape((n, c, h * w))?;
-        let outputs = self.weight.dim(0)?;
-        let y = self.weight.broadcast_left(n)?.matmul(&x)?;
-        y.broadcast_add(&self.bias)?.reshape((n, outputs, h, w))
+        pointwise_conv2d(x, &self.weight, Some(&self.bias), self.slope.as_ref())
     }
 }
 
-/// A 3x3 depthwise convolution (stride 1, padding 1) with bias.
+/// A 3x3 depthwise convolution (stride 1, padding 1) with bias and optional ReLU, fused into the
+/// depthwise kernel's output pass.
 #[derive(Debug, Clone)]
 struct Depthwise3x3 {
     weight: Tensor,
     bias: Tensor,
+    /// Zero slopes (PReLU with slope 0 is ReLU) when the unit ends in a ReLU.
+    relu_slope: Option<Tensor>,
 }
 
 impl Depthwise3x3 {
-    fn load(vb: VarBuilder<'_>, channels: usize) -> candle_core::Result<Self> {
+    fn load(vb: VarBuilder<'_>, channels: usize, relu: bool) -> candle_core::Result<Self> {
+        let weight = vb.get((channels, 1, 3, 3), "weight")?;
+        let relu_slope = if relu {
+            Some(Tensor::zeros(channels, DType::F32, weight.device())?)
+        } else {
+            None
+        };
         Ok(Self {
-            weight: vb.get((channels, 1, 3, 3), "weight")?,
+            weight,
             bias: vb.get(channels, "bias")?,
+            relu_slope,
         })
     }
 }
 
 impl Module for Depthwise3x3 {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        depthwise_conv2d(x, &self.weight, Some(&self.bias), 1, 1)
+        match &self.relu_slope {
+            Some(slope) => depthwise_conv2d_prelu(x, &self.weight, Some(&self.bias), slope, 1, 1),
+            None => depthwise_conv2d(x, &self.weight, Some(&self.bias), 1, 1),
+        }
     }
 }
 
@@ -94,7 +117,6 @@ impl Module for Depthwise3x3 {
 struct DepthwisePointwiseUnit {
     pointwise: Pointwise,
     depthwise: Depthwise3x3,
-    relu: bool,
 }
 
 impl DepthwisePointwiseUnit {
@@ -108,16 +130,36 @@ impl DepthwisePointwiseUnit {
     ) -> candle_core::Result<Self> {
         Ok(Self {
             pointwise: Pointwise::load(vb.pp(format!("conv{first}")), inputs, outputs)?,
-            depthwise: Depthwise3x3::load(vb.pp(format!("conv{}", first + 1)), outputs)?,
-            relu,
+            depthwise: Depthwise3x3::load(vb.pp(format!("conv{}", first + 1)), outputs, relu)?,
+        })
+    }
+
+    /// Stacks units that read the same input (the heads of one level) into one unit whose output
+    /// channels are theirs in order: every output channel only depends on its own weights, so the
+    /// result is exactly the concatenation of the units' outputs.
+    fn stack(units: &[Self]) -> candle_core::Result<Self> {
+        let cat = |f: &dyn Fn(&Self) -> Tensor| -> candle_core::Result<Tensor> {
+            let parts: Vec<Tensor> = units.iter().map(f).collect();
+            Tensor::cat(&parts, 0)?.contiguous()
+        };
+        Ok(Self {
+            pointwise: Pointwise {
+                weight: cat(&|u| u.pointwise.weight.clone())?,
+                bias: cat(&|u| u.pointwise.bias.clone())?,
+                slope: None,
+            },
+            depthwise: Depthwise3x3 {
+                weight: cat(&|u| u.depthwise.weight.clone())?,
+                bias: cat(&|u| u.depthwise.bias.clone())?,
+                relu_slope: None,
+            },
         })
     }
 }
 
 impl Module for DepthwisePointwiseUnit {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.depthwise.forward(&self.pointwise.forward(x)?)?;
-        if self.relu { y.relu() } else { Ok(y) }
+        self.depthwise.forward(&self.pointwise.forward(x)?)
     }
 }
 
@@ -138,12 +180,15 @@ pub struct YuNetHeads {
 pub struct YuNet {
     stem_weight: Tensor,
     stem_bias: Tensor,
+    /// Zero slopes: the stem's ReLU as the fused epilogue of its convolution.
+    stem_relu_slope: Tensor,
     /// Backbone units, with a max-pool before units 1, 5, 7 and 9 (see [`Self::POOL_BEFORE`]).
     backbone: Vec<DepthwisePointwiseUnit>,
     /// Neck units for strides 32, 16, 8.
     neck: [DepthwisePointwiseUnit; 3],
-    /// Heads `[cls, bbox, obj, kps]`, each for strides 8, 16, 32.
-    heads: [[DepthwisePointwiseUnit; 3]; 4],
+    /// Per stride 8, 16, 32: the cls, bbox, obj and kps heads stacked into one unit with 16
+    /// output channels (see [`HEAD_OUTPUTS`]).
+    heads: [DepthwisePointwiseUnit; 3],
 }
 
 impl YuNet {
@@ -180,24 +225,27 @@ impl YuNet {
             DepthwisePointwiseUnit::load(&vb, 25, 64, 64, true)?,
             DepthwisePointwiseUnit::load(&vb, 27, 64, 64, true)?,
         ];
-        let head_outputs = [1, 4, 1, 10];
-        let mut heads = Vec::with_capacity(4);
-        for (h, &outputs) in head_outputs.iter().enumerate() {
-            let first = 29 + 6 * h;
-            heads.push([
-                DepthwisePointwiseUnit::load(&vb, first, 64, outputs, false)?,
-                DepthwisePointwiseUnit::load(&vb, first + 2, 64, outputs, false)?,
-                DepthwisePointwiseUnit::load(&vb, first + 4, 64, outputs, false)?,
-            ]);
+        let mut heads = Vec::with_capacity(STRIDES.len());
+        for level in 0..STRIDES.len() {
+            let units = HEAD_OUTPUTS
+                .iter()
+                .enumerate()
+                .map(|(head, &outputs)| {
+                    DepthwisePointwiseUnit::load(&vb, 29 + 6 * head + 2 * level, 64, outputs, false)
+                })
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            heads.push(DepthwisePointwiseUnit::stack(&units)?);
         }
-        let heads: [[DepthwisePointwiseUnit; 3]; 4] =
+        let heads: [DepthwisePointwiseUnit; 3] =
             heads.try_into().map_err(|_| VisionError::Weights {
                 network: "YuNet",
-                reason: "expected four heads".into(),
+                reason: "expected three head levels".into(),
             })?;
+        let stem_relu_slope = Tensor::zeros(16, DType::F32, stem_weight.device())?;
         Ok(Self {
             stem_weight,
             stem_bias,
+            stem_relu_slope,
             backbone,
             neck,
             heads,
@@ -219,11 +267,14 @@ impl YuNet {
                 input.dims()
             )));
         }
-        let x = input
-            .conv2d(&self.stem_weight, 1, 2, 1, 1)?
-            .broadcast_add(&self.stem_bias.reshape((1, 16, 1, 1))?)?
-            .relu()?;
-        let mut x = x;
+        let mut x = conv2d_bias_prelu(
+            input,
+            &self.stem_weight,
+            Some(&self.stem_bias),
+            Some(&self.stem_relu_slope),
+            2,
+            1,
+        )?;
         let mut features = Vec::with_capacity(3);
         for (i, unit) in self.backbone.iter().enumerate() {
             if Self::POOL_BEFORE.contains(&i) {
@@ -242,27 +293,30 @@ impl YuNet {
         let p8 = self.neck[2].forward(&(upsample2(&p16)? + stride8)?)?;
         let levels = [p8, p16, p32];
 
-        let run = |head: usize, sigmoid: bool| -> candle_core::Result<[Tensor; 3]> {
-            let mut outs = Vec::with_capacity(3);
-            for (level, feature) in levels.iter().enumerate() {
-                let y = self.heads[head][level].forward(feature)?;
-                let (n, c, h, w) = y.dims4()?;
-                let y = y.permute((0, 2, 3, 1))?.reshape((n, h * w, c))?;
-                outs.push(if sigmoid {
-                    candle_nn::ops::sigmoid(&y)?
-                } else {
-                    y
-                });
-            }
-            let [a, b, c] = <[Tensor; 3]>::try_from(outs)
-                .map_err(|_| candle_core::Error::Msg("three levels".into()))?;
-            Ok([a, b, c])
+        let mut cls = Vec::with_capacity(3);
+        let mut bbox = Vec::with_capacity(3);
+        let mut obj = Vec::with_capacity(3);
+        let mut kps = Vec::with_capacity(3);
+        for (level, feature) in levels.iter().enumerate() {
+            let y = self.heads[level].forward(feature)?;
+            let (n, c, h, w) = y.dims4()?;
+            // One transpose of the 16 stacked channels to `[N, H*W, 16]`, then split per head.
+            let y = y.reshape((n, c, h * w))?.transpose(1, 2)?.contiguous()?;
+            let head = |first: usize, len: usize| y.narrow(2, first, len)?.contiguous();
+            cls.push(candle_nn::ops::sigmoid(&head(0, 1)?)?);
+            bbox.push(head(1, 4)?);
+            obj.push(candle_nn::ops::sigmoid(&head(5, 1)?)?);
+            kps.push(head(6, 10)?);
+        }
+        let three = |v: Vec<Tensor>| -> Result<[Tensor; 3], VisionError> {
+            <[Tensor; 3]>::try_from(v)
+                .map_err(|_| VisionError::InvalidInput("three head levels".into()))
         };
         Ok(YuNetHeads {
-            cls: run(0, true)?,
-            bbox: run(1, false)?,
-            obj: run(2, true)?,
-            kps: run(3, false)?,
+            cls: three(cls)?,
+            bbox: three(bbox)?,
+            obj: three(obj)?,
+            kps: three(kps)?,
         })
     }
 }

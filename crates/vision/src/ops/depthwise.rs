@@ -512,3 +512,211 @@ fn apply(
         padding,
     })
 }
+
+/// Dense convolution (groups 1) with few input channels, for the 3-channel stems: candle's tiled
+/// im2col gathers every patch element by element with bounds checks and then runs a thin matrix
+/// product (K = 27), which cost more than the whole rest of SFace's first stage. This reuses the
+/// depthwise machinery: each input channel is split into phase planes once, and every output
+/// channel sums `C_in x taps` contiguous runs into an L1-sized accumulator block.
+struct DenseFewChannelsOp<'a> {
+    weight: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    alpha: Option<&'a Tensor>,
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp1 for DenseFewChannelsOp<'_> {
+    fn name(&self) -> &'static str {
+        "dense-conv2d-few-channels"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let CpuStorage::F32(x) = storage else {
+            bail!("dense_conv2d: input must be f32")
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("dense_conv2d: input must be contiguous")
+        };
+        let x = &x[start..end];
+        let &[out_channels, in_channels, k_h, k_w] = self.weight.dims() else {
+            bail!("dense_conv2d: weight must be [C_out, C_in, kh, kw]")
+        };
+        let g = Geometry::new(
+            layout.dims(),
+            &[in_channels, 1, k_h, k_w],
+            self.stride,
+            self.padding,
+        )?;
+        let weight = small_tensor_values(self.weight, "weight")?;
+        let bias = per_channel(self.bias, out_channels, "bias")?;
+        let alpha = per_channel(self.alpha, out_channels, "PReLU slope")?;
+        let batch = layout.dims()[0];
+        let mut out = vec![0.0f32; batch * out_channels * g.out_plane()];
+        let kernel = select_dense_kernel();
+        let phase_set = g.phases_y * g.phases_x * g.phase_len;
+        let mut phases = vec![0.0f32; in_channels * phase_set];
+        let mut padded_row = vec![0.0f32; g.stride * g.pitch];
+        let out_image = out_channels * g.out_plane();
+        if out_image == 0 {
+            return Ok((
+                CpuStorage::F32(out),
+                Shape::from((batch, out_channels, g.out_h, g.out_w)),
+            ));
+        }
+        for (image, out) in out.chunks_mut(out_image).enumerate() {
+            let input = &x[image * in_channels * g.in_plane()..][..in_channels * g.in_plane()];
+            for (c, set) in phases.chunks_mut(phase_set).enumerate() {
+                let plane = &input[c * g.in_plane()..(c + 1) * g.in_plane()];
+                fill_phases(&g, plane, set, &mut padded_row);
+            }
+            let channel_job = |acc: &mut Vec<f32>, (o, out): (usize, &mut [f32])| {
+                let taps = &weight[o * in_channels * g.taps()..(o + 1) * in_channels * g.taps()];
+                let epilogue = Epilogue {
+                    bias: bias.as_ref().map_or(0.0, |b| b[o]),
+                    alpha: alpha.as_ref().map(|a| a[o]),
+                };
+                kernel(&g, &phases, phase_set, taps, epilogue, acc, out);
+            };
+            let macs = out_image * in_channels * g.taps();
+            let threads = rayon::current_num_threads();
+            let new_acc = || vec![0.0f32; g.block_len(g.block_rows())];
+            if macs < PARALLEL_MIN_MACS || threads < 2 || out_channels < 2 {
+                let mut acc = new_acc();
+                out.chunks_mut(g.out_plane())
+                    .enumerate()
+                    .for_each(|job| channel_job(&mut acc, job));
+            } else {
+                let min_len = (out_channels / (threads * 4)).max(1);
+                out.par_chunks_mut(g.out_plane())
+                    .enumerate()
+                    .with_min_len(min_len)
+                    .for_each_init(new_acc, channel_job);
+            }
+        }
+        let shape = Shape::from((batch, out_channels, g.out_h, g.out_w));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}
+
+type DenseKernel = fn(&Geometry, &[f32], usize, &[f32], Epilogue, &mut [f32], &mut [f32]);
+
+/// As [`select_kernel`], for the dense kernel.
+fn select_dense_kernel() -> DenseKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return dense_avx2_fma_entry;
+        }
+    }
+    dense_plane::<false>
+}
+
+#[cfg(target_arch = "x86_64")]
+fn dense_avx2_fma_entry(
+    g: &Geometry,
+    phases: &[f32],
+    phase_set: usize,
+    taps: &[f32],
+    epilogue: Epilogue,
+    acc: &mut [f32],
+    out: &mut [f32],
+) {
+    // SAFETY: only returned by `select_dense_kernel` after `is_x86_feature_detected!` confirmed
+    // AVX2 and FMA, the only requirement of `dense_avx2_fma` (itself safe, bounds-checked code).
+    #[allow(unsafe_code)]
+    unsafe {
+        dense_avx2_fma(g, phases, phase_set, taps, epilogue, acc, out)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn dense_avx2_fma(
+    g: &Geometry,
+    phases: &[f32],
+    phase_set: usize,
+    taps: &[f32],
+    epilogue: Epilogue,
+    acc: &mut [f32],
+    out: &mut [f32],
+) {
+    dense_plane::<true>(g, phases, phase_set, taps, epilogue, acc, out);
+}
+
+/// One output channel of a dense convolution: `taps` is that channel's `[C_in, kh, kw]` weights,
+/// `phases` holds `C_in` sets of phase planes of `phase_set` floats each.
+#[inline(always)]
+fn dense_plane<const FMA: bool>(
+    g: &Geometry,
+    phases: &[f32],
+    phase_set: usize,
+    taps: &[f32],
+    epilogue: Epilogue,
+    acc: &mut [f32],
+    out: &mut [f32],
+) {
+    let in_channels = phases.len() / phase_set.max(1);
+    let block_rows = g.block_rows();
+    let mut y0 = 0;
+    while y0 < g.out_h {
+        let y1 = (y0 + block_rows).min(g.out_h);
+        let block_len = g.block_len(y1 - y0);
+        let acc = &mut acc[..block_len];
+        for c in 0..in_channels {
+            let set = &phases[c * phase_set..(c + 1) * phase_set];
+            let source = |ky: usize, kx: usize| -> &[f32] {
+                let phase = (ky % g.stride) * g.phases_x + kx % g.stride;
+                let start = phase * g.phase_len + (y0 + ky / g.stride) * g.pitch + kx / g.stride;
+                &set[start..start + block_len]
+            };
+            let channel_taps = &taps[c * g.taps()..(c + 1) * g.taps()];
+            if g.k_h == 3 && g.k_w == 3 {
+                let sources = std::array::from_fn(|t| source(t / 3, t % 3));
+                let weights = std::array::from_fn(|t| channel_taps[t]);
+                accumulate::<9, FMA>(acc, &sources, &weights, c > 0);
+            } else {
+                for (t, &w) in channel_taps.iter().enumerate() {
+                    let sources = [source(t / g.k_w, t % g.k_w)];
+                    accumulate::<1, FMA>(acc, &sources, &[w], c > 0 || t > 0);
+                }
+            }
+        }
+        let out_rows = &mut out[y0 * g.out_w..y1 * g.out_w];
+        for (out_row, acc_row) in out_rows.chunks_exact_mut(g.out_w).zip(acc.chunks(g.pitch)) {
+            write_row(out_row, &acc_row[..g.out_w], epilogue);
+        }
+        y0 = y1;
+    }
+}
+
+/// Dense 2-D convolution (groups 1) of an NCHW f32 tensor with `weight` `[C_out, C_in, kh, kw]`,
+/// optional per-output-channel `bias` and PReLU slope `alpha`, computed directly (no im2col).
+/// Meant for few input channels (the RGB stems); wide layers belong to a matrix product.
+pub fn dense_conv2d_few_channels(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    alpha: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    if x.dtype() != DType::F32 {
+        bail!("dense_conv2d: input must be f32, got {:?}", x.dtype())
+    }
+    let &[_, in_channels, k_h, k_w] = weight.dims() else {
+        bail!(
+            "dense_conv2d: weight must be [C_out, C_in, kh, kw], got {:?}",
+            weight.dims()
+        )
+    };
+    Geometry::new(x.dims(), &[in_channels, 1, k_h, k_w], stride, padding)?;
+    let x = x.contiguous()?;
+    x.apply_op1_no_bwd(&DenseFewChannelsOp {
+        weight,
+        bias,
+        alpha,
+        stride,
+        padding,
+    })
+}

@@ -156,8 +156,9 @@ pub fn pointwise_conv2d(
     Ok(y)
 }
 
-/// candle's `conv2d` (groups 1) followed by the in-place per-channel bias + PReLU epilogue: for
-/// the dense stem convolutions.
+/// Dense convolution (groups 1) with the per-channel bias + PReLU epilogue: for the dense stem
+/// convolutions. Few input channels (the RGB stems) run through the direct kernel in
+/// `depthwise.rs` (candle's im2col is slow there); wider inputs use candle's `conv2d`.
 pub fn conv2d_bias_prelu(
     x: &Tensor,
     weight: &Tensor,
@@ -166,6 +167,13 @@ pub fn conv2d_bias_prelu(
     stride: usize,
     padding: usize,
 ) -> Result<Tensor> {
+    /// Up to this many input channels the direct kernel beats im2col + matrix product.
+    const DIRECT_MAX_IN_CHANNELS: usize = 4;
+    if weight.rank() == 4 && x.rank() == 4 && weight.dim(1)? <= DIRECT_MAX_IN_CHANNELS {
+        return super::depthwise::dense_conv2d_few_channels(
+            x, weight, bias, alpha, stride, padding,
+        );
+    }
     let y = x.conv2d(weight, padding, stride, 1, 1)?;
     bias_prelu_owned(&y, bias, alpha)?;
     Ok(y)
