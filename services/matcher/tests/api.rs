@@ -549,6 +549,59 @@ mod real_models {
         }
     }
 
+    /// The same portrait twice side by side, encoded as PNG: two faces of the same size.
+    fn two_equal_faces_side_by_side() -> Vec<u8> {
+        let options = faceproof_imaging::DecodeOptions::default();
+        let left =
+            faceproof_imaging::decode(&fixture("obama_2012_official_portrait.jpg"), &options)
+                .unwrap()
+                .image;
+        let height = 400;
+        let width = left.width() * height / left.height();
+        let left = faceproof_imaging::resize_area(&left, width, height);
+        let right = left.clone();
+        let mut canvas = faceproof_imaging::RgbImage::new(left.width() + right.width(), height);
+        image::imageops::replace(&mut canvas, &left, 0, 0);
+        image::imageops::replace(&mut canvas, &right, i64::from(left.width()), 0);
+        let mut png = Vec::new();
+        canvas
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png
+    }
+
+    #[test]
+    fn a_probe_with_two_similar_faces_is_refused_but_a_gallery_image_keeps_its_subject() {
+        let engine = engine(640);
+        let two_faces = two_equal_faces_side_by_side();
+        let deadline = Deadline::after(Duration::from_secs(120));
+        let refused = engine.compare(
+            CompareJob {
+                probe: two_faces.clone(),
+                gallery: vec![fixture("obama_2009_congress.jpg")],
+                mode: SearchMode::Fast,
+            },
+            &deadline,
+        );
+        match refused {
+            Err(EngineError::Probe(rejection)) => {
+                assert_eq!(rejection.reason, FaceIssueReason::MultipleFacesDetected)
+            }
+            other => panic!("expected multiple_faces_detected, got {other:?}"),
+        }
+        let outcome = engine
+            .compare(
+                CompareJob {
+                    probe: fixture("obama_2009_congress.jpg"),
+                    gallery: vec![two_faces],
+                    mode: SearchMode::Fast,
+                },
+                &deadline,
+            )
+            .unwrap();
+        assert!(outcome.gallery[0].is_ok(), "{:?}", outcome.gallery[0]);
+    }
+
     #[test]
     fn detector_at_640_reproduces_the_reference_cosines() {
         let engine = engine(640);
