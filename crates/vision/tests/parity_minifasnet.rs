@@ -276,24 +276,3 @@ fn speed() {
         }
     }
 }
-
-/// Writes the converted weights into the model store from the upstream `.pth` files, for use
-/// before `faceproof models fetch` existed:
-/// `cargo test -p faceproof-vision --test parity_minifasnet -- --ignored convert_weights`.
-#[test]
-#[ignore = "set-up helper, writes into models/store"]
-fn convert_weights_into_store() {
-    let store = ModelStore::discover().unwrap();
-    std::fs::create_dir_all(store.dir()).unwrap();
-    for (variant, file) in [
-        (MiniFasNetVariant::V2, "2.7_80x80_MiniFASNetV2.pth"),
-        (MiniFasNetVariant::V1Se, "4_0_0_80x80_MiniFASNetV1SE.pth"),
-    ] {
-        let bytes = std::fs::read(repo_root().join("../shared/models").join(file)).unwrap();
-        let tensors = faceproof_models::import::import_pth(&bytes).unwrap();
-        let converted = faceproof_models::to_safetensors(&tensors).unwrap();
-        let path = store.path(model_name(variant));
-        std::fs::write(&path, converted).unwrap();
-        println!("wrote {} ({} tensors)", path.display(), tensors.len());
-    }
-}

