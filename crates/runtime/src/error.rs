@@ -143,6 +143,26 @@ impl From<ServiceError> for Status {
     }
 }
 
+/// Checks one image field of a request before any decoding: not empty and within `max_bytes`.
+/// Both model services apply it to every image they receive (`probe`, `gallery[i]`, `image`).
+pub fn check_image_bytes(bytes: &[u8], field: &str, max_bytes: usize) -> Result<(), ServiceError> {
+    if bytes.is_empty() {
+        return Err(ServiceError::invalid_field(
+            "empty_image",
+            field.to_owned(),
+            "image is empty",
+        ));
+    }
+    if bytes.len() > max_bytes {
+        return Err(ServiceError::invalid_field(
+            "image_too_large",
+            field.to_owned(),
+            format!("image is {} bytes, the limit is {max_bytes}", bytes.len()),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

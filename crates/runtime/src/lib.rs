@@ -15,7 +15,7 @@ pub mod telemetry;
 
 pub use args::ServingArgs;
 pub use deadline::{Deadline, DeadlineExceeded, DeadlinePolicy, parse_grpc_timeout};
-pub use error::{ERROR_DOMAIN, ErrorCode, ServiceError};
+pub use error::{ERROR_DOMAIN, ErrorCode, ServiceError, check_image_bytes};
 pub use health::ServiceHealth;
 pub use pool::{InferencePool, PoolConfig, PoolStats};
 pub use serve::{

@@ -8,7 +8,7 @@ use faceproof_proto::liveness::v1::liveness_server::Liveness;
 use faceproof_proto::liveness::v1::{
     AttackEvidence, CheckRequest, CheckResponse, LivenessScore, ModelScore, check_response,
 };
-use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError};
+use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError, check_image_bytes};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{CheckJob, EngineError, LivenessEngine, LivenessVerdict};
@@ -120,24 +120,7 @@ fn validate(request: CheckRequest, limits: RequestLimits) -> Result<CheckJob, Se
             ));
         }
     };
-    if request.image.is_empty() {
-        return Err(ServiceError::invalid_field(
-            "empty_image",
-            "image",
-            "image is empty",
-        ));
-    }
-    if request.image.len() > limits.max_image_bytes {
-        return Err(ServiceError::invalid_field(
-            "image_too_large",
-            "image",
-            format!(
-                "image is {} bytes, the limit is {}",
-                request.image.len(),
-                limits.max_image_bytes
-            ),
-        ));
-    }
+    check_image_bytes(&request.image, "image", limits.max_image_bytes)?;
     if request.os.len() > MAX_OS_LEN {
         return Err(ServiceError::invalid_field(
             "invalid_os",

@@ -8,7 +8,7 @@ use faceproof_proto::matcher::v1::matcher_server::Matcher;
 use faceproof_proto::matcher::v1::{
     CompareRequest, CompareResponse, GalleryItemResult, Match, gallery_item_result,
 };
-use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError};
+use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError, check_image_bytes};
 use tonic::{Request, Response, Status};
 
 use crate::calibration::Calibration;
@@ -105,7 +105,7 @@ fn validate(request: CompareRequest, limits: RequestLimits) -> Result<CompareJob
             ));
         }
     };
-    check_image(&request.probe, "probe", limits)?;
+    check_image_bytes(&request.probe, "probe", limits.max_image_bytes)?;
     if request.gallery.is_empty() {
         return Err(ServiceError::invalid_field(
             "empty_gallery",
@@ -125,35 +125,13 @@ fn validate(request: CompareRequest, limits: RequestLimits) -> Result<CompareJob
         ));
     }
     for (index, image) in request.gallery.iter().enumerate() {
-        check_image(image, &format!("gallery[{index}]"), limits)?;
+        check_image_bytes(image, &format!("gallery[{index}]"), limits.max_image_bytes)?;
     }
     Ok(CompareJob {
         probe: request.probe,
         gallery: request.gallery,
         mode,
     })
-}
-
-fn check_image(bytes: &[u8], field: &str, limits: RequestLimits) -> Result<(), ServiceError> {
-    if bytes.is_empty() {
-        return Err(ServiceError::invalid_field(
-            "empty_image",
-            field.to_owned(),
-            "image is empty",
-        ));
-    }
-    if bytes.len() > limits.max_image_bytes {
-        return Err(ServiceError::invalid_field(
-            "image_too_large",
-            field.to_owned(),
-            format!(
-                "image is {} bytes, the limit is {}",
-                bytes.len(),
-                limits.max_image_bytes
-            ),
-        ));
-    }
-    Ok(())
 }
 
 fn engine_error(error: EngineError) -> ServiceError {
