@@ -39,8 +39,16 @@ pub struct LivenessArgs {
     scores_out: Option<PathBuf>,
 }
 
-/// One image's result: the liveness score, or the quality gate that refused it.
-type Checked = Result<f64, String>;
+/// One image's result: the liveness score with each network's own score, or the quality gate
+/// that refused it.
+type Checked = Result<Scored, String>;
+
+#[derive(Debug, Clone)]
+struct Scored {
+    score: f64,
+    /// `(model, score)` of each network that ran, for `--scores-out`.
+    per_model: Vec<(String, f64)>,
+}
 
 fn check_all(
     engine: &VisionLivenessEngine,
@@ -64,7 +72,14 @@ fn check_all(
                 // No deadline in an offline evaluation: a day stands for "none".
                 let deadline = Deadline::after(Duration::from_secs(86_400));
                 let checked = match engine.check(job, &deadline) {
-                    Ok(verdict) => Ok(verdict.liveness_score),
+                    Ok(verdict) => Ok(Scored {
+                        score: verdict.liveness_score,
+                        per_model: verdict
+                            .models
+                            .into_iter()
+                            .map(|model| (model.model, model.liveness_score))
+                            .collect(),
+                    }),
                     Err(EngineError::Rejected(rejection)) => Err(format!(
                         "{} ({})",
                         rejection.reason.code(),
@@ -104,17 +119,27 @@ pub fn run_liveness(args: &LivenessArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     if let Some(out) = &args.scores_out {
-        let mut text = String::from("mode,path,label,attack_type,score,refused\n");
+        // Each network's own score beside the ensemble's, so a user can see which one decided.
+        let mut text = String::from("mode,path,label,attack_type,score,refused,models\n");
         for (mode, checked) in &results {
             for (image, result) in images.iter().zip(checked) {
-                let (score, refused) = match result {
-                    Ok(score) => (format!("{score:.6}"), String::new()),
-                    Err(reason) => (String::new(), reason.replace(',', ";")),
+                let (score, refused, models) = match result {
+                    Ok(scored) => (
+                        format!("{:.6}", scored.score),
+                        String::new(),
+                        scored
+                            .per_model
+                            .iter()
+                            .map(|(model, score)| format!("{model}={score:.6}"))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ),
+                    Err(reason) => (String::new(), reason.replace(',', ";"), String::new()),
                 };
                 let label = if image.is_attack { "spoof" } else { "live" };
                 let _ = writeln!(
                     text,
-                    "{},{},{label},{},{score},{refused}",
+                    "{},{},{label},{},{score},{refused},{models}",
                     mode_name(*mode),
                     image.path,
                     image.attack_type
@@ -139,7 +164,7 @@ pub fn run_liveness(args: &LivenessArgs) -> anyhow::Result<ExitCode> {
                 .map(|(image, result)| LivenessOutcome {
                     is_attack: image.is_attack,
                     attack_type: image.attack_type.clone(),
-                    score: result.as_ref().ok().copied(),
+                    score: result.as_ref().ok().map(|scored| scored.score),
                 })
                 .collect()
         })

@@ -130,6 +130,29 @@ impl LivenessProbabilities {
             spoof_class_2: all.iter().map(|p| p.spoof_class_2).sum::<f32>() / n,
         })
     }
+
+    /// The mean of several models' probabilities, each weighted by its `weight` (the weights need
+    /// not sum to 1). `None` for an empty slice or weights that are not positive and finite.
+    pub fn weighted_mean(all: &[(Self, f32)]) -> Option<Self> {
+        if all
+            .iter()
+            .any(|(_, weight)| !(weight.is_finite() && *weight > 0.0))
+        {
+            return None;
+        }
+        let total: f32 = all.iter().map(|(_, weight)| weight).sum();
+        if all.is_empty() || total <= 0.0 {
+            return None;
+        }
+        let weighted = |class: fn(&Self) -> f32| {
+            all.iter().map(|(p, weight)| class(p) * weight).sum::<f32>() / total
+        };
+        Some(Self {
+            spoof_class_0: weighted(|p| p.spoof_class_0),
+            real: weighted(|p| p.real),
+            spoof_class_2: weighted(|p| p.spoof_class_2),
+        })
+    }
 }
 
 /// Softmax of `[N, 3]` logits, one [`LivenessProbabilities`] per row.
@@ -507,6 +530,21 @@ mod tests {
         let mean = LivenessProbabilities::mean(&rows).unwrap();
         assert!((mean.real - (rows[0].real + rows[1].real) / 2.0).abs() < 1e-6);
         assert!(LivenessProbabilities::mean(&[]).is_none());
+    }
+
+    #[test]
+    fn weighted_mean_weighs_each_model_and_refuses_bad_weights() {
+        let live = LivenessProbabilities::from_logits([0.0, 10.0, 0.0]);
+        let spoof = LivenessProbabilities::from_logits([10.0, 0.0, 0.0]);
+        let mean = LivenessProbabilities::weighted_mean(&[(live, 3.0), (spoof, 1.0)]).unwrap();
+        assert!((mean.real - (3.0 * live.real + spoof.real) / 4.0).abs() < 1e-6);
+        assert!((mean.to_array().iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        let equal = LivenessProbabilities::weighted_mean(&[(live, 1.0), (spoof, 1.0)]).unwrap();
+        assert_eq!(equal, LivenessProbabilities::mean(&[live, spoof]).unwrap());
+        assert!(LivenessProbabilities::weighted_mean(&[]).is_none());
+        assert!(LivenessProbabilities::weighted_mean(&[(live, 0.0)]).is_none());
+        assert!(LivenessProbabilities::weighted_mean(&[(live, f32::NAN)]).is_none());
+        assert!(LivenessProbabilities::weighted_mean(&[(live, -1.0), (spoof, 2.0)]).is_none());
     }
 
     #[test]
