@@ -109,6 +109,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendReplicaLabels {
+    backend: &'static str,
+    health: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     model: String,
     sha256: String,
@@ -139,6 +145,7 @@ struct Instruments {
     compare_outcomes: Family<OutcomeLabels, Counter>,
     liveness_outcomes: Family<OutcomeLabels, Counter>,
     model_info: Family<ModelLabels, Gauge>,
+    backend_replicas: Family<BackendReplicaLabels, Gauge>,
 }
 
 /// The process's metrics; cheap to clone and share between the gRPC layer, the inference
@@ -213,6 +220,12 @@ impl Metrics {
             "Loaded models (value 1) with their sha256 prefix",
             model_info.clone(),
         );
+        let backend_replicas = Family::<BackendReplicaLabels, Gauge>::default();
+        registry.register(
+            "backend_replicas",
+            "Known replicas of each model service the gateway balances over, by health",
+            backend_replicas.clone(),
+        );
         Self {
             inner: Arc::new(Instruments {
                 registry,
@@ -224,6 +237,7 @@ impl Metrics {
                 compare_outcomes,
                 liveness_outcomes,
                 model_info,
+                backend_replicas,
             }),
         }
     }
@@ -306,6 +320,16 @@ impl Metrics {
             .set(1);
     }
 
+    /// Publishes how many replicas of a model service (`backend`) are healthy and unhealthy.
+    pub fn set_backend_replicas(&self, backend: &'static str, healthy: usize, unhealthy: usize) {
+        for (health, count) in [("healthy", healthy), ("unhealthy", unhealthy)] {
+            self.inner
+                .backend_replicas
+                .get_or_create(&BackendReplicaLabels { backend, health })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The registry in the OpenMetrics text format.
     pub fn encode(&self) -> Result<String, TelemetryError> {
         let mut text = String::new();
@@ -356,6 +380,7 @@ mod tests {
             "sface",
             "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
         );
+        metrics.set_backend_replicas("matcher", 2, 1);
         let text = metrics.encode().unwrap();
         for expected in [
             "faceproof_inference_stage_seconds_count{stage=\"detect\"} 1",
@@ -366,6 +391,8 @@ mod tests {
             "faceproof_compare_decisions_total{outcome=\"no_match\"} 1",
             "faceproof_liveness_decisions_total{outcome=\"skipped\"} 1",
             "faceproof_model_info{model=\"sface\",sha256=\"0ba9fbfa01b5\"} 1",
+            "faceproof_backend_replicas{backend=\"matcher\",health=\"healthy\"} 2",
+            "faceproof_backend_replicas{backend=\"matcher\",health=\"unhealthy\"} 1",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }

@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use faceproof_runtime::{MetricsAddr, TelemetryArgs};
 
 use crate::GatewayError;
+use crate::error::Backend;
 
 /// faceproof gateway: the public face verification API (gRPC and REST), in front of the matcher
 /// and liveness services. Every flag can also be set by the environment variable shown.
@@ -51,7 +52,9 @@ pub struct Config {
     #[arg(long, env = "FACEPROOF_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
 
-    /// Matcher endpoints (comma-separated URLs); each request picks the next one (round robin).
+    /// Matcher endpoints (comma-separated `http://host:port` URLs). A DNS name is resolved to
+    /// every replica (a Kubernetes headless Service) and re-resolved every --backend-refresh-ms;
+    /// each request goes to the less loaded of two healthy replicas picked at random.
     #[arg(
         long = "matcher-url",
         env = "FACEPROOF_MATCHER_URLS",
@@ -60,7 +63,8 @@ pub struct Config {
     )]
     pub matcher_urls: Vec<String>,
 
-    /// Liveness endpoints (comma-separated URLs); each request picks the next one (round robin).
+    /// Liveness endpoints (comma-separated `http://host:port` URLs); a DNS name is resolved to
+    /// every replica, balanced as --matcher-url.
     #[arg(
         long = "liveness-url",
         env = "FACEPROOF_LIVENESS_URLS",
@@ -76,6 +80,11 @@ pub struct Config {
         default_value_t = 1000
     )]
     pub backend_connect_timeout_ms: u64,
+
+    /// How often the model services' names are re-resolved and every replica's grpc.health.v1
+    /// status is checked, in milliseconds.
+    #[arg(long, env = "FACEPROOF_BACKEND_REFRESH_MS", default_value_t = 5000)]
+    pub backend_refresh_ms: u64,
 
     /// Overall deadline of a FAST request (matcher and liveness together), in milliseconds.
     #[arg(long, env = "FACEPROOF_DEADLINE_FAST_MS", default_value_t = 3000)]
@@ -211,6 +220,7 @@ impl fmt::Debug for Config {
                 "backend_connect_timeout_ms",
                 &self.backend_connect_timeout_ms,
             )
+            .field("backend_refresh_ms", &self.backend_refresh_ms)
             .field("deadline_fast_ms", &self.deadline_fast_ms)
             .field("deadline_accurate_ms", &self.deadline_accurate_ms)
             .field("jwt_algorithm", &self.jwt_algorithm)
@@ -275,11 +285,16 @@ impl Config {
         {
             return invalid("--liveness-url needs at least one non-empty URL".into());
         }
+        crate::balancer::check_urls(Backend::Matcher, &self.matcher_urls)?;
+        crate::balancer::check_urls(Backend::Liveness, &self.liveness_urls)?;
         if self.deadline_fast_ms == 0 || self.deadline_accurate_ms == 0 {
             return invalid("deadlines must be above 0 ms".into());
         }
         if self.backend_connect_timeout_ms == 0 {
             return invalid("--backend-connect-timeout-ms must be above 0".into());
+        }
+        if self.backend_refresh_ms == 0 {
+            return invalid("--backend-refresh-ms must be above 0".into());
         }
         if !self.rate_limit_per_second.is_finite() || self.rate_limit_per_second < 0.0 {
             return invalid(format!(
@@ -361,6 +376,10 @@ impl Config {
         Duration::from_millis(self.backend_connect_timeout_ms)
     }
 
+    pub fn backend_refresh(&self) -> Duration {
+        Duration::from_millis(self.backend_refresh_ms)
+    }
+
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_millis(self.shutdown_grace_ms)
     }
@@ -422,6 +441,29 @@ mod tests {
     fn several_backend_urls_are_accepted() {
         let config = parse(&["--insecure-dev", "--matcher-url", "http://a:1,http://b:2"]);
         assert_eq!(config.matcher_urls.len(), 2);
+    }
+
+    #[test]
+    fn backend_urls_and_refresh_are_checked() {
+        let config = parse(&["--insecure-dev"]);
+        assert_eq!(config.backend_refresh(), Duration::from_secs(5));
+        for (flag, value, expected) in [
+            ("--matcher-url", "https://matcher:50052", "bad matcher URL"),
+            ("--liveness-url", "liveness:50053", "bad liveness URL"),
+            ("--backend-refresh-ms", "0", "--backend-refresh-ms"),
+        ] {
+            let error = parse(&["--insecure-dev", flag, value])
+                .validate()
+                .unwrap_err();
+            assert!(error.to_string().contains(expected), "{error}");
+        }
+        parse(&[
+            "--insecure-dev",
+            "--matcher-url",
+            "http://faceproof-matcher:50052,http://10.0.0.7:50052",
+        ])
+        .validate()
+        .expect("names and addresses");
     }
 
     #[test]

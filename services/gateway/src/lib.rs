@@ -7,6 +7,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod balancer;
 pub mod config;
 pub mod dev;
 pub mod error;
@@ -33,8 +34,9 @@ pub use config::{Config, DEFAULT_METRICS_ADDR, GatewayCli, Tool};
 pub use service::Gateway;
 
 use crate::auth::{Authenticator, GrpcAuthLayer};
+use crate::balancer::{DnsResolver, PoolSettings, ReplicaPool, Resolver};
 use crate::error::Backend;
-use crate::service::{Deadlines, Endpoints};
+use crate::service::Deadlines;
 
 /// OpenTelemetry `service.name` of the gateway.
 pub const TELEMETRY_SERVICE_NAME: &str = "faceproof-gateway";
@@ -133,6 +135,24 @@ impl Application {
         http_listener: TcpListener,
         metrics: Metrics,
     ) -> Result<Self, GatewayError> {
+        Self::build_with_resolver(
+            config,
+            grpc_listener,
+            http_listener,
+            metrics,
+            Arc::new(DnsResolver),
+        )
+    }
+
+    /// As [`Self::build_with_metrics`], resolving the model services' host names with `resolver`
+    /// instead of DNS.
+    pub fn build_with_resolver(
+        config: Config,
+        grpc_listener: TcpListener,
+        http_listener: TcpListener,
+        metrics: Metrics,
+        resolver: Arc<dyn Resolver>,
+    ) -> Result<Self, GatewayError> {
         config.validate()?;
         let dev = dev::prepare(&config)?;
         let auth = Arc::new(Authenticator::from_config(
@@ -148,6 +168,10 @@ impl Application {
                 ));
             }
         };
+        let pool_settings = PoolSettings {
+            connect_timeout: config.backend_connect_timeout(),
+            refresh_interval: config.backend_refresh(),
+        };
         let gateway = Gateway {
             limits: config.limits(),
             deadlines: Deadlines {
@@ -158,15 +182,19 @@ impl Application {
                 config.rate_limit_per_second,
                 config.rate_limit_burst,
             ),
-            matchers: Endpoints::new(
+            matchers: ReplicaPool::new(
                 Backend::Matcher,
                 &config.matcher_urls,
-                config.backend_connect_timeout(),
+                pool_settings,
+                Arc::clone(&resolver),
+                metrics.clone(),
             )?,
-            liveness: Endpoints::new(
+            liveness: ReplicaPool::new(
                 Backend::Liveness,
                 &config.liveness_urls,
-                config.backend_connect_timeout(),
+                pool_settings,
+                resolver,
+                metrics.clone(),
             )?,
             signer,
             metrics,
@@ -214,11 +242,16 @@ impl Application {
     }
 
     /// Serves gRPC and REST until `shutdown` resolves, then reports NOT_SERVING, stops accepting
-    /// and gives in-flight requests the configured grace period to finish.
+    /// and gives in-flight requests the configured grace period to finish. Meanwhile the model
+    /// services' replicas are re-resolved and health checked in the background.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
+        let _refreshers = [
+            self.gateway.matchers.spawn_refresher(),
+            self.gateway.liveness.spawn_refresher(),
+        ];
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         health_reporter
             .set_serving::<FaceVerificationServer<grpc::GrpcApi>>()

@@ -1,8 +1,6 @@
 //! The orchestration of one compare-with-liveness request: rate limit, validation, matcher call,
 //! the skip rule, liveness call, records and signature, under one overall deadline.
 
-use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -13,12 +11,11 @@ use faceproof_proto::matcher::v1 as matcher_pb;
 use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_signing::{Signer, false_accept_rate_for_threshold};
 use faceproof_telemetry::{CompareOutcome, LivenessOutcome, Metrics, TraceContextInterceptor};
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::Code;
 use tracing::Instrument as _;
 
-use crate::GatewayError;
 use crate::auth::ClientId;
+use crate::balancer::ReplicaPool;
 use crate::config::Limits;
 use crate::error::{Backend, ServiceError};
 use crate::rate_limit::RateLimiter;
@@ -26,51 +23,6 @@ use crate::validation::{SearchMode, ValidRequest, validate};
 
 /// `liveness_skipped.reason` when the comparison score is below `compare_min_score`.
 pub const SKIP_REASON_BELOW_THRESHOLD: &str = "comparison_below_threshold";
-
-/// One or more endpoints of a model service, picked in turn per request.
-#[derive(Debug)]
-pub struct Endpoints {
-    channels: Vec<Channel>,
-    next: AtomicUsize,
-}
-
-impl Endpoints {
-    /// Lazy channels: nothing is dialled until the first request, and a dead endpoint fails
-    /// within `connect_timeout`.
-    pub fn new(
-        service: Backend,
-        urls: &[String],
-        connect_timeout: Duration,
-    ) -> Result<Self, GatewayError> {
-        let channels = urls
-            .iter()
-            .map(|url| {
-                Endpoint::from_shared(url.trim().to_owned())
-                    .map(|endpoint| {
-                        endpoint
-                            .connect_timeout(connect_timeout)
-                            .tcp_nodelay(true)
-                            .connect_lazy()
-                    })
-                    .map_err(|error| {
-                        GatewayError::Config(format!("bad {service} URL {url:?}: {error}"))
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        if channels.is_empty() {
-            return Err(GatewayError::Config(format!("no {service} URL configured")));
-        }
-        Ok(Self {
-            channels,
-            next: AtomicUsize::new(0),
-        })
-    }
-
-    fn pick(&self) -> Channel {
-        let position = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[position].clone()
-    }
-}
 
 /// Overall request deadline per search mode.
 #[derive(Debug, Clone, Copy)]
@@ -85,8 +37,8 @@ pub struct Gateway {
     pub limits: Limits,
     pub deadlines: Deadlines,
     pub rate_limiter: RateLimiter,
-    pub matchers: Endpoints,
-    pub liveness: Endpoints,
+    pub matchers: ReplicaPool,
+    pub liveness: ReplicaPool,
     pub signer: Signer,
     /// Decision counters (`faceproof_compare_decisions_total`, `faceproof_liveness_decisions_total`).
     pub metrics: Metrics,
@@ -169,24 +121,23 @@ impl Gateway {
             gallery,
             search_mode: search_mode.to_proto().into(),
         };
-        let channel = self.matchers.pick();
-        let compared = call_with_deadline(Backend::Matcher, deadline, |remaining| {
-            let mut request = tonic::Request::new(matcher_request);
-            request.set_timeout(remaining);
-            async move {
-                MatcherClient::with_interceptor(channel, TraceContextInterceptor)
-                    .max_encoding_message_size(usize::MAX)
-                    .compare(request)
-                    .await
-            }
-            .instrument(client_span("faceproof.matcher.v1.Matcher", "Compare"))
-        })
-        .await
-        .inspect_err(|error| {
-            if is_probe_face_issue(error) {
-                self.record_compare(CompareOutcome::FaceIssue);
-            }
-        })?;
+        let compared = self
+            .matchers
+            .call(deadline, matcher_request, |channel, request| {
+                async move {
+                    MatcherClient::with_interceptor(channel, TraceContextInterceptor)
+                        .max_encoding_message_size(usize::MAX)
+                        .compare(request)
+                        .await
+                }
+                .instrument(client_span("faceproof.matcher.v1.Matcher", "Compare"))
+            })
+            .await
+            .inspect_err(|error| {
+                if is_probe_face_issue(error) {
+                    self.record_compare(CompareOutcome::FaceIssue);
+                }
+            })?;
         let compared_at = Utc::now();
         check_score(Backend::Matcher, compared.best_score)?;
         self.record_compare(match compare_min_score {
@@ -217,19 +168,18 @@ impl Gateway {
                 face_hint: compared.probe_face.clone(),
                 os: os.as_str().to_owned(),
             };
-            let channel = self.liveness.pick();
-            let checked = call_with_deadline(Backend::Liveness, deadline, |remaining| {
-                let mut request = tonic::Request::new(check_request);
-                request.set_timeout(remaining);
-                async move {
-                    LivenessClient::with_interceptor(channel, TraceContextInterceptor)
-                        .max_encoding_message_size(usize::MAX)
-                        .check(request)
-                        .await
-                }
-                .instrument(client_span("faceproof.liveness.v1.Liveness", "Check"))
-            })
-            .await?;
+            let checked = self
+                .liveness
+                .call(deadline, check_request, |channel, request| {
+                    async move {
+                        LivenessClient::with_interceptor(channel, TraceContextInterceptor)
+                            .max_encoding_message_size(usize::MAX)
+                            .check(request)
+                            .await
+                    }
+                    .instrument(client_span("faceproof.liveness.v1.Liveness", "Check"))
+                })
+                .await?;
             let result = liveness_result(checked, liveness_min_score)?;
             self.record_liveness(if result.passed {
                 LivenessOutcome::Passed
@@ -385,49 +335,6 @@ fn check_score(service: Backend, score: f64) -> Result<(), ServiceError> {
             service,
             detail: format!("score {score} is outside 0..1"),
         })
-    }
-}
-
-/// Runs one backend call with what is left of the request's deadline, sent as grpc-timeout and
-/// enforced here too so a backend that never answers cannot hold the request.
-async fn call_with_deadline<T, F, Fut>(
-    service: Backend,
-    deadline: Instant,
-    call: F,
-) -> Result<T, ServiceError>
-where
-    F: FnOnce(Duration) -> Fut,
-    Fut: Future<Output = Result<tonic::Response<T>, Status>>,
-{
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    if remaining.is_zero() {
-        return Err(ServiceError::BackendDeadline { service });
-    }
-    match tokio::time::timeout(remaining, call(remaining)).await {
-        Err(_) => Err(ServiceError::BackendDeadline { service }),
-        Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(backend_error(service, status)),
-    }
-}
-
-fn backend_error(service: Backend, status: Status) -> ServiceError {
-    match status.code() {
-        Code::InvalidArgument | Code::ResourceExhausted => {
-            ServiceError::BackendRejected { service, status }
-        }
-        Code::Unavailable => ServiceError::BackendUnavailable {
-            service,
-            detail: status.message().to_owned(),
-        },
-        Code::DeadlineExceeded => ServiceError::BackendDeadline { service },
-        // tonic's client reports its own grpc-timeout expiry as CANCELLED.
-        Code::Cancelled if status.message().contains("Timeout expired") => {
-            ServiceError::BackendDeadline { service }
-        }
-        _ => ServiceError::BackendFailed {
-            service,
-            detail: format!("{:?}: {}", status.code(), status.message()),
-        },
     }
 }
 
