@@ -50,6 +50,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists: candle's default elementwise pool spins against ours (see
+    // faceproof_runtime::candle_threads). Every subcommand that runs a network needs it.
+    faceproof_runtime::exec_with_one_candle_thread_by_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Models(command) => models::run(command),

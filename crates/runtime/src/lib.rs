@@ -6,6 +6,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod args;
+pub mod candle_threads;
 pub mod deadline;
 pub mod error;
 pub mod health;
@@ -14,6 +15,7 @@ pub mod serve;
 pub mod telemetry;
 
 pub use args::ServingArgs;
+pub use candle_threads::exec_with_one_candle_thread_by_default;
 pub use deadline::{Deadline, DeadlineExceeded, DeadlinePolicy, parse_grpc_timeout};
 pub use error::{ERROR_DOMAIN, ErrorCode, ServiceError, check_image_bytes};
 pub use health::ServiceHealth;

@@ -3,7 +3,12 @@
 use clap::Parser;
 use faceproof_matcher::MatcherConfig;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    faceproof_matcher::run(MatcherConfig::parse()).await
+fn main() -> anyhow::Result<()> {
+    // Before any thread exists: candle's default elementwise pool spins against ours.
+    faceproof_runtime::exec_with_one_candle_thread_by_default();
+    let config = MatcherConfig::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(faceproof_matcher::run(config))
 }
