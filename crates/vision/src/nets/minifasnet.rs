@@ -9,8 +9,11 @@
 //! linear 128->3. V1SE adds a squeeze-excitation module to the last block of each residual stage.
 //! Channel widths differ per layer (pruning) and are read from the weight shapes.
 //!
-//! Every BatchNorm is folded into the convolution or linear layer before it at load time, so a
-//! forward pass is convolutions, matrix products and fused bias + PReLU epilogues only.
+//! Every BatchNorm is folded into the convolution or linear layer before it at load time. On the
+//! 80x80 input the maps are 40x40 down to 5x5 and a layer is tiny, so per-op overhead (a fresh
+//! tensor, dispatch, a thread fork per layer) cost more than the arithmetic: each bottleneck runs
+//! as one fused op and the head (1x1 conv, global depthwise conv, both linear layers) as another
+//! (`crate::ops::FusedBottleneck`, `crate::ops::FusedHead`); only the stem runs as separate ops.
 //!
 //! # Output classes
 //! Softmax over the three logits; the probability of class 1 ([`REAL_CLASS`]) is the liveness
@@ -19,10 +22,13 @@
 
 use std::collections::HashMap;
 
-use candle_core::{D, DType, Device, Module, Result, Tensor, bail};
+use candle_core::{DType, Device, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
 
-use crate::ops::{conv2d_bias_prelu, depthwise_conv2d, depthwise_conv2d_prelu, pointwise_conv2d};
+use crate::ops::{
+    BottleneckWeights, FusedBottleneck, FusedHead, HeadWeights, SqueezeExcitationWeights,
+    conv2d_bias_prelu, depthwise_conv2d, depthwise_conv2d_prelu, pointwise_conv2d,
+};
 
 /// Side of the square input crop, in pixels.
 pub const INPUT_SIZE: usize = 80;
@@ -172,19 +178,11 @@ pub struct MiniFasNet {
     variant: MiniFasNetVariant,
     conv1: FoldedConv,
     conv2_dw: FoldedConv,
-    conv_23: Bottleneck,
-    conv_3: Vec<Bottleneck>,
-    conv_34: Bottleneck,
-    conv_4: Vec<Bottleneck>,
-    conv_45: Bottleneck,
-    conv_5: Vec<Bottleneck>,
-    conv_6_sep: FoldedConv,
-    conv_6_dw: FoldedConv,
-    /// `linear` (512 -> 128) with the following BatchNorm1d folded in; stored transposed.
-    embedding_t: Tensor,
-    embedding_bias: Tensor,
-    /// `prob` (128 -> 3), no bias; stored transposed.
-    classifier_t: Tensor,
+    /// `conv_23`, `conv_3.*`, `conv_34`, `conv_4.*`, `conv_45`, `conv_5.*` in order, each one
+    /// fused op (on these tiny maps per-op overhead, not arithmetic, dominated the unfused run).
+    blocks: Vec<FusedBottleneck>,
+    /// `conv_6_sep`, `conv_6_dw`, `linear` + `bn` and `prob` as one op.
+    head: FusedHead,
 }
 
 impl MiniFasNet {
@@ -192,12 +190,20 @@ impl MiniFasNet {
     /// `module.` prefix (`conv1.conv.weight`, `conv_3.model.0.conv.bn.running_mean`, ...).
     pub fn load(vb: VarBuilder<'_>, variant: MiniFasNetVariant) -> Result<Self> {
         let se = variant.has_squeeze_excitation();
-        let stage = |name: &str, blocks: usize| -> Result<Vec<Bottleneck>> {
-            let vb = vb.pp(name).pp("model");
-            (0..blocks)
-                .map(|i| Bottleneck::load(vb.pp(i), 1, true, se && i + 1 == blocks))
-                .collect()
-        };
+        let mut blocks = Vec::new();
+        for (name, blocks_in_stage) in [("conv_3", 4), ("conv_4", 6), ("conv_5", 2)] {
+            let strided = match name {
+                "conv_3" => "conv_23",
+                "conv_4" => "conv_34",
+                _ => "conv_45",
+            };
+            blocks.push(load_bottleneck(vb.pp(strided), 2, false, false)?);
+            let stage = vb.pp(name).pp("model");
+            for i in 0..blocks_in_stage {
+                let last = i + 1 == blocks_in_stage;
+                blocks.push(load_bottleneck(stage.pp(i), 1, true, se && last)?);
+            }
+        }
         let linear = vb.pp("linear").get_unchecked("weight")?;
         let (embedding, embedding_bias) = fold_batch_norm(&vb.pp("bn"), &linear)?;
         let classifier = vb.pp("prob").get_unchecked("weight")?;
@@ -208,21 +214,24 @@ impl MiniFasNet {
                 embedding.dim(0)?
             );
         }
+        let conv_6_sep = FoldedConv::load(vb.pp("conv_6_sep"), ConvKind::Pointwise, 1, 0, true)?;
+        let conv_6_dw = FoldedConv::load(vb.pp("conv_6_dw"), ConvKind::Depthwise, 1, 0, false)?;
+        let head = FusedHead::new(&HeadWeights {
+            pointwise: &conv_6_sep.weight,
+            pointwise_bias: &conv_6_sep.bias,
+            pointwise_alpha: conv_6_sep.prelu_slope(&vb.pp("conv_6_sep"))?,
+            global_depthwise: &conv_6_dw.weight,
+            global_depthwise_bias: &conv_6_dw.bias,
+            embedding: &embedding,
+            embedding_bias: &embedding_bias,
+            classifier: &classifier,
+        })?;
         Ok(Self {
             variant,
             conv1: FoldedConv::load(vb.pp("conv1"), ConvKind::Full, 2, 1, true)?,
             conv2_dw: FoldedConv::load(vb.pp("conv2_dw"), ConvKind::Depthwise, 1, 1, true)?,
-            conv_23: Bottleneck::load(vb.pp("conv_23"), 2, false, false)?,
-            conv_3: stage("conv_3", 4)?,
-            conv_34: Bottleneck::load(vb.pp("conv_34"), 2, false, false)?,
-            conv_4: stage("conv_4", 6)?,
-            conv_45: Bottleneck::load(vb.pp("conv_45"), 2, false, false)?,
-            conv_5: stage("conv_5", 2)?,
-            conv_6_sep: FoldedConv::load(vb.pp("conv_6_sep"), ConvKind::Pointwise, 1, 0, true)?,
-            conv_6_dw: FoldedConv::load(vb.pp("conv_6_dw"), ConvKind::Depthwise, 1, 0, false)?,
-            embedding_t: embedding.t()?.contiguous()?,
-            embedding_bias,
-            classifier_t: classifier.t()?.contiguous()?,
+            blocks,
+            head,
         })
     }
 
@@ -255,29 +264,13 @@ impl MiniFasNet {
                 crops.dtype()
             ),
         }
-        let batch = crops.dim(0)?;
         let mut x = self.conv1.forward(crops)?;
         x = self.conv2_dw.forward(&x)?;
-        x = self.conv_23.forward(&x)?;
-        for block in &self.conv_3 {
+        for block in &self.blocks {
             x = block.forward(&x)?;
         }
-        x = self.conv_34.forward(&x)?;
-        for block in &self.conv_4 {
-            x = block.forward(&x)?;
-        }
-        x = self.conv_45.forward(&x)?;
-        for block in &self.conv_5 {
-            x = block.forward(&x)?;
-        }
-        x = self.conv_6_sep.forward(&x)?;
-        x = self.conv_6_dw.forward(&x)?;
-        let features = x.reshape((batch, ()))?;
-        let embedding = features
-            .matmul(&self.embedding_t)?
-            .broadcast_add(&self.embedding_bias)?;
-        // Dropout is the identity at inference.
-        embedding.matmul(&self.classifier_t)
+        // Dropout (before `prob`) is the identity at inference.
+        self.head.forward(&x)
     }
 }
 
@@ -350,6 +343,14 @@ impl FoldedConv {
             padding,
         })
     }
+
+    /// The PReLU slope of a block loaded with one (`vb` names the block in the error).
+    fn prelu_slope(&self, vb: &VarBuilder<'_>) -> Result<&Tensor> {
+        match &self.prelu {
+            Some(alpha) => Ok(alpha),
+            None => bail!("{}: expected a PReLU", vb.prefix()),
+        }
+    }
 }
 
 impl Module for FoldedConv {
@@ -386,58 +387,51 @@ impl Module for FoldedConv {
 }
 
 /// Upstream `Depth_Wise` / `Depth_Wise_SE`: 1x1 expand, depthwise 3x3 (carrying the stride),
-/// 1x1 project, then optionally squeeze-excitation and the residual add.
-#[derive(Debug, Clone)]
-struct Bottleneck {
-    expand: FoldedConv,
-    depthwise: FoldedConv,
-    project: FoldedConv,
-    squeeze_excitation: Option<SqueezeExcitation>,
+/// 1x1 project, then optionally squeeze-excitation (upstream applies it only on the residual
+/// path, before the add: `Depth_Wise_SE.forward`) and the residual add; loaded as one fused op.
+fn load_bottleneck(
+    vb: VarBuilder<'_>,
+    stride: usize,
     residual: bool,
-}
-
-impl Bottleneck {
-    fn load(vb: VarBuilder<'_>, stride: usize, residual: bool, se: bool) -> Result<Self> {
-        let squeeze_excitation = if se {
-            Some(SqueezeExcitation::load(vb.pp("se_module"))?)
-        } else {
-            None
-        };
-        Ok(Self {
-            expand: FoldedConv::load(vb.pp("conv"), ConvKind::Pointwise, 1, 0, true)?,
-            depthwise: FoldedConv::load(vb.pp("conv_dw"), ConvKind::Depthwise, stride, 1, true)?,
-            project: FoldedConv::load(vb.pp("project"), ConvKind::Pointwise, 1, 0, false)?,
-            squeeze_excitation,
-            residual,
-        })
-    }
-}
-
-impl Module for Bottleneck {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.expand.forward(x)?;
-        let y = self.depthwise.forward(&y)?;
-        let mut y = self.project.forward(&y)?;
-        if !self.residual {
-            return Ok(y);
-        }
-        // Upstream applies the SE module only on the residual path (`Depth_Wise_SE.forward`).
-        if let Some(se) = &self.squeeze_excitation {
-            y = se.forward(&y)?;
-        }
-        y + x
-    }
+    se: bool,
+) -> Result<FusedBottleneck> {
+    let expand = FoldedConv::load(vb.pp("conv"), ConvKind::Pointwise, 1, 0, true)?;
+    let depthwise = FoldedConv::load(vb.pp("conv_dw"), ConvKind::Depthwise, stride, 1, true)?;
+    let project = FoldedConv::load(vb.pp("project"), ConvKind::Pointwise, 1, 0, false)?;
+    let squeeze_excitation = if se {
+        Some(SqueezeExcitation::load(vb.pp("se_module"))?)
+    } else {
+        None
+    };
+    FusedBottleneck::new(&BottleneckWeights {
+        expand: &expand.weight,
+        expand_bias: &expand.bias,
+        expand_alpha: expand.prelu_slope(&vb.pp("conv"))?,
+        depthwise: &depthwise.weight,
+        depthwise_bias: &depthwise.bias,
+        depthwise_alpha: depthwise.prelu_slope(&vb.pp("conv_dw"))?,
+        stride,
+        project: &project.weight,
+        project_bias: &project.bias,
+        squeeze_excitation: squeeze_excitation
+            .as_ref()
+            .map(|se| SqueezeExcitationWeights {
+                reduce: &se.reduce,
+                reduce_bias: &se.reduce_bias,
+                expand: &se.expand,
+                expand_bias: &se.expand_bias,
+            }),
+        residual,
+    })
 }
 
 /// Upstream `SEModule`: global average pool, 1x1 conv to C/4 + BN + ReLU, 1x1 conv to C + BN,
-/// sigmoid, channel-wise multiply. The 1x1 convs on a 1x1 map are matrix products.
+/// sigmoid, channel-wise multiply; the BNs folded, the 1x1 convs kept as `[out, in]` matrices.
 #[derive(Debug, Clone)]
 struct SqueezeExcitation {
-    /// `[C, C/4]` (transposed `fc1` with `bn1` folded) and its bias.
-    reduce_t: Tensor,
+    reduce: Tensor,
     reduce_bias: Tensor,
-    /// `[C/4, C]` (transposed `fc2` with `bn2` folded) and its bias.
-    expand_t: Tensor,
+    expand: Tensor,
     expand_bias: Tensor,
 }
 
@@ -453,39 +447,16 @@ impl SqueezeExcitation {
                     vb.prefix()
                 );
             }
-            Ok((
-                weight
-                    .reshape((out_channels, in_channels))?
-                    .t()?
-                    .contiguous()?,
-                bias,
-            ))
+            Ok((weight.reshape((out_channels, in_channels))?, bias))
         };
-        let (reduce_t, reduce_bias) = pointwise("fc1", "bn1")?;
-        let (expand_t, expand_bias) = pointwise("fc2", "bn2")?;
+        let (reduce, reduce_bias) = pointwise("fc1", "bn1")?;
+        let (expand, expand_bias) = pointwise("fc2", "bn2")?;
         Ok(Self {
-            reduce_t,
+            reduce,
             reduce_bias,
-            expand_t,
+            expand,
             expand_bias,
         })
-    }
-}
-
-impl Module for SqueezeExcitation {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (batch, channels, _, _) = x.dims4()?;
-        let pooled = x.flatten_from(2)?.mean(D::Minus1)?;
-        let hidden = pooled
-            .matmul(&self.reduce_t)?
-            .broadcast_add(&self.reduce_bias)?
-            .relu()?;
-        let gate = candle_nn::ops::sigmoid(
-            &hidden
-                .matmul(&self.expand_t)?
-                .broadcast_add(&self.expand_bias)?,
-        )?;
-        x.broadcast_mul(&gate.reshape((batch, channels, 1, 1))?)
     }
 }
 

@@ -12,17 +12,21 @@
 //! - heads per level (stride 8, 16, 32), each a unit without ReLU: cls `conv29..34`, bbox
 //!   `conv35..40`, obj `conv41..46`, kps `conv47..52`.
 //!
-//! Speed: 1x1 convolutions run as one matrix product with the bias added in place
-//! ([`crate::ops::pointwise_conv2d`]); depthwise ones through the vectorised kernel with the bias
-//! and ReLU applied as the output is written ([`crate::ops::depthwise_conv2d_prelu`] with slope 0);
-//! the four heads of a level read the same feature map, so their weights are stacked at load time
-//! and each level runs one 64 -> 16 unit instead of four thin ones.
+//! Speed: the layers are thin (16-64 channels) on large maps, so the op-by-op version spent its
+//! time writing and re-reading full maps. Each unit runs as one fused op over row bands
+//! ([`crate::ops::depthwise_pointwise_unit`]): the 1x1 output stays in cache, the max-pools,
+//! the FPN's upsample + add and the stem are read through by the unit that consumes them and
+//! never stored. The four heads of a level read the same feature map, so their weights are
+//! stacked at load time and each level runs one 64 -> 16 unit instead of four thin ones.
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::VisionError;
-use crate::ops::{conv2d_bias_prelu, depthwise_conv2d, depthwise_conv2d_prelu, pointwise_conv2d};
+use crate::ops::{
+    StemWeights, UnitInput, UnitWeights, depthwise_pointwise_unit, pointwise_conv2d,
+    stem_depthwise_pointwise_unit, upsample_add_depthwise_pointwise_unit,
+};
 
 /// The detector's output strides, in the order of the heads.
 pub const STRIDES: [usize; 3] = [8, 16, 32];
@@ -43,17 +47,6 @@ pub(crate) struct Pointwise {
 }
 
 impl Pointwise {
-    /// Loads `weight` `[out, in, 1, 1]` and `bias` `[out]` from `vb` (linear output).
-    pub(crate) fn load(
-        vb: VarBuilder<'_>,
-        inputs: usize,
-        outputs: usize,
-    ) -> candle_core::Result<Self> {
-        let weight = vb.get((outputs, inputs, 1, 1), "weight")?;
-        let bias = vb.get(outputs, "bias")?;
-        Self::from_parts(weight, bias, None)
-    }
-
     /// From a `[out, in, 1, 1]` (or `[out, in]`) weight, `[out]` bias and optional `[out]` slopes.
     pub(crate) fn from_parts(
         weight: Tensor,
@@ -76,47 +69,11 @@ impl Module for Pointwise {
     }
 }
 
-/// A 3x3 depthwise convolution (stride 1, padding 1) with bias and optional ReLU, fused into the
-/// depthwise kernel's output pass.
-#[derive(Debug, Clone)]
-struct Depthwise3x3 {
-    weight: Tensor,
-    bias: Tensor,
-    /// Zero slopes (PReLU with slope 0 is ReLU) when the unit ends in a ReLU.
-    relu_slope: Option<Tensor>,
-}
-
-impl Depthwise3x3 {
-    fn load(vb: VarBuilder<'_>, channels: usize, relu: bool) -> candle_core::Result<Self> {
-        let weight = vb.get((channels, 1, 3, 3), "weight")?;
-        let relu_slope = if relu {
-            Some(Tensor::zeros(channels, DType::F32, weight.device())?)
-        } else {
-            None
-        };
-        Ok(Self {
-            weight,
-            bias: vb.get(channels, "bias")?,
-            relu_slope,
-        })
-    }
-}
-
-impl Module for Depthwise3x3 {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match &self.relu_slope {
-            Some(slope) => depthwise_conv2d_prelu(x, &self.weight, Some(&self.bias), slope, 1, 1),
-            None => depthwise_conv2d(x, &self.weight, Some(&self.bias), 1, 1),
-        }
-    }
-}
-
 /// YuNet's building block: a pointwise convolution, then a depthwise 3x3, then ReLU (except in
-/// the heads).
+/// the heads), run as one fused op ([`depthwise_pointwise_unit`]).
 #[derive(Debug, Clone)]
 struct DepthwisePointwiseUnit {
-    pointwise: Pointwise,
-    depthwise: Depthwise3x3,
+    weights: UnitWeights,
 }
 
 impl DepthwisePointwiseUnit {
@@ -128,38 +85,47 @@ impl DepthwisePointwiseUnit {
         outputs: usize,
         relu: bool,
     ) -> candle_core::Result<Self> {
-        Ok(Self {
-            pointwise: Pointwise::load(vb.pp(format!("conv{first}")), inputs, outputs)?,
-            depthwise: Depthwise3x3::load(vb.pp(format!("conv{}", first + 1)), outputs, relu)?,
-        })
+        let pointwise = vb.pp(format!("conv{first}"));
+        let depthwise = vb.pp(format!("conv{}", first + 1));
+        let weights = UnitWeights::new(
+            &pointwise.get((outputs, inputs, 1, 1), "weight")?,
+            &pointwise.get(outputs, "bias")?,
+            &depthwise.get((outputs, 1, 3, 3), "weight")?,
+            &depthwise.get(outputs, "bias")?,
+            relu,
+        )?;
+        Ok(Self { weights })
     }
 
     /// Stacks units that read the same input (the heads of one level) into one unit whose output
     /// channels are theirs in order: every output channel only depends on its own weights, so the
     /// result is exactly the concatenation of the units' outputs.
     fn stack(units: &[Self]) -> candle_core::Result<Self> {
-        let cat = |f: &dyn Fn(&Self) -> Tensor| -> candle_core::Result<Tensor> {
-            let parts: Vec<Tensor> = units.iter().map(f).collect();
-            Tensor::cat(&parts, 0)?.contiguous()
-        };
+        let parts: Vec<UnitWeights> = units.iter().map(|u| u.weights.clone()).collect();
         Ok(Self {
-            pointwise: Pointwise {
-                weight: cat(&|u| u.pointwise.weight.clone())?,
-                bias: cat(&|u| u.pointwise.bias.clone())?,
-                slope: None,
-            },
-            depthwise: Depthwise3x3 {
-                weight: cat(&|u| u.depthwise.weight.clone())?,
-                bias: cat(&|u| u.depthwise.bias.clone())?,
-                relu_slope: None,
-            },
+            weights: UnitWeights::stack(&parts)?,
         })
+    }
+
+    /// The unit on `x` read through a 2x2 max-pool (the pool never materialises).
+    fn forward_pooled(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        depthwise_pointwise_unit(x, &self.weights, UnitInput::MaxPool2)
+    }
+
+    /// The unit on `relu(stem(x))` (the stem's output never materialises).
+    fn forward_after_stem(&self, stem: &StemWeights, x: &Tensor) -> candle_core::Result<Tensor> {
+        stem_depthwise_pointwise_unit(x, stem, &self.weights)
+    }
+
+    /// The unit on `fine + upsample2(coarse)` (the FPN merge, never materialised).
+    fn forward_merged(&self, coarse: &Tensor, fine: &Tensor) -> candle_core::Result<Tensor> {
+        upsample_add_depthwise_pointwise_unit(coarse, fine, &self.weights)
     }
 }
 
 impl Module for DepthwisePointwiseUnit {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.depthwise.forward(&self.pointwise.forward(x)?)
+        depthwise_pointwise_unit(x, &self.weights, UnitInput::Plain)
     }
 }
 
@@ -178,10 +144,8 @@ pub struct YuNetHeads {
 /// The YuNet network.
 #[derive(Debug, Clone)]
 pub struct YuNet {
-    stem_weight: Tensor,
-    stem_bias: Tensor,
-    /// Zero slopes: the stem's ReLU as the fused epilogue of its convolution.
-    stem_relu_slope: Tensor,
+    /// `conv0` + ReLU, computed inside the first backbone unit.
+    stem: StemWeights,
     /// Backbone units, with a max-pool before units 1, 5, 7 and 9 (see [`Self::POOL_BEFORE`]).
     backbone: Vec<DepthwisePointwiseUnit>,
     /// Neck units for strides 32, 16, 8.
@@ -197,8 +161,10 @@ impl YuNet {
 
     /// Loads the network from weights named as the ONNX importer names them.
     pub fn load(vb: VarBuilder<'_>) -> Result<Self, VisionError> {
-        let stem_weight = vb.get((16, 3, 3, 3), "conv0.weight")?;
-        let stem_bias = vb.get(16, "conv0.bias")?;
+        let stem = StemWeights::new(
+            &vb.get((16, 3, 3, 3), "conv0.weight")?,
+            &vb.get(16, "conv0.bias")?,
+        )?;
         // (inputs, outputs) of the backbone units conv1/2 .. conv21/22.
         let backbone_channels = [
             (16, 16),
@@ -241,11 +207,8 @@ impl YuNet {
                 network: "YuNet",
                 reason: "expected three head levels".into(),
             })?;
-        let stem_relu_slope = Tensor::zeros(16, DType::F32, stem_weight.device())?;
         Ok(Self {
-            stem_weight,
-            stem_bias,
-            stem_relu_slope,
+            stem,
             backbone,
             neck,
             heads,
@@ -267,20 +230,16 @@ impl YuNet {
                 input.dims()
             )));
         }
-        let mut x = conv2d_bias_prelu(
-            input,
-            &self.stem_weight,
-            Some(&self.stem_bias),
-            Some(&self.stem_relu_slope),
-            2,
-            1,
-        )?;
+        let mut x = input.clone();
         let mut features = Vec::with_capacity(3);
         for (i, unit) in self.backbone.iter().enumerate() {
-            if Self::POOL_BEFORE.contains(&i) {
-                x = x.max_pool2d(2)?;
-            }
-            x = unit.forward(&x)?;
+            x = if i == 0 {
+                unit.forward_after_stem(&self.stem, &x)?
+            } else if Self::POOL_BEFORE.contains(&i) {
+                unit.forward_pooled(&x)?
+            } else {
+                unit.forward(&x)?
+            };
             // Units 6, 8 and 10 end the stride 8, 16 and 32 stages.
             if matches!(i, 6 | 8 | 10) {
                 features.push(x.clone());
@@ -289,8 +248,8 @@ impl YuNet {
         let [stride8, stride16, stride32] = <[Tensor; 3]>::try_from(features)
             .map_err(|_| VisionError::InvalidInput("backbone stages".into()))?;
         let p32 = self.neck[0].forward(&stride32)?;
-        let p16 = self.neck[1].forward(&(upsample2(&p32)? + stride16)?)?;
-        let p8 = self.neck[2].forward(&(upsample2(&p16)? + stride8)?)?;
+        let p16 = self.neck[1].forward_merged(&p32, &stride16)?;
+        let p8 = self.neck[2].forward_merged(&p16, &stride8)?;
         let levels = [p8, p16, p32];
 
         let mut cls = Vec::with_capacity(3);
@@ -319,10 +278,4 @@ impl YuNet {
             kps: three(kps)?,
         })
     }
-}
-
-/// 2x nearest-neighbour upsampling (ONNX Resize, mode nearest, asymmetric, floor).
-fn upsample2(x: &Tensor) -> candle_core::Result<Tensor> {
-    let (_, _, h, w) = x.dims4()?;
-    x.upsample_nearest2d(2 * h, 2 * w)
 }

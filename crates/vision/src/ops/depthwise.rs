@@ -257,6 +257,54 @@ fn run(
     }
 }
 
+/// The depthwise kernel one plane at a time over plain buffers, for fused blocks that keep their
+/// intermediate maps out of candle tensors (see `block.rs`).
+pub(crate) struct PlaneDepthwise {
+    g: Geometry,
+    kernel: PlaneKernel,
+    scratch: Scratch,
+}
+
+impl PlaneDepthwise {
+    /// A `k x k` filter over `in_h x in_w` planes.
+    pub(crate) fn new(
+        in_h: usize,
+        in_w: usize,
+        k: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let g = Geometry::new(&[1, 1, in_h, in_w], &[1, 1, k, k], stride, padding)?;
+        Ok(Self {
+            g,
+            kernel: select_kernel(),
+            scratch: Scratch::new(&g),
+        })
+    }
+
+    pub(crate) fn out_h(&self) -> usize {
+        self.g.out_h
+    }
+
+    pub(crate) fn out_w(&self) -> usize {
+        self.g.out_w
+    }
+
+    /// `out = prelu(depthwise(input, taps) + bias)`; `input` is one `in_h x in_w` plane, `taps`
+    /// the `k * k` weights, `out` one `out_h x out_w` plane.
+    pub(crate) fn run(
+        &mut self,
+        input: &[f32],
+        taps: &[f32],
+        bias: f32,
+        alpha: Option<f32>,
+        out: &mut [f32],
+    ) {
+        let epilogue = Epilogue { bias, alpha };
+        (self.kernel)(&self.g, input, taps, epilogue, &mut self.scratch, out);
+    }
+}
+
 type PlaneKernel = fn(&Geometry, &[f32], &[f32], Epilogue, &mut Scratch, &mut [f32]);
 
 /// Picks the AVX2+FMA copy of the kernel when the CPU has it (decided at run time: the build
@@ -385,9 +433,20 @@ fn fill_phases(g: &Geometry, input: &[f32], phases: &mut [f32], padded_row: &mut
                 let (head, tail) = phases.split_at_mut(odd_start);
                 let even = &mut head[even_start..even_start + g.pitch];
                 let odd = &mut tail[..g.pitch];
-                for ((e, o), pair) in even.iter_mut().zip(odd).zip(padded_row.chunks_exact(2)) {
-                    *e = pair[0];
-                    *o = pair[1];
+                // Eight pairs at a time as fixed-size arrays (the compiler turns these into
+                // vector shuffles; the plain pair loop stayed scalar), then the rest.
+                let pairs = even.len().min(odd.len()).min(padded_row.len() / 2);
+                let vector_pairs = pairs - pairs % 8;
+                let (src_blocks, _) = padded_row[..2 * vector_pairs].as_chunks::<16>();
+                let (even_blocks, _) = even[..vector_pairs].as_chunks_mut::<8>();
+                let (odd_blocks, _) = odd[..vector_pairs].as_chunks_mut::<8>();
+                for ((e, o), src) in even_blocks.iter_mut().zip(odd_blocks).zip(src_blocks) {
+                    *e = std::array::from_fn(|i| src[2 * i]);
+                    *o = std::array::from_fn(|i| src[2 * i + 1]);
+                }
+                for i in vector_pairs..pairs {
+                    even[i] = padded_row[2 * i];
+                    odd[i] = padded_row[2 * i + 1];
                 }
             } else {
                 for rx in 0..g.phases_x {

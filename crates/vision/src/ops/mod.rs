@@ -4,12 +4,24 @@
 //!   convolution runs one tiny convolution per channel: 100x slower on SFace's layers).
 //! - [`pointwise_conv2d`]: 1x1 convolution as one matrix product with the bias and PReLU applied
 //!   in place; [`conv2d_bias_prelu`] for dense convolutions; [`bias_prelu`] on its own.
+//! - [`FusedBottleneck`] / [`FusedHead`]: MiniFASNet's inverted bottlenecks and head, one op each.
+//! - [`depthwise_pointwise_unit`]: YuNet's 1x1 + 3x3 depthwise unit fused over row bands.
 
+mod block;
 mod depthwise;
+mod gemm;
 mod pointwise;
+mod unit;
 
+pub use block::{
+    BottleneckWeights, FusedBottleneck, FusedHead, HeadWeights, SqueezeExcitationWeights,
+};
 pub use depthwise::{depthwise_conv2d, depthwise_conv2d_prelu};
 pub use pointwise::{bias_prelu, conv2d_bias_prelu, pointwise_conv2d};
+pub use unit::{
+    StemWeights, UnitInput, UnitWeights, depthwise_pointwise_unit, stem_depthwise_pointwise_unit,
+    upsample_add_depthwise_pointwise_unit,
+};
 
 #[cfg(test)]
 mod tests;

@@ -751,3 +751,699 @@ fn time_candle_elementwise_against_bias_prelu() {
         println!("{name:<36} {ms:>8.3}");
     }
 }
+
+/// The fused YuNet unit ([`depthwise_pointwise_unit`]) against candle's own operations.
+mod yunet_kernels {
+    use super::*;
+
+    /// Random weights of a unit, as tensors and as the fused op's [`UnitWeights`].
+    struct RandomUnit {
+        pointwise: Tensor,
+        pointwise_bias: Tensor,
+        depthwise: Tensor,
+        depthwise_bias: Tensor,
+        relu: bool,
+        weights: UnitWeights,
+    }
+
+    impl RandomUnit {
+        fn new(rng: &mut Xorshift, inputs: usize, outputs: usize, relu: bool) -> Self {
+            let pointwise = rng.tensor(&[outputs, inputs, 1, 1]);
+            let pointwise_bias = rng.tensor(&[outputs]);
+            let depthwise = rng.tensor(&[outputs, 1, 3, 3]);
+            let depthwise_bias = rng.tensor(&[outputs]);
+            let weights = UnitWeights::new(
+                &pointwise,
+                &pointwise_bias,
+                &depthwise,
+                &depthwise_bias,
+                relu,
+            )
+            .unwrap();
+            Self {
+                pointwise,
+                pointwise_bias,
+                depthwise,
+                depthwise_bias,
+                relu,
+                weights,
+            }
+        }
+
+        /// candle's 1x1 `conv2d` + bias, then the direct depthwise definition (+ ReLU).
+        fn reference(&self, x: &Tensor) -> Tensor {
+            let outputs = self.pointwise.dim(0).unwrap();
+            let y = x
+                .conv2d(&self.pointwise, 0, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&self.pointwise_bias.reshape((1, outputs, 1, 1)).unwrap())
+                .unwrap();
+            let z =
+                reference_depthwise(&y, &self.depthwise, Some(&self.depthwise_bias), None, 1, 1);
+            if self.relu { z.relu().unwrap() } else { z }
+        }
+    }
+
+    /// Largest difference relative to the reference's largest magnitude (at least 1).
+    fn relative_diff(got: &Tensor, expected: &Tensor) -> f32 {
+        let scale = expected
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .max(1.0);
+        max_abs_diff(got, expected) / scale
+    }
+
+    /// (batch, inputs, outputs, height, width): odd sizes, single rows and columns, channel
+    /// counts that are not multiples of the kernel's blocks, maps wide enough to give one-row
+    /// blocks, and tall enough for several blocks and bands.
+    const SHAPES: [(usize, usize, usize, usize, usize); 10] = [
+        (1, 3, 5, 7, 9),
+        (2, 16, 16, 13, 17),
+        (1, 64, 64, 20, 20),
+        (1, 16, 32, 1, 1),
+        (1, 8, 4, 1, 21),
+        (1, 4, 8, 19, 1),
+        (1, 16, 64, 45, 37),
+        (1, 8, 64, 7, 400),
+        (1, 64, 16, 40, 40),
+        (2, 1, 1, 2, 2),
+    ];
+
+    fn on_threads(threads: usize, f: impl FnOnce() + Send) {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(f);
+    }
+
+    #[test]
+    fn unit_matches_candle_on_many_shapes_and_thread_counts() {
+        let mut rng = Xorshift(0x5eed_0001);
+        for threads in [1, 2, 3] {
+            on_threads(threads, || {
+                for (i, &(n, c_in, c_out, h, w)) in SHAPES.iter().enumerate() {
+                    let unit = RandomUnit::new(&mut rng, c_in, c_out, i % 2 == 0);
+                    let x = rng.tensor(&[n, c_in, h, w]);
+                    let got =
+                        depthwise_pointwise_unit(&x, &unit.weights, UnitInput::Plain).unwrap();
+                    let diff = relative_diff(&got, &unit.reference(&x));
+                    assert!(diff < 1e-5, "{threads} threads, {:?}: {diff}", SHAPES[i]);
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn pooled_unit_matches_candle_max_pool_then_unit() {
+        let mut rng = Xorshift(0x5eed_0002);
+        for threads in [1, 2] {
+            on_threads(threads, || {
+                for &(n, c_in, c_out, h, w) in &SHAPES {
+                    let unit = RandomUnit::new(&mut rng, c_in, c_out, true);
+                    // Odd source sizes: the trailing row and column are dropped.
+                    for (src_h, src_w) in [(2 * h, 2 * w), (2 * h + 1, 2 * w + 1)] {
+                        let x = rng.tensor(&[n, c_in, src_h, src_w]);
+                        let got = depthwise_pointwise_unit(&x, &unit.weights, UnitInput::MaxPool2)
+                            .unwrap();
+                        let expected = unit.reference(&x.max_pool2d(2).unwrap());
+                        let diff = relative_diff(&got, &expected);
+                        assert!(
+                            diff < 1e-5,
+                            "{:?} from {src_h}x{src_w}: {diff}",
+                            (n, c_in, h, w)
+                        );
+                    }
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn merged_unit_matches_candle_upsample_add_then_unit() {
+        let mut rng = Xorshift(0x5eed_0003);
+        for threads in [1, 2] {
+            on_threads(threads, || {
+                for &(n, c_in, c_out, h, w) in &SHAPES {
+                    let unit = RandomUnit::new(&mut rng, c_in, c_out, false);
+                    let coarse = rng.tensor(&[n, c_in, h, w]);
+                    let fine = rng.tensor(&[n, c_in, 2 * h, 2 * w]);
+                    let got = upsample_add_depthwise_pointwise_unit(&coarse, &fine, &unit.weights)
+                        .unwrap();
+                    let merged =
+                        (coarse.upsample_nearest2d(2 * h, 2 * w).unwrap() + &fine).unwrap();
+                    let diff = relative_diff(&got, &unit.reference(&merged));
+                    assert!(diff < 1e-5, "{:?}: {diff}", (n, c_in, h, w));
+                }
+            });
+        }
+    }
+
+    #[test]
+    fn stem_unit_matches_candle_conv2d_then_unit() {
+        let mut rng = Xorshift(0x5eed_0007);
+        for threads in [1, 2] {
+            on_threads(threads, || {
+                // Even and odd input sizes (stride 2, padding 1: the output is the half rounded up).
+                for (n, src_h, src_w) in
+                    [(1, 64, 64), (2, 9, 13), (1, 1, 1), (1, 2, 31), (1, 33, 2)]
+                {
+                    let weight = rng.tensor(&[16, 3, 3, 3]);
+                    let bias = rng.tensor(&[16]);
+                    let stem = StemWeights::new(&weight, &bias).unwrap();
+                    let unit = RandomUnit::new(&mut rng, 16, 8, true);
+                    let x = rng.tensor(&[n, 3, src_h, src_w]);
+                    let got = stem_depthwise_pointwise_unit(&x, &stem, &unit.weights).unwrap();
+                    let stemmed = x
+                        .conv2d(&weight, 1, 2, 1, 1)
+                        .unwrap()
+                        .broadcast_add(&bias.reshape((1, 16, 1, 1)).unwrap())
+                        .unwrap()
+                        .relu()
+                        .unwrap();
+                    let diff = relative_diff(&got, &unit.reference(&stemmed));
+                    assert!(diff < 1e-5, "{:?}: {diff}", (n, src_h, src_w));
+                }
+            });
+        }
+        let stem = StemWeights::new(&rng.tensor(&[16, 3, 3, 3]), &rng.tensor(&[16])).unwrap();
+        let unit = RandomUnit::new(&mut rng, 8, 8, true);
+        // The stem's outputs must be the unit's inputs, and the input must have the stem's channels.
+        assert!(
+            stem_depthwise_pointwise_unit(&rng.tensor(&[1, 3, 8, 8]), &stem, &unit.weights)
+                .is_err()
+        );
+        let unit = RandomUnit::new(&mut rng, 16, 8, true);
+        assert!(
+            stem_depthwise_pointwise_unit(&rng.tensor(&[1, 4, 8, 8]), &stem, &unit.weights)
+                .is_err()
+        );
+        assert!(StemWeights::new(&rng.tensor(&[16, 3, 5, 5]), &rng.tensor(&[16])).is_err());
+    }
+
+    #[test]
+    fn stacked_units_equal_the_concatenation_of_their_outputs() {
+        let mut rng = Xorshift(0x5eed_0004);
+        let units: Vec<RandomUnit> = [1, 4, 1, 10]
+            .iter()
+            .map(|&outputs| RandomUnit::new(&mut rng, 8, outputs, false))
+            .collect();
+        let parts: Vec<UnitWeights> = units.iter().map(|u| u.weights.clone()).collect();
+        let stacked = UnitWeights::stack(&parts).unwrap();
+        assert_eq!((stacked.inputs(), stacked.outputs()), (8, 16));
+        let x = rng.tensor(&[1, 8, 11, 12]);
+        let got = depthwise_pointwise_unit(&x, &stacked, UnitInput::Plain).unwrap();
+        let separate: Vec<Tensor> = units.iter().map(|u| u.reference(&x)).collect();
+        let expected = Tensor::cat(&separate, 1).unwrap();
+        assert!(relative_diff(&got, &expected) < 1e-5);
+    }
+
+    #[test]
+    fn unit_accepts_non_contiguous_input() {
+        let mut rng = Xorshift(0x5eed_0005);
+        let unit = RandomUnit::new(&mut rng, 6, 8, true);
+        let x = rng.tensor(&[1, 6, 9, 10]).transpose(2, 3).unwrap();
+        let got = depthwise_pointwise_unit(&x, &unit.weights, UnitInput::Plain).unwrap();
+        assert!(relative_diff(&got, &unit.reference(&x.contiguous().unwrap())) < 1e-5);
+    }
+
+    #[test]
+    fn unit_rejects_bad_shapes_with_errors() {
+        let mut rng = Xorshift(0x5eed_0006);
+        let unit = RandomUnit::new(&mut rng, 4, 8, true);
+        let w = &unit.weights;
+        // Wrong channel count, wrong rank, wrong dtype.
+        assert!(depthwise_pointwise_unit(&rng.tensor(&[1, 5, 4, 4]), w, UnitInput::Plain).is_err());
+        assert!(depthwise_pointwise_unit(&rng.tensor(&[4, 4, 4]), w, UnitInput::Plain).is_err());
+        let x64 = rng
+            .tensor(&[1, 4, 4, 4])
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
+        assert!(depthwise_pointwise_unit(&x64, w, UnitInput::Plain).is_err());
+        // A coarse map that does not upsample to the fine one.
+        let fine = rng.tensor(&[1, 4, 8, 8]);
+        assert!(
+            upsample_add_depthwise_pointwise_unit(&rng.tensor(&[1, 4, 3, 4]), &fine, w).is_err()
+        );
+        assert!(
+            upsample_add_depthwise_pointwise_unit(
+                &rng.tensor(&[1, 4, 4, 4]),
+                &rng.tensor(&[1, 4, 9, 8]),
+                w
+            )
+            .is_err()
+        );
+        // Empty maps give empty outputs, not panics.
+        let empty =
+            depthwise_pointwise_unit(&rng.tensor(&[1, 4, 0, 5]), w, UnitInput::Plain).unwrap();
+        assert_eq!(empty.dims(), &[1, 8, 0, 5]);
+        let pooled =
+            depthwise_pointwise_unit(&rng.tensor(&[1, 4, 1, 1]), w, UnitInput::MaxPool2).unwrap();
+        assert_eq!(pooled.dims(), &[1, 8, 0, 0]);
+        // Weights of the wrong shapes.
+        let bad_depthwise = rng.tensor(&[8, 1, 5, 5]);
+        assert!(
+            UnitWeights::new(
+                &unit.pointwise,
+                &unit.pointwise_bias,
+                &bad_depthwise,
+                &unit.depthwise_bias,
+                true
+            )
+            .is_err()
+        );
+        let bad_bias = rng.tensor(&[7]);
+        assert!(
+            UnitWeights::new(
+                &unit.pointwise,
+                &bad_bias,
+                &unit.depthwise,
+                &unit.depthwise_bias,
+                true
+            )
+            .is_err()
+        );
+        let other = RandomUnit::new(&mut rng, 5, 8, true);
+        assert!(UnitWeights::stack(&[unit.weights.clone(), other.weights]).is_err());
+        assert!(UnitWeights::stack(&[]).is_err());
+    }
+}
+
+mod minifasnet_kernels {
+    use super::super::gemm::{Epilogue, PackedMatrix, TILE_ROWS, matmul_into};
+    use super::*;
+
+    /// `prelu(a x b + bias) + residual` in f64, one output at a time.
+    #[allow(clippy::too_many_arguments)]
+    fn reference_matmul(
+        a: &[f32],
+        rows: usize,
+        depth: usize,
+        b: &[f32],
+        b_stride: usize,
+        cols: usize,
+        bias: &[f32],
+        alpha: Option<&[f32]>,
+        residual: Option<&[f32]>,
+    ) -> Vec<f32> {
+        let mut out = vec![0.0; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let s: f64 = (0..depth)
+                    .map(|k| f64::from(a[r * depth + k]) * f64::from(b[k * b_stride + c]))
+                    .sum();
+                let mut v = s as f32 + bias[r];
+                if let Some(alpha) = alpha.filter(|_| v < 0.0) {
+                    v *= alpha[r];
+                }
+                out[r * cols + c] = v + residual.map_or(0.0, |res| res[r * cols + c]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matmul_matches_reference_on_odd_sizes_and_split_tiles() {
+        let mut rng = Xorshift(0xfa5);
+        let mut cases = 0;
+        for &rows in &[1, 5, 6, 7, 13, 26, 103] {
+            for &depth in &[1, 3, 13, 64] {
+                for &cols in &[1, 15, 16, 17, 25, 100] {
+                    for variant in 0..3 {
+                        let a = rng.values(rows * depth);
+                        let b_stride = cols + variant; // exercises a stride wider than the row
+                        let b = rng.values(depth * b_stride);
+                        let bias = rng.values(rows);
+                        let alpha = rng.values(rows);
+                        let residual = rng.values(rows * cols);
+                        let alpha = (variant != 0).then_some(alpha.as_slice());
+                        let residual = (variant == 2).then_some(residual.as_slice());
+                        let expected = reference_matmul(
+                            &a, rows, depth, &b, b_stride, cols, &bias, alpha, residual,
+                        );
+                        let packed = PackedMatrix::new(&a, rows, depth).unwrap();
+                        let tiles = packed.tile_count();
+                        assert_eq!(tiles, rows.div_ceil(TILE_ROWS));
+                        // Two halves with their own output slices, as the fused ops split them.
+                        let mid = tiles / 2;
+                        let split_row = packed.tile_start_row(mid);
+                        let mut out = vec![f32::NAN; rows * cols];
+                        let (o0, o1) = out.split_at_mut(split_row * cols);
+                        let residual_parts = residual.map(|r| r.split_at(split_row * cols));
+                        for (range, o, res) in [
+                            (0..mid, o0, residual_parts.map(|p| p.0)),
+                            (mid..tiles, o1, residual_parts.map(|p| p.1)),
+                        ] {
+                            let epilogue = Epilogue {
+                                bias: &bias,
+                                alpha,
+                                residual: res,
+                            };
+                            matmul_into(&packed, range, &b, b_stride, cols, o, cols, epilogue);
+                        }
+                        for (i, (g, e)) in out.iter().zip(&expected).enumerate() {
+                            assert!(
+                                (g - e).abs() < 1e-4 * (1.0 + e.abs()),
+                                "{rows}x{depth}x{cols} variant {variant} at {i}: {g} vs {e}"
+                            );
+                        }
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert!(cases > 400);
+        assert!(PackedMatrix::new(&[1.0; 5], 2, 3).is_none());
+    }
+
+    /// Random weights of one bottleneck as tensors.
+    struct RandomBottleneck {
+        expand: Tensor,
+        expand_bias: Tensor,
+        expand_alpha: Tensor,
+        depthwise: Tensor,
+        depthwise_bias: Tensor,
+        depthwise_alpha: Tensor,
+        project: Tensor,
+        project_bias: Tensor,
+        se: Option<[Tensor; 4]>,
+        stride: usize,
+        residual: bool,
+    }
+
+    impl RandomBottleneck {
+        #[allow(clippy::too_many_arguments)]
+        fn new(
+            rng: &mut Xorshift,
+            channels: usize,
+            expanded: usize,
+            out: usize,
+            kernel: usize,
+            stride: usize,
+            se: bool,
+            residual: bool,
+        ) -> Self {
+            let hidden = (out / 4).max(1);
+            Self {
+                expand: rng.tensor(&[expanded, channels, 1, 1]),
+                expand_bias: rng.tensor(&[expanded]),
+                expand_alpha: rng.tensor(&[expanded]),
+                depthwise: rng.tensor(&[expanded, 1, kernel, kernel]),
+                depthwise_bias: rng.tensor(&[expanded]),
+                depthwise_alpha: rng.tensor(&[expanded]),
+                project: rng.tensor(&[out, expanded]),
+                project_bias: rng.tensor(&[out]),
+                se: se.then(|| {
+                    [
+                        rng.tensor(&[hidden, out]),
+                        rng.tensor(&[hidden]),
+                        rng.tensor(&[out, hidden]),
+                        rng.tensor(&[out]),
+                    ]
+                }),
+                stride,
+                residual,
+            }
+        }
+
+        fn weights(&self) -> BottleneckWeights<'_> {
+            BottleneckWeights {
+                expand: &self.expand,
+                expand_bias: &self.expand_bias,
+                expand_alpha: &self.expand_alpha,
+                depthwise: &self.depthwise,
+                depthwise_bias: &self.depthwise_bias,
+                depthwise_alpha: &self.depthwise_alpha,
+                stride: self.stride,
+                project: &self.project,
+                project_bias: &self.project_bias,
+                squeeze_excitation: self.se.as_ref().map(|[r, rb, e, eb]| {
+                    SqueezeExcitationWeights {
+                        reduce: r,
+                        reduce_bias: rb,
+                        expand: e,
+                        expand_bias: eb,
+                    }
+                }),
+                residual: self.residual,
+            }
+        }
+
+        /// The block with candle's own convolutions and broadcasting ops.
+        fn reference(&self, x: &Tensor) -> Tensor {
+            let y = x.conv2d(&self.expand, 0, 1, 1, 1).unwrap();
+            let y = reference_bias_prelu(&y, Some(&self.expand_bias), Some(&self.expand_alpha));
+            let groups = self.depthwise.dim(0).unwrap();
+            let pad = self.depthwise.dim(2).unwrap() / 2;
+            let y = y
+                .conv2d(&self.depthwise, pad, self.stride, 1, groups)
+                .unwrap();
+            let y =
+                reference_bias_prelu(&y, Some(&self.depthwise_bias), Some(&self.depthwise_alpha));
+            let (o, e) = self.project.dims2().unwrap();
+            let y = y
+                .conv2d(&self.project.reshape((o, e, 1, 1)).unwrap(), 0, 1, 1, 1)
+                .unwrap();
+            let mut y = reference_bias_prelu(&y, Some(&self.project_bias), None);
+            if let Some([r, rb, e, eb]) = &self.se {
+                let pooled = y.mean_keepdim(3).unwrap().mean_keepdim(2).unwrap();
+                let pooled = pooled.flatten_from(1).unwrap();
+                let hidden = pooled
+                    .matmul(&r.t().unwrap())
+                    .unwrap()
+                    .broadcast_add(rb)
+                    .unwrap()
+                    .relu()
+                    .unwrap();
+                let gate = candle_nn::ops::sigmoid(
+                    &hidden
+                        .matmul(&e.t().unwrap())
+                        .unwrap()
+                        .broadcast_add(eb)
+                        .unwrap(),
+                )
+                .unwrap();
+                let (n, c) = gate.dims2().unwrap();
+                y = y
+                    .broadcast_mul(&gate.reshape((n, c, 1, 1)).unwrap())
+                    .unwrap();
+            }
+            if self.residual { (y + x).unwrap() } else { y }
+        }
+    }
+
+    #[test]
+    fn fused_bottleneck_matches_candle_ops() {
+        let mut rng = Xorshift(0xb0771e);
+        // (channels, expanded, out, kernel, stride, se, residual, n, h, w)
+        let cases = [
+            (8, 13, 8, 3, 1, false, true, 1, 7, 7),
+            (8, 13, 8, 3, 1, true, true, 2, 5, 9),
+            (5, 7, 11, 3, 2, false, false, 1, 9, 6),
+            (6, 9, 6, 3, 2, true, false, 2, 8, 8),
+            (3, 4, 3, 5, 1, false, true, 1, 6, 5),
+            (4, 6, 4, 3, 1, false, true, 1, 1, 1),
+            // Large enough for the two-way split (run on a two-thread pool below).
+            (64, 103, 64, 3, 1, true, true, 1, 20, 20),
+            (32, 103, 64, 3, 2, false, false, 1, 40, 40),
+        ];
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        for (c, e, o, k, s, se, residual, n, h, w) in cases {
+            let block = RandomBottleneck::new(&mut rng, c, e, o, k, s, se, residual);
+            let fused = FusedBottleneck::new(&block.weights()).unwrap();
+            let x = rng.tensor(&[n, c, h, w]);
+            let expected = block.reference(&x);
+            for threads in [1, 2] {
+                let got = if threads == 1 {
+                    fused.forward(&x).unwrap()
+                } else {
+                    pool.install(|| fused.forward(&x).unwrap())
+                };
+                let diff = max_abs_diff(&got, &expected);
+                let scale = expected.abs().unwrap().max_all().unwrap();
+                let scale = scale.to_scalar::<f32>().unwrap().max(1.0);
+                assert!(
+                    diff < 1e-5 * scale,
+                    "c={c} e={e} o={o} k={k} s={s} se={se} x={:?} threads={threads}: diff {diff}",
+                    x.dims()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_bottleneck_rejects_bad_shapes() {
+        let mut rng = Xorshift(7);
+        let block = RandomBottleneck::new(&mut rng, 8, 12, 8, 3, 1, true, true);
+        let fused = FusedBottleneck::new(&block.weights()).unwrap();
+        // Wrong channel count, rank, dtype.
+        assert!(fused.forward(&rng.tensor(&[1, 7, 5, 5])).is_err());
+        assert!(fused.forward(&rng.tensor(&[8, 5, 5])).is_err());
+        let x64 = rng
+            .tensor(&[1, 8, 5, 5])
+            .to_dtype(candle_core::DType::F64)
+            .unwrap();
+        assert!(fused.forward(&x64).is_err());
+        // Empty maps give empty outputs.
+        let empty = fused.forward(&rng.tensor(&[0, 8, 5, 5])).unwrap();
+        assert_eq!(empty.dims(), &[0, 8, 5, 5]);
+        // Inconsistent weights.
+        let mut bad = block.weights();
+        let wrong = rng.tensor(&[12, 1, 3, 5]);
+        bad.depthwise = &wrong;
+        assert!(FusedBottleneck::new(&bad).is_err());
+        let mut bad = block.weights();
+        let wrong = rng.tensor(&[8, 11]);
+        bad.project = &wrong;
+        assert!(FusedBottleneck::new(&bad).is_err());
+        let mut bad = block.weights();
+        bad.stride = 2;
+        assert!(
+            FusedBottleneck::new(&bad).is_err(),
+            "residual with stride 2"
+        );
+        let mut bad = block.weights();
+        let wrong = rng.tensor(&[11]);
+        bad.expand_alpha = &wrong;
+        assert!(FusedBottleneck::new(&bad).is_err());
+    }
+
+    struct RandomHead {
+        pointwise: Tensor,
+        pointwise_bias: Tensor,
+        pointwise_alpha: Tensor,
+        global_depthwise: Tensor,
+        global_depthwise_bias: Tensor,
+        embedding: Tensor,
+        embedding_bias: Tensor,
+        classifier: Tensor,
+    }
+
+    impl RandomHead {
+        fn new(rng: &mut Xorshift, c: usize, f: usize, k: usize, d: usize, classes: usize) -> Self {
+            Self {
+                pointwise: rng.tensor(&[f, c]),
+                pointwise_bias: rng.tensor(&[f]),
+                pointwise_alpha: rng.tensor(&[f]),
+                global_depthwise: rng.tensor(&[f, 1, k, k]),
+                global_depthwise_bias: rng.tensor(&[f]),
+                embedding: rng.tensor(&[d, f]),
+                embedding_bias: rng.tensor(&[d]),
+                classifier: rng.tensor(&[classes, d]),
+            }
+        }
+
+        fn weights(&self) -> HeadWeights<'_> {
+            HeadWeights {
+                pointwise: &self.pointwise,
+                pointwise_bias: &self.pointwise_bias,
+                pointwise_alpha: &self.pointwise_alpha,
+                global_depthwise: &self.global_depthwise,
+                global_depthwise_bias: &self.global_depthwise_bias,
+                embedding: &self.embedding,
+                embedding_bias: &self.embedding_bias,
+                classifier: &self.classifier,
+            }
+        }
+
+        fn reference(&self, x: &Tensor) -> Tensor {
+            let (f, c) = self.pointwise.dims2().unwrap();
+            let y = x
+                .conv2d(&self.pointwise.reshape((f, c, 1, 1)).unwrap(), 0, 1, 1, 1)
+                .unwrap();
+            let y =
+                reference_bias_prelu(&y, Some(&self.pointwise_bias), Some(&self.pointwise_alpha));
+            let y = y.conv2d(&self.global_depthwise, 0, 1, 1, f).unwrap();
+            let y = reference_bias_prelu(&y, Some(&self.global_depthwise_bias), None);
+            let n = y.dim(0).unwrap();
+            let y = y.reshape((n, f)).unwrap();
+            y.matmul(&self.embedding.t().unwrap())
+                .unwrap()
+                .broadcast_add(&self.embedding_bias)
+                .unwrap()
+                .matmul(&self.classifier.t().unwrap())
+                .unwrap()
+        }
+    }
+
+    #[test]
+    fn fused_head_matches_candle_ops() {
+        let mut rng = Xorshift(0x4ead);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap();
+        // (channels, features, side, embedding, classes, batch); the last splits over threads.
+        for (c, f, k, d, classes, n) in [
+            (5, 7, 3, 4, 3, 1),
+            (8, 13, 1, 5, 2, 3),
+            (128, 512, 5, 128, 3, 2),
+        ] {
+            let head = RandomHead::new(&mut rng, c, f, k, d, classes);
+            let fused = FusedHead::new(&head.weights()).unwrap();
+            let x = rng.tensor(&[n, c, k, k]);
+            let expected = head.reference(&x);
+            for got in [
+                fused.forward(&x).unwrap(),
+                pool.install(|| fused.forward(&x).unwrap()),
+            ] {
+                let diff = max_abs_diff(&got, &expected);
+                let scale = expected.abs().unwrap().max_all().unwrap();
+                let scale = scale.to_scalar::<f32>().unwrap().max(1.0);
+                assert!(diff < 1e-4 * scale, "c={c} f={f} k={k}: diff {diff}");
+            }
+        }
+        let head = RandomHead::new(&mut rng, 8, 16, 5, 4, 3);
+        let fused = FusedHead::new(&head.weights()).unwrap();
+        assert!(fused.forward(&rng.tensor(&[1, 8, 4, 4])).is_err());
+        assert!(fused.forward(&rng.tensor(&[1, 9, 5, 5])).is_err());
+        let mut bad = head.weights();
+        let wrong = rng.tensor(&[3, 5]);
+        bad.classifier = &wrong;
+        assert!(FusedHead::new(&bad).is_err());
+    }
+
+    /// Timing of both MiniFASNet networks on one crop, on 1 and 2 threads (the bench's
+    /// `liveness_minifasnet_*` stages without the CLI). Not a check: run on demand with
+    /// `cargo test --release -p faceproof-vision --lib minifasnet_kernels::time_ -- --ignored
+    /// --nocapture` (needs `models/store`).
+    #[test]
+    #[ignore = "timing, run on demand"]
+    fn time_minifasnet_networks() {
+        use crate::nets::minifasnet::{MiniFasNet, MiniFasNetVariant};
+        let store = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/store");
+        let mut rng = Xorshift(3);
+        let crop = (rng.tensor(&[1, 3, 80, 80]) * 127.0).unwrap();
+        for (file, variant) in [
+            ("minifasnet_v2.safetensors", MiniFasNetVariant::V2),
+            ("minifasnet_v1se.safetensors", MiniFasNetVariant::V1Se),
+        ] {
+            let bytes = std::fs::read(store.join(file)).unwrap();
+            let net = MiniFasNet::from_safetensors(&bytes, variant, &Device::Cpu).unwrap();
+            for threads in [1, 2] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let ms = pool.install(|| {
+                    median_ms(
+                        || {
+                            net.forward(&crop).unwrap();
+                        },
+                        200,
+                    )
+                });
+                println!("{variant:?} threads={threads}: {ms:.3} ms");
+            }
+        }
+    }
+}

@@ -1,0 +1,910 @@
+//! YuNet's "depthwise-pointwise unit" (1x1 convolution + bias, then 3x3 depthwise convolution +
+//! bias, then an optional ReLU) as one candle op, optionally reading its input through a 2x2
+//! max-pool or a 2x nearest upsample + add.
+//!
+//! YuNet's layers are thin (16-64 channels) on large maps (320x320 for a 640 input), so the time
+//! of the op-by-op version went to memory, not arithmetic: every step wrote a fresh zero-filled
+//! map and the next read it back. Here the output rows are split into one band per thread; each
+//! band is walked in small blocks of rows:
+//!
+//! 1. the input rows of the block are read (when pooling or upsampling, gathered first into a
+//!    small buffer, so the pooled / summed map never exists in full);
+//! 2. the 1x1 convolution writes those rows into a ring of `rows + 2` rows per channel that stays
+//!    in L2 (a register-blocked product: 4 output channels x 16 columns per step);
+//! 3. the 3x3 depthwise convolution reads three ring rows per output row and writes the final
+//!    output once, with bias and ReLU. The two rows it shares with the next block stay in the
+//!    ring, so only the first row of each band is computed twice.
+//!
+//! On x86-64 the whole band runs in a copy compiled for AVX2+FMA, chosen at run time.
+
+use std::ops::Range;
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Output channels per step of the 1x1 kernel.
+const OUT_BLOCK: usize = 4;
+/// Columns per step of the 1x1 kernel (two AVX registers).
+const COLUMNS: usize = 16;
+/// Target size in floats of the per-thread ring of 1x1 outputs (fits in L2 beside its input).
+const RING_FLOATS: usize = 48 * 1024;
+/// Below this many multiply-adds a unit runs on the calling thread.
+const PARALLEL_MIN_MACS: usize = 1 << 20;
+
+/// The weights of one unit, copied out of their tensors once at load time.
+#[derive(Debug, Clone)]
+pub struct UnitWeights {
+    inputs: usize,
+    outputs: usize,
+    /// `[outputs, inputs]` 1x1 weights.
+    pointwise: Vec<f32>,
+    pointwise_bias: Vec<f32>,
+    /// `[outputs, 9]` depthwise taps.
+    depthwise: Vec<f32>,
+    depthwise_bias: Vec<f32>,
+    relu: bool,
+}
+
+fn values(t: &Tensor, expected: usize, what: &str) -> Result<Vec<f32>> {
+    if t.dtype() != DType::F32 || t.elem_count() != expected {
+        bail!(
+            "unit: {what} must be {expected} f32 values, got {:?} {:?}",
+            t.dtype(),
+            t.dims()
+        )
+    }
+    t.flatten_all()?.to_vec1::<f32>()
+}
+
+impl UnitWeights {
+    /// From the 1x1 weight `[out, in, 1, 1]` (or `[out, in]`) and bias `[out]`, the depthwise
+    /// weight `[out, 1, 3, 3]` and bias `[out]`, and whether a ReLU ends the unit.
+    pub fn new(
+        pointwise: &Tensor,
+        pointwise_bias: &Tensor,
+        depthwise: &Tensor,
+        depthwise_bias: &Tensor,
+        relu: bool,
+    ) -> Result<Self> {
+        let outputs = pointwise.dim(0)?;
+        let inputs = pointwise.elem_count() / outputs.max(1);
+        if outputs == 0 || inputs == 0 || !matches!(pointwise.rank(), 2 | 4) {
+            bail!(
+                "unit: 1x1 weight must be [out, in, 1, 1], got {:?}",
+                pointwise.dims()
+            )
+        }
+        if pointwise.rank() == 4 && pointwise.dims()[2..] != [1, 1] {
+            bail!(
+                "unit: 1x1 weight must be [out, in, 1, 1], got {:?}",
+                pointwise.dims()
+            )
+        }
+        if depthwise.dims() != [outputs, 1, 3, 3] {
+            bail!(
+                "unit: depthwise weight must be [{outputs}, 1, 3, 3], got {:?}",
+                depthwise.dims()
+            )
+        }
+        Ok(Self {
+            inputs,
+            outputs,
+            pointwise: values(pointwise, outputs * inputs, "1x1 weight")?,
+            pointwise_bias: values(pointwise_bias, outputs, "1x1 bias")?,
+            depthwise: values(depthwise, outputs * 9, "depthwise weight")?,
+            depthwise_bias: values(depthwise_bias, outputs, "depthwise bias")?,
+            relu,
+        })
+    }
+
+    /// Stacks units that read the same input into one whose output channels are theirs in order
+    /// (every output channel depends only on its own weights). All must agree on `inputs` and
+    /// `relu`.
+    pub fn stack(units: &[Self]) -> Result<Self> {
+        let Some(first) = units.first() else {
+            bail!("unit: nothing to stack")
+        };
+        if units
+            .iter()
+            .any(|u| u.inputs != first.inputs || u.relu != first.relu)
+        {
+            bail!("unit: stacked units must share their input width and activation")
+        }
+        let cat = |f: fn(&Self) -> &Vec<f32>| units.iter().flat_map(f).copied().collect();
+        Ok(Self {
+            inputs: first.inputs,
+            outputs: units.iter().map(|u| u.outputs).sum(),
+            pointwise: cat(|u| &u.pointwise),
+            pointwise_bias: cat(|u| &u.pointwise_bias),
+            depthwise: cat(|u| &u.depthwise),
+            depthwise_bias: cat(|u| &u.depthwise_bias),
+            relu: first.relu,
+        })
+    }
+
+    pub fn inputs(&self) -> usize {
+        self.inputs
+    }
+
+    pub fn outputs(&self) -> usize {
+        self.outputs
+    }
+}
+
+/// A dense 3x3 stride-2 convolution (padding 1) + bias + ReLU on few input channels (YuNet's
+/// stem), computed row by row as the input of the first unit so its full-resolution output never
+/// goes to memory.
+#[derive(Debug, Clone)]
+pub struct StemWeights {
+    inputs: usize,
+    outputs: usize,
+    /// `[outputs, inputs, 3, 3]`, padded with zero channels to a multiple of `STEM_OUT_BLOCK`.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+}
+
+impl StemWeights {
+    /// From the weight `[out, in, 3, 3]` and bias `[out]`.
+    pub fn new(weight: &Tensor, bias: &Tensor) -> Result<Self> {
+        let &[outputs, inputs, 3, 3] = weight.dims() else {
+            bail!(
+                "stem: weight must be [out, in, 3, 3], got {:?}",
+                weight.dims()
+            )
+        };
+        if outputs == 0 || inputs == 0 {
+            bail!("stem: empty weight {:?}", weight.dims())
+        }
+        // Zero output channels pad the weights to whole blocks of the kernel (never written out).
+        let padded = outputs.next_multiple_of(STEM_OUT_BLOCK);
+        let mut weight = values(weight, outputs * inputs * 9, "stem weight")?;
+        weight.resize(padded * inputs * 9, 0.0);
+        let mut bias = values(bias, outputs, "stem bias")?;
+        bias.resize(padded, 0.0);
+        Ok(Self {
+            inputs,
+            outputs,
+            weight,
+            bias,
+        })
+    }
+}
+
+/// How the unit's input map is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnitInput {
+    /// As is.
+    Plain,
+    /// Through a 2x2 max-pool with stride 2 (odd trailing rows and columns dropped, as
+    /// candle's `max_pool2d(2)`).
+    MaxPool2,
+}
+
+/// The unit's input for one image.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    /// `[C_in, H, W]`.
+    Plain(&'a [f32]),
+    /// `[C_in, src_h, src_w]`, pooled to `[C_in, H, W]`.
+    MaxPool2 {
+        x: &'a [f32],
+        src_h: usize,
+        src_w: usize,
+    },
+    /// `fine [C_in, H, W] + upsample2(coarse [C_in, H/2, W/2])`.
+    UpsampleAdd { fine: &'a [f32], coarse: &'a [f32] },
+    /// `relu(stem(x))` of `x [stem.inputs, src_h, src_w]`, with `C_in == stem.outputs`.
+    Stem {
+        x: &'a [f32],
+        src_h: usize,
+        src_w: usize,
+        stem: &'a StemWeights,
+    },
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    h: usize,
+    w: usize,
+    /// Output rows per block (the ring holds `block_rows + 2`).
+    block_rows: usize,
+}
+
+impl Plan {
+    fn new(weights: &UnitWeights, h: usize, w: usize) -> Self {
+        let ring_rows = RING_FLOATS / (weights.outputs * w).max(1);
+        Self {
+            h,
+            w,
+            block_rows: ring_rows.saturating_sub(2).clamp(1, h.max(1)),
+        }
+    }
+
+    fn ring_pitch(&self) -> usize {
+        (self.block_rows + 2) * self.w
+    }
+}
+
+/// Per-thread buffers.
+struct Scratch {
+    /// `[C_out, block_rows + 2, W]`: the 1x1 output rows the depthwise step reads.
+    ring: Vec<f32>,
+    /// `[C_in, block_rows + 2, W]`: gathered (pooled / summed) input rows.
+    gathered: Vec<f32>,
+    /// One row of zeros: the depthwise padding above and below the map.
+    zeros: Vec<f32>,
+    /// The stem's even and odd input columns of the three input rows of every stem channel:
+    /// `[stem inputs * 3][2][stem_pitch]`.
+    stem_rows: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(weights: &UnitWeights, plan: &Plan, gathers: bool) -> Self {
+        Self {
+            ring: vec![0.0; weights.outputs * plan.ring_pitch()],
+            gathered: if gathers {
+                vec![0.0; weights.inputs * plan.ring_pitch()]
+            } else {
+                Vec::new()
+            },
+            zeros: vec![0.0; plan.w],
+            stem_rows: Vec::new(),
+        }
+    }
+}
+
+#[inline(always)]
+fn madd<const FMA: bool>(w: f32, x: f32, acc: f32) -> f32 {
+    // Without hardware FMA `mul_add` is a slow libm call.
+    if FMA { w.mul_add(x, acc) } else { acc + w * x }
+}
+
+/// `out[o][j] = bias[o] + sum_i weight[o][i] * input[i][j]` for `j < n`, where row `i` of the
+/// input starts at `i * in_stride` and row `o` of the output at `o * out_stride`.
+#[inline(always)]
+fn pointwise_rows<const FMA: bool>(
+    weights: &UnitWeights,
+    input: &[f32],
+    in_stride: usize,
+    n: usize,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let (c_in, c_out) = (weights.inputs, weights.outputs);
+    let w = &weights.pointwise;
+    let bias = &weights.pointwise_bias;
+    let vector_end = n - n % COLUMNS;
+    let block_end = c_out - c_out % OUT_BLOCK;
+    let mut j = 0;
+    while j < vector_end {
+        let mut o0 = 0;
+        while o0 < block_end {
+            let mut acc = [[0.0f32; COLUMNS]; OUT_BLOCK];
+            for (k, row) in acc.iter_mut().enumerate() {
+                *row = [bias[o0 + k]; COLUMNS];
+            }
+            for i in 0..c_in {
+                let mut x = [0.0f32; COLUMNS];
+                x.copy_from_slice(&input[i * in_stride + j..][..COLUMNS]);
+                for (k, row) in acc.iter_mut().enumerate() {
+                    let wk = w[(o0 + k) * c_in + i];
+                    for l in 0..COLUMNS {
+                        row[l] = madd::<FMA>(wk, x[l], row[l]);
+                    }
+                }
+            }
+            for (k, row) in acc.iter().enumerate() {
+                out[(o0 + k) * out_stride + j..][..COLUMNS].copy_from_slice(row);
+            }
+            o0 += OUT_BLOCK;
+        }
+        for o in block_end..c_out {
+            let mut row = [bias[o]; COLUMNS];
+            for i in 0..c_in {
+                let wk = w[o * c_in + i];
+                let x = &input[i * in_stride + j..][..COLUMNS];
+                for l in 0..COLUMNS {
+                    row[l] = madd::<FMA>(wk, x[l], row[l]);
+                }
+            }
+            out[o * out_stride + j..][..COLUMNS].copy_from_slice(&row);
+        }
+        j += COLUMNS;
+    }
+    for j in vector_end..n {
+        for o in 0..c_out {
+            let mut sum = bias[o];
+            for i in 0..c_in {
+                sum = madd::<FMA>(w[o * c_in + i], input[i * in_stride + j], sum);
+            }
+            out[o * out_stride + j] = sum;
+        }
+    }
+}
+
+/// One output row of the 3x3 depthwise convolution (padding 1) from the rows above, at and
+/// below it (`zeros` outside the map), with bias and optional ReLU.
+#[inline(always)]
+fn depthwise_row<const FMA: bool>(
+    rows: [&[f32]; 3],
+    taps: &[f32],
+    bias: f32,
+    relu: bool,
+    out: &mut [f32],
+) {
+    let w = out.len();
+    let t: [f32; 9] = std::array::from_fn(|k| taps[k]);
+    let finish = |v: f32| if relu { v.max(0.0) } else { v };
+    if w == 1 {
+        let mut v = bias;
+        for (ky, row) in rows.iter().enumerate() {
+            v = madd::<FMA>(t[3 * ky + 1], row[0], v);
+        }
+        out[0] = finish(v);
+        return;
+    }
+    // Interior columns: nine shifted runs, one branch-free loop.
+    let n = w - 2;
+    let [up, mid, down] = rows;
+    let (u0, u1, u2) = (&up[..n], &up[1..n + 1], &up[2..n + 2]);
+    let (m0, m1, m2) = (&mid[..n], &mid[1..n + 1], &mid[2..n + 2]);
+    let (d0, d1, d2) = (&down[..n], &down[1..n + 1], &down[2..n + 2]);
+    let interior = &mut out[1..n + 1];
+    for x in 0..n {
+        // One partial sum per input row: three short dependency chains instead of one of nine.
+        let mut up_sum = bias;
+        up_sum = madd::<FMA>(t[0], u0[x], up_sum);
+        up_sum = madd::<FMA>(t[1], u1[x], up_sum);
+        up_sum = madd::<FMA>(t[2], u2[x], up_sum);
+        let mut mid_sum = t[3] * m0[x];
+        mid_sum = madd::<FMA>(t[4], m1[x], mid_sum);
+        mid_sum = madd::<FMA>(t[5], m2[x], mid_sum);
+        let mut down_sum = t[6] * d0[x];
+        down_sum = madd::<FMA>(t[7], d1[x], down_sum);
+        down_sum = madd::<FMA>(t[8], d2[x], down_sum);
+        interior[x] = finish(up_sum + mid_sum + down_sum);
+    }
+    // The first and last columns, whose left / right neighbour is padding.
+    let mut first = bias;
+    let mut last = bias;
+    for (ky, row) in rows.iter().enumerate() {
+        first = madd::<FMA>(t[3 * ky + 1], row[0], first);
+        first = madd::<FMA>(t[3 * ky + 2], row[1], first);
+        last = madd::<FMA>(t[3 * ky], row[w - 2], last);
+        last = madd::<FMA>(t[3 * ky + 1], row[w - 1], last);
+    }
+    out[0] = finish(first);
+    out[w - 1] = finish(last);
+}
+
+/// Stem columns per even / odd row: the output width rounded up to whole steps plus one vector
+/// (the third tap of a row reads one column further).
+fn stem_pitch(w: usize) -> usize {
+    w.next_multiple_of(2 * STEM_LANES) + STEM_LANES
+}
+
+/// Output channels per step of the stem.
+const STEM_OUT_BLOCK: usize = 4;
+
+/// Output elements per vector step of the stem.
+const STEM_LANES: usize = 8;
+
+/// Writes stem output row `y` of every stem channel (`out[o * len + offset..][..w]`).
+#[inline(always)]
+fn stem_row<const FMA: bool>(
+    x: &[f32],
+    (src_h, src_w): (usize, usize),
+    stem: &StemWeights,
+    y: usize,
+    rows: &mut [f32],
+    out: &mut [f32],
+    (len, offset, w): (usize, usize, usize),
+) {
+    let pitch = stem_pitch(w);
+    // Split each padded input row into even and odd columns: output column `x` reads padded
+    // columns 2x, 2x + 1, 2x + 2 = even[x], odd[x], even[x + 1], where padded column `j` is
+    // input column `j - 1`.
+    for c in 0..stem.inputs {
+        for ky in 0..3 {
+            let pair = &mut rows[(3 * c + ky) * 2 * pitch..][..2 * pitch];
+            pair.fill(0.0);
+            let Some(iy) = (2 * y + ky).checked_sub(1).filter(|&iy| iy < src_h) else {
+                continue;
+            };
+            let src = &x[(c * src_h + iy) * src_w..][..src_w];
+            let (even, odd) = pair.split_at_mut(pitch);
+            // Input columns 2k and 2k + 1 are padded columns 2k + 1 (odd k) and 2k + 2 (even k + 1).
+            let pairs = src.chunks_exact(2);
+            if let &[last] = pairs.remainder() {
+                odd[src_w / 2] = last;
+            }
+            for ((o, e), pair) in odd.iter_mut().zip(&mut even[1..]).zip(pairs) {
+                *o = pair[0];
+                *e = pair[1];
+            }
+        }
+    }
+    // Four output channels x 16 columns per step: eight independent accumulators hide the FMA
+    // latency, and each loaded input vector feeds four channels.
+    let taps_per_output = stem.inputs * 9;
+    let mut o0 = 0;
+    while o0 < stem.outputs {
+        let block = STEM_OUT_BLOCK.min(stem.outputs - o0);
+        let mut x0 = 0;
+        while x0 < w {
+            let mut acc = [[0.0f32; 2 * STEM_LANES]; STEM_OUT_BLOCK];
+            for (k, row) in acc.iter_mut().enumerate() {
+                *row = [stem.bias[o0 + k]; 2 * STEM_LANES];
+            }
+            for r in 0..3 * stem.inputs {
+                let pair = &rows[r * 2 * pitch..][..2 * pitch];
+                let (even, odd) = pair.split_at(pitch);
+                let mut e0 = [0.0f32; 2 * STEM_LANES];
+                let mut od = [0.0f32; 2 * STEM_LANES];
+                let mut e1 = [0.0f32; 2 * STEM_LANES];
+                e0.copy_from_slice(&even[x0..x0 + 2 * STEM_LANES]);
+                od.copy_from_slice(&odd[x0..x0 + 2 * STEM_LANES]);
+                e1.copy_from_slice(&even[x0 + 1..x0 + 1 + 2 * STEM_LANES]);
+                for (k, row) in acc.iter_mut().enumerate() {
+                    // Padded to whole blocks at load time: always in bounds.
+                    let base = (o0 + k) * taps_per_output + 3 * r;
+                    let (t0, t1, t2) = (
+                        stem.weight[base],
+                        stem.weight[base + 1],
+                        stem.weight[base + 2],
+                    );
+                    for l in 0..2 * STEM_LANES {
+                        row[l] = madd::<FMA>(t0, e0[l], row[l]);
+                        row[l] = madd::<FMA>(t1, od[l], row[l]);
+                        row[l] = madd::<FMA>(t2, e1[l], row[l]);
+                    }
+                }
+            }
+            let valid = (2 * STEM_LANES).min(w - x0);
+            for (k, row) in acc.iter().enumerate().take(block) {
+                let dst = &mut out[(o0 + k) * len + offset + x0..][..valid];
+                for (d, a) in dst.iter_mut().zip(row) {
+                    *d = a.max(0.0);
+                }
+            }
+            x0 += 2 * STEM_LANES;
+        }
+        o0 += block;
+    }
+}
+
+/// Writes input rows `rows` of `source` as `[C_in, rows.len(), W]` into `gathered`.
+#[inline(always)]
+fn gather_rows<const FMA: bool>(
+    source: Source<'_>,
+    plan: &Plan,
+    c_in: usize,
+    rows: Range<usize>,
+    out: &mut [f32],
+    stem_rows: &mut Vec<f32>,
+) {
+    let (h, w) = (plan.h, plan.w);
+    let len = rows.len() * w;
+    if let Source::Stem {
+        x,
+        src_h,
+        src_w,
+        stem,
+    } = source
+    {
+        stem_rows.resize(stem.inputs * 3 * 2 * stem_pitch(w), 0.0);
+        for (i, y) in rows.enumerate() {
+            stem_row::<FMA>(x, (src_h, src_w), stem, y, stem_rows, out, (len, i * w, w));
+        }
+        return;
+    }
+    for c in 0..c_in {
+        let dst = &mut out[c * len..(c + 1) * len];
+        for (y, dst_row) in rows.clone().zip(dst.chunks_exact_mut(w)) {
+            match source {
+                Source::Plain(x) => dst_row.copy_from_slice(&x[(c * h + y) * w..][..w]),
+                Source::Stem { .. } => {}
+                Source::MaxPool2 { x, src_h, src_w } => {
+                    let plane = &x[c * src_h * src_w..(c + 1) * src_h * src_w];
+                    let top = &plane[2 * y * src_w..][..2 * w];
+                    let bottom = &plane[(2 * y + 1) * src_w..][..2 * w];
+                    for ((d, a), b) in dst_row
+                        .iter_mut()
+                        .zip(top.chunks_exact(2))
+                        .zip(bottom.chunks_exact(2))
+                    {
+                        *d = a[0].max(a[1]).max(b[0].max(b[1]));
+                    }
+                }
+                Source::UpsampleAdd { fine, coarse } => {
+                    let fine_row = &fine[(c * h + y) * w..][..w];
+                    let (coarse_h, coarse_w) = (h / 2, w / 2);
+                    let coarse_row = &coarse[(c * coarse_h + y / 2) * coarse_w..][..coarse_w];
+                    for ((d, f), &v) in dst_row
+                        .chunks_exact_mut(2)
+                        .zip(fine_row.chunks_exact(2))
+                        .zip(coarse_row)
+                    {
+                        d[0] = f[0] + v;
+                        d[1] = f[1] + v;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Computes output rows `band` (`out[c]` is channel `c`'s rows of the band).
+#[inline(always)]
+fn run_band<const FMA: bool>(
+    weights: &UnitWeights,
+    plan: &Plan,
+    source: Source<'_>,
+    band: Range<usize>,
+    out: &mut [&mut [f32]],
+    scratch: &mut Scratch,
+) {
+    let (h, w) = (plan.h, plan.w);
+    let pitch = plan.ring_pitch();
+    // The ring holds the 1x1 output rows `[lo, hi)` at ring rows `0..hi - lo`.
+    let mut lo = band.start.saturating_sub(1);
+    let mut hi = lo;
+    let mut y0 = band.start;
+    while y0 < band.end {
+        let y1 = (y0 + plan.block_rows).min(band.end);
+        // Drop the rows the block no longer needs, keeping the one above it.
+        let keep_from = y0.saturating_sub(1);
+        if keep_from > lo {
+            let dropped = (keep_from - lo) * w;
+            let kept = (hi - keep_from) * w;
+            for channel in scratch.ring.chunks_exact_mut(pitch) {
+                channel.copy_within(dropped..dropped + kept, 0);
+            }
+            lo = keep_from;
+        }
+        let need = (y1 + 1).min(h);
+        if need > hi {
+            let n = (need - hi) * w;
+            let ring_offset = (hi - lo) * w;
+            match source {
+                Source::Plain(x) => pointwise_rows::<FMA>(
+                    weights,
+                    &x[hi * w..],
+                    h * w,
+                    n,
+                    &mut scratch.ring[ring_offset..],
+                    pitch,
+                ),
+                _ => {
+                    gather_rows::<FMA>(
+                        source,
+                        plan,
+                        weights.inputs,
+                        hi..need,
+                        &mut scratch.gathered,
+                        &mut scratch.stem_rows,
+                    );
+                    pointwise_rows::<FMA>(
+                        weights,
+                        &scratch.gathered,
+                        n,
+                        n,
+                        &mut scratch.ring[ring_offset..],
+                        pitch,
+                    );
+                }
+            }
+            hi = need;
+        }
+        for (c, out_channel) in out.iter_mut().enumerate() {
+            let ring = &scratch.ring[c * pitch..(c + 1) * pitch];
+            let row = |y: usize| &ring[(y - lo) * w..(y - lo + 1) * w];
+            let taps = &weights.depthwise[9 * c..9 * c + 9];
+            let bias = weights.depthwise_bias[c];
+            for y in y0..y1 {
+                let up = if y > 0 { row(y - 1) } else { &scratch.zeros };
+                let down = if y + 1 < h {
+                    row(y + 1)
+                } else {
+                    &scratch.zeros
+                };
+                let dst = &mut out_channel[(y - band.start) * w..(y - band.start + 1) * w];
+                depthwise_row::<FMA>([up, row(y), down], taps, bias, weights.relu, dst);
+            }
+        }
+        y0 = y1;
+    }
+}
+
+type BandKernel =
+    fn(&UnitWeights, &Plan, Source<'_>, Range<usize>, &mut [&mut [f32]], &mut Scratch);
+
+/// The AVX2+FMA copy of the band when the running CPU has it, else the portable one.
+fn select_band_kernel() -> BandKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return band_avx2_fma_entry;
+        }
+    }
+    run_band::<false>
+}
+
+#[cfg(target_arch = "x86_64")]
+fn band_avx2_fma_entry(
+    weights: &UnitWeights,
+    plan: &Plan,
+    source: Source<'_>,
+    band: Range<usize>,
+    out: &mut [&mut [f32]],
+    scratch: &mut Scratch,
+) {
+    // SAFETY: only returned by `select_band_kernel` after `is_x86_feature_detected!` confirmed
+    // AVX2 and FMA on the running CPU, the only requirement of `band_avx2_fma` (itself safe,
+    // bounds-checked code).
+    #[allow(unsafe_code)]
+    unsafe {
+        band_avx2_fma(weights, plan, source, band, out, scratch)
+    }
+}
+
+/// The portable band compiled with AVX2 and FMA (the 1x1 tile and the depthwise rows
+/// autovectorise to 256-bit FMAs).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn band_avx2_fma(
+    weights: &UnitWeights,
+    plan: &Plan,
+    source: Source<'_>,
+    band: Range<usize>,
+    out: &mut [&mut [f32]],
+    scratch: &mut Scratch,
+) {
+    run_band::<true>(weights, plan, source, band, out, scratch);
+}
+
+/// Runs the unit on every image of the batch: `image(b)` is image `b`'s source.
+fn run_unit<'a>(
+    weights: &UnitWeights,
+    batch: usize,
+    h: usize,
+    w: usize,
+    image: impl Fn(usize) -> Source<'a>,
+) -> Vec<f32> {
+    let plan = Plan::new(weights, h, w);
+    let c_out = weights.outputs;
+    let image_len = c_out * h * w;
+    let mut out = vec![0.0f32; batch * image_len];
+    if image_len == 0 {
+        return out;
+    }
+    let kernel = select_band_kernel();
+    let macs = h * w * c_out * (weights.inputs + 9);
+    let threads = rayon::current_num_threads();
+    let bands = if macs < PARALLEL_MIN_MACS || threads < 2 {
+        1
+    } else {
+        threads.min(h)
+    };
+    let band_ranges: Vec<Range<usize>> = (0..bands)
+        .map(|b| b * h / bands..(b + 1) * h / bands)
+        .collect();
+    for (b, out_image) in out.chunks_exact_mut(image_len).enumerate() {
+        let source = image(b);
+        let gathers = !matches!(source, Source::Plain(_));
+        // Split every channel plane at the band boundaries: band `i` gets its rows of each plane.
+        let mut per_band: Vec<Vec<&mut [f32]>> =
+            (0..bands).map(|_| Vec::with_capacity(c_out)).collect();
+        for plane in out_image.chunks_exact_mut(h * w) {
+            let mut rest = plane;
+            for (rows, band_out) in band_ranges.iter().zip(per_band.iter_mut()) {
+                let (head, tail) = rest.split_at_mut(rows.len() * w);
+                band_out.push(head);
+                rest = tail;
+            }
+        }
+        let job = |scratch: &mut Scratch, (rows, mut band_out): (Range<usize>, Vec<&mut [f32]>)| {
+            kernel(weights, &plan, source, rows, &mut band_out, scratch);
+        };
+        if bands == 1 {
+            let mut scratch = Scratch::new(weights, &plan, gathers);
+            band_ranges
+                .iter()
+                .cloned()
+                .zip(per_band)
+                .for_each(|job_args| job(&mut scratch, job_args));
+        } else {
+            band_ranges
+                .clone()
+                .into_par_iter()
+                .zip(per_band)
+                .for_each_init(|| Scratch::new(weights, &plan, gathers), job);
+        }
+    }
+    out
+}
+
+/// Contiguous f32 values and dims `[N, C, H, W]` of an op argument.
+fn nchw<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<(&'a [f32], [usize; 4])> {
+    let CpuStorage::F32(data) = storage else {
+        bail!("unit: {what} must be f32")
+    };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("unit: {what} must be contiguous")
+    };
+    let &[n, c, h, w] = layout.dims() else {
+        bail!("unit: {what} must be NCHW, got {:?}", layout.dims())
+    };
+    Ok((&data[start..end], [n, c, h, w]))
+}
+
+struct UnitOp<'a> {
+    weights: &'a UnitWeights,
+    input: UnitInput,
+    /// When set, the op's input is the stem's input and the unit reads the stem's output.
+    stem: Option<&'a StemWeights>,
+}
+
+impl CustomOp1 for UnitOp<'_> {
+    fn name(&self) -> &'static str {
+        "depthwise-pointwise-unit"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (x, [n, c, src_h, src_w]) = nchw(storage, layout, "input")?;
+        let (h, w) = match (self.stem, self.input) {
+            (Some(stem), _) => {
+                check_stem(stem, self.weights, c)?;
+                // 3x3, stride 2, padding 1.
+                (src_h.div_ceil(2), src_w.div_ceil(2))
+            }
+            (None, UnitInput::Plain) => (src_h, src_w),
+            (None, UnitInput::MaxPool2) => (src_h / 2, src_w / 2),
+        };
+        if self.stem.is_none() {
+            check_channels(self.weights, c)?;
+        }
+        let image_len = c * src_h * src_w;
+        let (input, stem) = (self.input, self.stem);
+        let out = run_unit(self.weights, n, h, w, |b| {
+            let x = &x[b * image_len..(b + 1) * image_len];
+            match (stem, input) {
+                (Some(stem), _) => Source::Stem {
+                    x,
+                    src_h,
+                    src_w,
+                    stem,
+                },
+                (None, UnitInput::Plain) => Source::Plain(x),
+                (None, UnitInput::MaxPool2) => Source::MaxPool2 { x, src_h, src_w },
+            }
+        });
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, self.weights.outputs, h, w)),
+        ))
+    }
+}
+
+impl CustomOp2 for UnitOp<'_> {
+    fn name(&self) -> &'static str {
+        "upsample-add-depthwise-pointwise-unit"
+    }
+
+    fn cpu_fwd(
+        &self,
+        fine: &CpuStorage,
+        fine_layout: &Layout,
+        coarse: &CpuStorage,
+        coarse_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (fine, [n, c, h, w]) = nchw(fine, fine_layout, "fine input")?;
+        let (coarse, coarse_dims) = nchw(coarse, coarse_layout, "coarse input")?;
+        check_channels(self.weights, c)?;
+        if coarse_dims != [n, c, h / 2, w / 2] || h % 2 != 0 || w % 2 != 0 {
+            bail!(
+                "unit: a 2x upsample of {coarse_dims:?} does not match {:?}",
+                [n, c, h, w]
+            )
+        }
+        let (fine_len, coarse_len) = (c * h * w, c * (h / 2) * (w / 2));
+        let out = run_unit(self.weights, n, h, w, |b| Source::UpsampleAdd {
+            fine: &fine[b * fine_len..(b + 1) * fine_len],
+            coarse: &coarse[b * coarse_len..(b + 1) * coarse_len],
+        });
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((n, self.weights.outputs, h, w)),
+        ))
+    }
+}
+
+fn check_stem(stem: &StemWeights, weights: &UnitWeights, channels: usize) -> Result<()> {
+    if channels != stem.inputs || stem.outputs != weights.inputs {
+        bail!(
+            "unit: a stem {} -> {} cannot take {channels} channels into a unit of {} inputs",
+            stem.inputs,
+            stem.outputs,
+            weights.inputs
+        )
+    }
+    Ok(())
+}
+
+fn check_channels(weights: &UnitWeights, channels: usize) -> Result<()> {
+    if channels != weights.inputs {
+        bail!(
+            "unit: input has {channels} channels, the weights expect {}",
+            weights.inputs
+        )
+    }
+    Ok(())
+}
+
+/// The unit on an NCHW f32 tensor read as is or through a 2x2 max-pool.
+pub fn depthwise_pointwise_unit(
+    x: &Tensor,
+    weights: &UnitWeights,
+    input: UnitInput,
+) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || x.rank() != 4 {
+        bail!(
+            "unit: input must be NCHW f32, got {:?} {:?}",
+            x.dtype(),
+            x.dims()
+        )
+    }
+    check_channels(weights, x.dim(1)?)?;
+    x.contiguous()?.apply_op1_no_bwd(&UnitOp {
+        weights,
+        input,
+        stem: None,
+    })
+}
+
+/// The unit on `relu(stem(x))`, the stem's output computed a few rows at a time and never
+/// stored in full.
+pub fn stem_depthwise_pointwise_unit(
+    x: &Tensor,
+    stem: &StemWeights,
+    weights: &UnitWeights,
+) -> Result<Tensor> {
+    if x.dtype() != DType::F32 || x.rank() != 4 {
+        bail!(
+            "unit: input must be NCHW f32, got {:?} {:?}",
+            x.dtype(),
+            x.dims()
+        )
+    }
+    check_stem(stem, weights, x.dim(1)?)?;
+    x.contiguous()?.apply_op1_no_bwd(&UnitOp {
+        weights,
+        input: UnitInput::Plain,
+        stem: Some(stem),
+    })
+}
+
+/// The unit on `fine + upsample2(coarse)` (2x nearest-neighbour upsampling, as ONNX `Resize`
+/// nearest), without materialising the upsampled or summed map.
+pub fn upsample_add_depthwise_pointwise_unit(
+    coarse: &Tensor,
+    fine: &Tensor,
+    weights: &UnitWeights,
+) -> Result<Tensor> {
+    if fine.dtype() != DType::F32 || coarse.dtype() != DType::F32 {
+        bail!("unit: inputs must be f32")
+    }
+    fine.contiguous()?.apply_op2_no_bwd(
+        &coarse.contiguous()?,
+        &UnitOp {
+            weights,
+            input: UnitInput::Plain,
+            stem: None,
+        },
+    )
+}
