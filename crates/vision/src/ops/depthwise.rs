@@ -312,7 +312,7 @@ type PlaneKernel = fn(&Geometry, &[f32], &[f32], Epilogue, &mut Scratch, &mut [f
 fn select_kernel() -> PlaneKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::avx2_fma_available() {
             return plane_avx2_fma_entry;
         }
     }
@@ -664,7 +664,7 @@ type DenseKernel = fn(&Geometry, &[f32], usize, &[f32], Epilogue, &mut [f32], &m
 fn select_dense_kernel() -> DenseKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::avx2_fma_available() {
             return dense_avx2_fma_entry;
         }
     }

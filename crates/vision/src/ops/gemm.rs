@@ -122,7 +122,7 @@ thread_local! {
 fn run(job: &Job<'_>, out: &mut [f32], panel: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::avx2_fma_available() {
             // SAFETY: AVX2 and FMA were just confirmed on the running CPU, the only requirement
             // of `matmul_avx2_fma`, which is itself safe, bounds-checked code.
             #[allow(unsafe_code)]

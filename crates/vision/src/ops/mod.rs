@@ -23,5 +23,12 @@ pub use unit::{
     upsample_add_depthwise_pointwise_unit,
 };
 
+/// Whether the running CPU has AVX2 and FMA, the features every vectorised kernel here is
+/// compiled for (detection is cached by std: an atomic load per call).
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma_available() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
 #[cfg(test)]
 mod tests;

@@ -624,7 +624,7 @@ type BandKernel =
 fn select_band_kernel() -> BandKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if super::avx2_fma_available() {
             return band_avx2_fma_entry;
         }
     }
