@@ -1,5 +1,5 @@
-//! The production [`MatchEngine`] over faceproof-vision: decode (EXIF orientation, pixel limit)
-//! -> detect with YuNet -> subject choice and quality gates -> align to 112x112 -> embed every
+//! The production [`MatchEngine`] over faceproof-vision: decode (EXIF orientation, pixel limit,
+//! large JPEGs at reduced scale) -> detect with YuNet -> subject choice and quality gates -> align to 112x112 -> embed every
 //! usable face of the request in one SFace batch -> cosine.
 //!
 //! FAST detects on the image brought down to `fast_detector_side` and embeds each face once;
@@ -7,7 +7,7 @@
 //! (flip fusion), a standard test-time augmentation for face embedders.
 
 use candle_core::Device;
-use faceproof_imaging::{DecodeOptions, ImageError, RgbImage, decode};
+use faceproof_imaging::{DecodeOptions, Decoded, ImageError, RgbImage, decode};
 use faceproof_models::{ModelName, ModelStore};
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, Point, SearchMode};
 use faceproof_runtime::{Deadline, time_stage};
@@ -25,6 +25,14 @@ use crate::{MatcherConfig, MatcherError};
 
 /// Faces narrower than this (in full-resolution pixels) carry too little detail to embed.
 const MIN_FACE_SIDE: f32 = 32.0;
+/// A JPEG whose long side is at least twice this is decoded at 1/2, 1/4 or 1/8 scale in the
+/// DCT domain, keeping at least this many pixels on the long side. The detector never sees more
+/// than `accurate_detector_side` (640) and the aligned face is 112x112: at 1600 px a face a
+/// tenth of the frame wide is still 160 px. A 12 MP phone photo decodes at 1/2 (2000x1500):
+/// 129 ms instead of 193 ms on a loaded 2-core machine, and detection's resize works on a
+/// quarter of the pixels. Boxes and landmarks are reported in full-resolution pixels whatever
+/// the scale.
+const DECODE_MIN_LONG_SIDE: u32 = 1600;
 /// A subject box covering more than this share of the image means the input is a tight crop:
 /// the detector needs context, so the image is padded and detected again.
 const TIGHT_CROP_AREA_SHARE: f32 = 0.5;
@@ -94,7 +102,7 @@ impl VisionMatchEngine {
             device,
             decode_options: DecodeOptions {
                 max_pixels: settings.max_image_pixels,
-                min_long_side: None,
+                min_long_side: Some(DECODE_MIN_LONG_SIDE),
             },
             metrics: None,
         })
@@ -124,10 +132,11 @@ impl VisionMatchEngine {
         mode: SearchMode,
         refuse_rivals: bool,
     ) -> Result<Result<(RgbImage, DetectedFace), FaceRejection>, EngineError> {
-        let image = match self.timed(Stage::Decode, || decode(bytes, &self.decode_options)) {
-            Ok(decoded) => decoded.image,
+        let mut decoded = match self.timed(Stage::Decode, || decode(bytes, &self.decode_options)) {
+            Ok(decoded) => decoded,
             Err(error) => return Ok(Err(decode_rejection(&error))),
         };
+        let image = std::mem::take(&mut decoded.image);
         let detector = self.detector(mode);
         let faces = self.timed(Stage::Detect, || detect_with_context(detector, &image))?;
         let (width, height) = image.dimensions();
@@ -149,7 +158,10 @@ impl VisionMatchEngine {
         let Some(face) = faces.get(subject).cloned() else {
             return Err(EngineError::Internal("subject index out of range".into()));
         };
-        let side = face.bbox[2].min(face.bbox[3]);
+        // Detected, chosen and aligned in the decoded pixels; gated and reported at full
+        // resolution.
+        let full_resolution_face = to_full_resolution(&decoded, &face);
+        let side = full_resolution_face.bbox[2].min(full_resolution_face.bbox[3]);
         if side < MIN_FACE_SIDE {
             return Ok(Err(FaceRejection::new(
                 FaceIssueReason::FaceTooSmall,
@@ -159,7 +171,7 @@ impl VisionMatchEngine {
         let aligned = self
             .timed(Stage::Align, || align_face(&image, &face.landmarks))
             .map_err(|error| EngineError::Internal(error.to_string()))?;
-        Ok(Ok((aligned, face)))
+        Ok(Ok((aligned, full_resolution_face)))
     }
 
     /// One embedding per aligned face; ACCURATE adds the mirrored face's embedding.
@@ -332,6 +344,25 @@ fn decode_rejection(error: &ImageError) -> FaceRejection {
 }
 
 /// A detection in the wire format (coordinates of the upright full-resolution image).
+/// `face`, found in `decoded.image`, in the pixels of the full-resolution upright image.
+fn to_full_resolution(decoded: &Decoded, face: &DetectedFace) -> DetectedFace {
+    let [x, y, width, height] = face.bbox;
+    let (full_x, full_y) = decoded.to_full_resolution(x, y);
+    DetectedFace {
+        bbox: [
+            full_x,
+            full_y,
+            width / decoded.scale,
+            height / decoded.scale,
+        ],
+        landmarks: face.landmarks.map(|[x, y]| {
+            let (x, y) = decoded.to_full_resolution(x, y);
+            [x, y]
+        }),
+        score: face.score,
+    }
+}
+
 pub fn to_proto(face: &DetectedFace) -> Face {
     let [x, y, width, height] = face.bbox;
     Face {

@@ -602,6 +602,101 @@ mod real_models {
         assert!(outcome.gallery[0].is_ok(), "{:?}", outcome.gallery[0]);
     }
 
+    /// A large JPEG is decoded at reduced scale, yet its face comes back in full-resolution
+    /// pixels and embeds as the original does.
+    #[test]
+    fn large_jpeg_is_decoded_reduced_and_reported_in_full_resolution_pixels() {
+        let original = fixture("obama_2012_official_portrait.jpg");
+        let options = faceproof_imaging::DecodeOptions::default();
+        let portrait = faceproof_imaging::decode(&original, &options)
+            .unwrap()
+            .image;
+        // 910x1137 -> 2730x3411: long enough to be decoded at 1/2.
+        let factor = 3;
+        let large = image::imageops::resize(
+            &portrait,
+            portrait.width() * factor,
+            portrait.height() * factor,
+            image::imageops::FilterType::Triangle,
+        );
+        let mut large_jpeg = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut large_jpeg, 95)
+            .encode_image(&large)
+            .unwrap();
+        let reduced = faceproof_imaging::decode(
+            &large_jpeg,
+            &faceproof_imaging::DecodeOptions {
+                min_long_side: Some(1600),
+                ..options
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            reduced.scale, 0.5,
+            "the service's decode options reduce this photo"
+        );
+
+        let engine = engine(640);
+        let deadline = Deadline::after(Duration::from_secs(120));
+        let run = |probe: Vec<u8>| {
+            engine
+                .compare(
+                    CompareJob {
+                        probe,
+                        gallery: vec![original.clone(), fixture("obama_2009_congress.jpg")],
+                        mode: SearchMode::Fast,
+                    },
+                    &deadline,
+                )
+                .unwrap()
+        };
+        let small = run(original.clone());
+        let large = run(large_jpeg);
+        let small_box = small.probe_face.r#box.unwrap();
+        let large_box = large.probe_face.r#box.unwrap();
+        let scaled = factor as f32;
+        // Within 3% of the face size: the detector saw nearly the same 640 px image.
+        let tolerance = 0.03 * small_box.width * scaled;
+        for (got, want) in [
+            (large_box.x, small_box.x * scaled),
+            (large_box.y, small_box.y * scaled),
+            (large_box.width, small_box.width * scaled),
+            (large_box.height, small_box.height * scaled),
+        ] {
+            assert!(
+                (got - want).abs() < tolerance,
+                "box {large_box:?} vs 3 x {small_box:?}"
+            );
+        }
+        for (got, want) in large
+            .probe_face
+            .landmarks
+            .iter()
+            .zip(&small.probe_face.landmarks)
+        {
+            assert!(
+                (got.x - want.x * scaled).abs() < tolerance,
+                "{got:?} vs 3 x {want:?}"
+            );
+            assert!(
+                (got.y - want.y * scaled).abs() < tolerance,
+                "{got:?} vs 3 x {want:?}"
+            );
+        }
+        let [itself, other] = similarities(&large)[..] else {
+            panic!("two matches expected");
+        };
+        assert!(
+            itself > 0.9,
+            "the enlarged portrait against itself: {itself}"
+        );
+        let reference = similarities(&small)[1];
+        assert!(
+            (other - reference).abs() < 0.05,
+            "against another photo: {other} (full-size original: {reference})"
+        );
+    }
+
     #[test]
     fn detector_at_640_reproduces_the_reference_cosines() {
         let engine = engine(640);
