@@ -291,17 +291,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "iterations": args.iterations,
             "stages": stages,
         });
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        outln!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!(
+        outln!(
             "{} thread(s), {} runs per stage, {}",
             args.threads,
             args.iterations,
             candle_environment()
         );
-        println!("{:<28} {:>10} {:>10}", "stage", "median ms", "p90 ms");
+        outln!("{:<28} {:>10} {:>10}", "stage", "median ms", "p90 ms");
         for (name, t) in &stages {
-            println!("{name:<28} {:>10.2} {:>10.2}", t.median_ms, t.p90_ms);
+            outln!("{name:<28} {:>10.2} {:>10.2}", t.median_ms, t.p90_ms);
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -123,7 +123,7 @@ async fn compare(args: Args) -> anyhow::Result<ExitCode> {
     };
     let envelope = faceproof_signing::response_to_json(&response)
         .context("the gateway's answer has no reference JSON form")?;
-    println!("{}", serde_json::to_string_pretty(&envelope)?);
+    outln!("{}", serde_json::to_string_pretty(&envelope)?);
 
     if let Some(path) = &args.save_keys {
         let keys = client

@@ -107,15 +107,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     match runtime.block_on(check(&args.addr, &args.service, timeout)) {
         Ok(ServingStatus::Serving) => {
-            println!("SERVING: {subject}");
+            outln!("SERVING: {subject}");
             Ok(ExitCode::SUCCESS)
         }
         Ok(status) => {
-            println!("{}: {subject}", status.as_str_name());
+            outln!("{}: {subject}", status.as_str_name());
             Ok(ExitCode::FAILURE)
         }
         Err(error) => {
-            println!("UNHEALTHY: {subject}: {error}");
+            outln!("UNHEALTHY: {subject}: {error}");
             Ok(ExitCode::FAILURE)
         }
     }

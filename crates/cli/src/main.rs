@@ -6,6 +6,27 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// `outln!` for the command's output. `outln!` panics when stdout is closed early
+/// (`faceproof eval ... | head`); this ends the process quietly instead, with the status a
+/// process killed by SIGPIPE reports to the shell (141).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(error)
+        }
+    }};
+}
+
+/// Ends the process after a failed write to stdout (see `outln!`).
+fn stdout_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(141)
+    }
+    eprintln!("error: cannot write to stdout: {error}");
+    std::process::exit(1)
+}
+
 mod bench;
 mod compare;
 mod eval;

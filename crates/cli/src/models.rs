@@ -194,7 +194,7 @@ fn run_fetch(args: FetchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.print_converted_checksums {
         for model in &report.models {
-            println!("{} converted_sha256 = \"{}\"", model.name, model.sha256);
+            outln!("{} converted_sha256 = \"{}\"", model.name, model.sha256);
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -211,14 +211,14 @@ fn run_checksums(args: SourceArgs) -> anyhow::Result<ExitCode> {
             Some(_) => "DIFFERS from the manifest",
             None => "not pinned yet",
         };
-        println!("{name} converted_sha256 = \"{sha256}\"  # {note}");
+        outln!("{name} converted_sha256 = \"{sha256}\"  # {note}");
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn run_list(args: StoreArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args)?;
-    println!("model store: {}", store.dir().display());
+    outln!("model store: {}", store.dir().display());
     let mut ready = true;
     for entry in store.manifest().models() {
         let state = store.check(entry.name)?;
@@ -240,7 +240,7 @@ fn run_list(args: StoreArgs) -> anyhow::Result<ExitCode> {
             }
         };
         let artifact = store.manifest().artifact_of(entry.name);
-        println!(
+        outln!(
             "{:<16} {:<24} {}  [from {} via {}]",
             entry.name,
             entry.licence,

@@ -334,7 +334,7 @@ async fn supervise(args: &Args, executable: &Path, model_dir: &Path) -> anyhow::
         }
         Ok(None) => {}
     }
-    println!("{}", banner(args, executable, &log_dir));
+    outln!("{}", banner(args, executable, &log_dir));
 
     let outcome = tokio::select! {
         signal = signals.recv() => Ok(signal),

@@ -49,9 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     match faceproof_signing::verify_response_text(&text, &keys) {
         Ok(verified) => {
-            println!(
+            outln!(
                 "signature valid (key {}, signed at {}, response {})",
-                verified.key_id, verified.signed_at, verified.response_id
+                verified.key_id,
+                verified.signed_at,
+                verified.response_id
             );
             Ok(ExitCode::SUCCESS)
         }

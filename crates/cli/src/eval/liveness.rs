@@ -149,7 +149,7 @@ pub fn run_liveness(args: &LivenessArgs) -> anyhow::Result<ExitCode> {
         std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))?;
     }
     let attacks = images.iter().filter(|image| image.is_attack).count();
-    println!(
+    outln!(
         "liveness on {}: {} images ({} live, {attacks} attacks); pass = score > threshold",
         describe_input(&args.common.root, &args.labels),
         images.len(),
@@ -173,7 +173,7 @@ pub fn run_liveness(args: &LivenessArgs) -> anyhow::Result<ExitCode> {
     for ((mode, checked), _) in results.iter().zip(&outcomes) {
         for (image, result) in images.iter().zip(checked) {
             if let Err(reason) = result {
-                println!("refused ({}): {}: {reason}", mode_name(*mode), image.path);
+                outln!("refused ({}): {}: {reason}", mode_name(*mode), image.path);
             }
         }
     }

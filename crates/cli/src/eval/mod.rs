@@ -136,13 +136,13 @@ fn print_table(header: &[String], rows: &[(String, Vec<String>)]) {
     for title in header {
         line.push_str(&format!("  {title:>column_width$}"));
     }
-    println!("{}", line.trim_end());
+    outln!("{}", line.trim_end());
     for (label, cells) in rows {
         let mut line = format!("{label:label_width$}");
         for cell in cells {
             line.push_str(&format!("  {cell:>column_width$}"));
         }
-        println!("{}", line.trim_end());
+        outln!("{}", line.trim_end());
     }
 }
 

@@ -259,7 +259,7 @@ pub fn run_verification(args: &VerificationArgs) -> anyhow::Result<ExitCode> {
         write_scores(out, &pairs, &results)?;
     }
     let genuine = pairs.iter().filter(|pair| pair.same).count();
-    println!(
+    outln!(
         "verification on {}: {} pairs ({genuine} same, {} different), {} images; calibration {}",
         describe_input(&args.common.root, &args.pairs),
         pairs.len(),
@@ -270,7 +270,7 @@ pub fn run_verification(args: &VerificationArgs) -> anyhow::Result<ExitCode> {
     print_verification(&results, &calibrations);
     for result in &results {
         for (path, reason) in &result.failed {
-            println!("failed ({}): {path}: {reason}", mode_name(result.mode));
+            outln!("failed ({}): {path}: {reason}", mode_name(result.mode));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -442,15 +442,15 @@ pub fn run_calibrate(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     Calibrations::parse(&text).context("the fitted table does not parse back")?;
     std::fs::write(&args.out, &text).with_context(|| format!("writing {}", args.out.display()))?;
     print_fits(&fits);
-    println!("wrote {} ({id})", args.out.display());
+    outln!("wrote {} ({id})", args.out.display());
     // The fitting set's own verification table with the new tables (genuine pairs included).
     let calibrations = Calibrations::parse(&text)?;
     let results: Vec<ModeScores> = embedded_per_mode
         .iter()
         .map(|(mode, embedded)| score_pairs(&pairs, embedded, calibrations.for_mode(*mode), *mode))
         .collect();
-    println!();
-    println!("verification on the fitting pairs {set} with the fitted tables:");
+    outln!();
+    outln!("verification on the fitting pairs {set} with the fitted tables:");
     print_verification(&results, &calibrations);
     Ok(ExitCode::SUCCESS)
 }
