@@ -196,6 +196,17 @@ fn run_stages(args: &Args, nets: &Networks) -> anyhow::Result<Vec<(&'static str,
         "decode_3000x4000",
         time_stage((runs / 5).max(3), || decode_photo(&large_bytes))?,
     ));
+    // As the matcher decodes it: at 1/2 scale in the DCT domain (2000x1500).
+    let half_scale = DecodeOptions {
+        min_long_side: Some(1600),
+        ..DecodeOptions::default()
+    };
+    stages.push((
+        "decode_3000x4000_half",
+        time_stage((runs / 5).max(3), || {
+            Ok(decode(&large_bytes, &half_scale)?.image)
+        })?,
+    ));
     stages.push((
         "detect_320",
         time_stage(runs, || Ok(nets.detector_320.detect(&probe_320)?))?,
