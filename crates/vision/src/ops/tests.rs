@@ -74,11 +74,9 @@ fn reference_depthwise(
     Tensor::from_vec(out, (n, c, oh, ow), &Device::Cpu).unwrap()
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims());
-    (a - b)
-        .unwrap()
-        .abs()
+/// Largest magnitude of any element.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
         .unwrap()
         .flatten_all()
         .unwrap()
@@ -86,6 +84,11 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    max_abs(&(a - b).unwrap())
 }
 
 #[test]
@@ -806,17 +809,7 @@ mod yunet_kernels {
 
     /// Largest difference relative to the reference's largest magnitude (at least 1).
     fn relative_diff(got: &Tensor, expected: &Tensor) -> f32 {
-        let scale = expected
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-            .max(1.0);
-        max_abs_diff(got, expected) / scale
+        max_abs_diff(got, expected) / max_abs(expected).max(1.0)
     }
 
     /// (batch, inputs, outputs, height, width): odd sizes, single rows and columns, channel
