@@ -328,9 +328,12 @@ fn plane_avx2_fma_entry(
     scratch: &mut Scratch,
     out: &mut [f32],
 ) {
-    // SAFETY: this entry is only returned by `select_kernel` after `is_x86_feature_detected!`
-    // confirmed AVX2 and FMA on the running CPU, which is the only requirement of
-    // `plane_avx2_fma`; the function itself is safe code (bounds-checked slices).
+    assert!(
+        super::cpu_has_avx2_fma(),
+        "AVX2+FMA kernel on a CPU without them"
+    );
+    // SAFETY: the assert above confirmed AVX2 and FMA on the running CPU, the only requirement
+    // of `plane_avx2_fma`; the function itself is safe code (bounds-checked slices).
     #[allow(unsafe_code)]
     unsafe {
         plane_avx2_fma(g, input, taps, epilogue, scratch, out)
@@ -681,8 +684,12 @@ fn dense_avx2_fma_entry(
     acc: &mut [f32],
     out: &mut [f32],
 ) {
-    // SAFETY: only returned by `select_dense_kernel` after `is_x86_feature_detected!` confirmed
-    // AVX2 and FMA, the only requirement of `dense_avx2_fma` (itself safe, bounds-checked code).
+    assert!(
+        super::cpu_has_avx2_fma(),
+        "AVX2+FMA kernel on a CPU without them"
+    );
+    // SAFETY: the assert above confirmed AVX2 and FMA on the running CPU, the only requirement
+    // of `dense_avx2_fma` (itself safe, bounds-checked code).
     #[allow(unsafe_code)]
     unsafe {
         dense_avx2_fma(g, phases, phase_set, taps, epilogue, acc, out)

@@ -23,10 +23,22 @@ pub use unit::{
     upsample_add_depthwise_pointwise_unit,
 };
 
-/// Whether the running CPU has AVX2 and FMA, the features every vectorised kernel here is
-/// compiled for (detection is cached by std: an atomic load per call).
+/// Whether the kernels should take their AVX2+FMA copies: the CPU has them (and, in tests, the
+/// portable copies are not being forced).
 #[cfg(target_arch = "x86_64")]
 fn avx2_fma_available() -> bool {
+    #[cfg(test)]
+    if tests::portable_kernels_forced() {
+        return false;
+    }
+    cpu_has_avx2_fma()
+}
+
+/// Whether the running CPU has AVX2 and FMA, the features every vectorised kernel here is
+/// compiled for (detection is cached by std: an atomic load per call). The safe entries into the
+/// `#[target_feature]` copies check it again, so that no call path can reach them without it.
+#[cfg(target_arch = "x86_64")]
+fn cpu_has_avx2_fma() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 

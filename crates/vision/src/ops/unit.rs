@@ -648,7 +648,8 @@ fn run_band<const FMA: bool>(
         if keep_from > lo {
             let dropped = (keep_from - lo) * w;
             let kept = (hi - keep_from) * w;
-            for channel in scratch.ring.chunks_exact_mut(pitch) {
+            // Only this unit's channels: the ring may have grown for a wider unit before.
+            for channel in scratch.ring[..weights.outputs * pitch].chunks_exact_mut(pitch) {
                 channel.copy_within(dropped..dropped + kept, 0);
             }
             lo = keep_from;
@@ -724,9 +725,12 @@ fn band_avx2_fma_entry(
     out: &mut [&mut [MaybeUninit<f32>]],
     scratch: &mut Scratch,
 ) {
-    // SAFETY: only returned by `select_band_kernel` after `is_x86_feature_detected!` confirmed
-    // AVX2 and FMA on the running CPU, the only requirement of `band_avx2_fma` (itself safe,
-    // bounds-checked code).
+    assert!(
+        super::cpu_has_avx2_fma(),
+        "AVX2+FMA kernel on a CPU without them"
+    );
+    // SAFETY: the assert above confirmed AVX2 and FMA on the running CPU, the only requirement
+    // of `band_avx2_fma` (itself safe, bounds-checked code).
     #[allow(unsafe_code)]
     unsafe {
         band_avx2_fma(weights, plan, source, band, out, scratch)
