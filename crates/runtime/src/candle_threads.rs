@@ -17,22 +17,29 @@ pub const CANDLE_THREADS_VAR: &str = "CANDLE_NUM_THREADS";
 /// What this process should do about [`CANDLE_THREADS_VAR`], given its current value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CandleThreads {
-    /// The operator chose a value: keep it.
+    /// The operator chose a thread count: keep it.
     Chosen,
-    /// Unset: re-execute with one thread.
+    /// Unset, or a value candle would ignore (it then falls back to one thread per core, the
+    /// slow case): re-execute with one thread.
     UseDefault,
 }
 
 impl CandleThreads {
     pub fn from_env_value(value: Option<OsString>) -> Self {
-        match value {
-            Some(value) if !value.is_empty() => Self::Chosen,
+        // candle honours a positive integer only, parsed as it is (no whitespace trimmed).
+        let thread_count = value
+            .as_deref()
+            .and_then(|value| value.to_str())
+            .and_then(|value| value.parse::<usize>().ok());
+        match thread_count {
+            Some(count) if count > 0 => Self::Chosen,
             _ => Self::UseDefault,
         }
     }
 }
 
-/// Re-executes this program with `CANDLE_NUM_THREADS=1` unless the variable is already set.
+/// Re-executes this program with `CANDLE_NUM_THREADS=1` unless the variable already holds a
+/// thread count.
 /// Returns when nothing had to be done, or when the re-execution failed (then it says so on
 /// stderr and the program goes on with candle's default, slower but correct). Call it first in
 /// `main`.
@@ -40,6 +47,12 @@ pub fn exec_with_one_candle_thread_by_default() {
     if CandleThreads::from_env_value(std::env::var_os(CANDLE_THREADS_VAR)) == CandleThreads::Chosen
     {
         return;
+    }
+    if let Some(ignored) = std::env::var_os(CANDLE_THREADS_VAR).filter(|value| !value.is_empty()) {
+        eprintln!(
+            "warning: {CANDLE_THREADS_VAR}={} is not a positive thread count; using 1",
+            ignored.to_string_lossy()
+        );
     }
     let error = reexec_with_one_candle_thread();
     eprintln!(
@@ -77,7 +90,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_operator_choice_is_kept_and_only_a_missing_value_gets_the_default() {
+    fn an_operator_choice_is_kept_and_a_missing_or_unusable_value_gets_the_default() {
         assert_eq!(
             CandleThreads::from_env_value(Some("4".into())),
             CandleThreads::Chosen
@@ -90,9 +103,12 @@ mod tests {
             CandleThreads::from_env_value(None),
             CandleThreads::UseDefault
         );
-        assert_eq!(
-            CandleThreads::from_env_value(Some("".into())),
-            CandleThreads::UseDefault
-        );
+        for ignored_by_candle in ["", "0", "abc", "-2", "1.5", " 2"] {
+            assert_eq!(
+                CandleThreads::from_env_value(Some(ignored_by_candle.into())),
+                CandleThreads::UseDefault,
+                "{ignored_by_candle:?}"
+            );
+        }
     }
 }

@@ -45,6 +45,13 @@ const EMPTY_POOL_RETRY: Duration = Duration::from_millis(500);
 /// Time a health check gets once connected (connecting has its own timeout).
 const PROBE_ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// HTTP/2 pings on every replica connection, idle or not: a replica whose node vanished without
+/// closing its connections (power loss, a partitioned node) is noticed within interval + timeout
+/// and its calls fail as transport errors (retried elsewhere) instead of hanging until the
+/// deadline. tonic's servers accept pings at this rate.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A boxed future, so [`Resolver`] stays object safe.
 pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<IpAddr>>> + Send + 'a>>;
 
@@ -192,6 +199,9 @@ impl Replica {
             .map_err(|error| GatewayError::Config(format!("bad address {address}: {error}")))?
             .connect_timeout(connect_timeout)
             .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Self {
             address,
@@ -890,15 +900,22 @@ mod tests {
     #[tokio::test]
     async fn a_pool_without_replicas_answers_unavailable_by_the_deadline() {
         let pool = pool(&["http://nowhere.test:9"], Arc::new(StaticResolver::new()));
-        let deadline = Instant::now() + Duration::from_millis(50);
-        let result: Result<(), ServiceError> = pool
-            .call(deadline, (), |_channel, _request| async {
-                Ok(tonic::Response::new(()))
-            })
-            .await;
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(50);
+        let call = pool.call(deadline, (), |_channel, _request| async {
+            Ok(tonic::Response::new(()))
+        });
+        let result: Result<(), ServiceError> = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call must give up at its deadline, not hang");
         assert!(
             matches!(result, Err(ServiceError::BackendUnavailable { .. })),
             "{result:?}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(50) && waited < Duration::from_secs(2),
+            "waited {waited:?} for a 50 ms deadline"
         );
     }
 

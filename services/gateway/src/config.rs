@@ -82,7 +82,7 @@ pub struct Config {
     pub backend_connect_timeout_ms: u64,
 
     /// How often the model services' names are re-resolved and every replica's grpc.health.v1
-    /// status is checked, in milliseconds.
+    /// status is checked, in milliseconds (50 at least).
     #[arg(long, env = "FACEPROOF_BACKEND_REFRESH_MS", default_value_t = 5000)]
     pub backend_refresh_ms: u64,
 
@@ -171,6 +171,9 @@ pub struct Config {
 
 /// Prometheus scrape address (the matcher uses 9465, liveness 9466).
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9464";
+
+/// The shortest --backend-refresh-ms accepted.
+pub const MIN_BACKEND_REFRESH_MS: u64 = 50;
 
 /// JWT algorithms the gateway can be pinned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -293,8 +296,11 @@ impl Config {
         if self.backend_connect_timeout_ms == 0 {
             return invalid("--backend-connect-timeout-ms must be above 0".into());
         }
-        if self.backend_refresh_ms == 0 {
-            return invalid("--backend-refresh-ms must be above 0".into());
+        // Every round resolves DNS and probes every replica: a few ms would be a busy loop.
+        if self.backend_refresh_ms < MIN_BACKEND_REFRESH_MS {
+            return invalid(format!(
+                "--backend-refresh-ms must be at least {MIN_BACKEND_REFRESH_MS}"
+            ));
         }
         if !self.rate_limit_per_second.is_finite() || self.rate_limit_per_second < 0.0 {
             return invalid(format!(
@@ -451,6 +457,7 @@ mod tests {
             ("--matcher-url", "https://matcher:50052", "bad matcher URL"),
             ("--liveness-url", "liveness:50053", "bad liveness URL"),
             ("--backend-refresh-ms", "0", "--backend-refresh-ms"),
+            ("--backend-refresh-ms", "1", "at least 50"),
         ] {
             let error = parse(&["--insecure-dev", flag, value])
                 .validate()
