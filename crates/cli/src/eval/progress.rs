@@ -1,7 +1,9 @@
-//! A progress line on stderr (`embedding FAST: 1234/3443`), redrawn in place, safe to tick from
-//! several threads. Kept hand-written: a progress-bar crate is not worth the build time.
+//! A progress line on stderr (`embedding FAST: 1234/3443`), safe to tick from several threads.
+//! On a terminal it is redrawn in place at every percent; into a file or a pipe (a CI log, `2>
+//! eval.log`) it is one line per tenth, so the log stays readable. Kept hand-written: a
+//! progress-bar crate is not worth the build time.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -11,7 +13,9 @@ pub struct Progress {
     total: usize,
     done: AtomicUsize,
     started: Instant,
-    /// Serialises redraws and remembers the last drawn percentage.
+    /// Redraw in place (a terminal) or append lines (a file or pipe).
+    in_place: bool,
+    /// Serialises redraws and remembers the last drawn step.
     last_drawn: Mutex<usize>,
 }
 
@@ -22,23 +26,35 @@ impl Progress {
             total,
             done: AtomicUsize::new(0),
             started: Instant::now(),
+            in_place: std::io::stderr().is_terminal(),
             last_drawn: Mutex::new(usize::MAX),
         }
     }
 
-    /// Counts one item done; redraws when the percentage changes.
+    /// Percent steps between two draws.
+    fn step(&self) -> usize {
+        if self.in_place { 1 } else { 10 }
+    }
+
+    /// Counts one item done; draws when the percentage reaches the next step.
     pub fn tick(&self) {
         let done = self.done.fetch_add(1, Ordering::Relaxed) + 1;
         let percent = done * 100 / self.total.max(1);
+        let step = percent / self.step();
         if let Ok(mut last) = self.last_drawn.lock()
-            && *last != percent
+            && *last != step
         {
-            *last = percent;
+            *last = step;
             let elapsed = self.started.elapsed().as_secs_f64();
+            let (start, end) = if self.in_place {
+                ("\r", "")
+            } else {
+                ("", "\n")
+            };
             let mut stderr = std::io::stderr().lock();
             let _ = write!(
                 stderr,
-                "\r{}: {done}/{} ({percent}%, {elapsed:.0} s)",
+                "{start}{}: {done}/{} ({percent}%, {elapsed:.0} s){end}",
                 self.label, self.total
             );
             let _ = stderr.flush();
@@ -48,8 +64,9 @@ impl Progress {
     /// Ends the line.
     pub fn finish(&self) {
         let elapsed = self.started.elapsed().as_secs_f64();
+        let start = if self.in_place { "\r" } else { "" };
         eprintln!(
-            "\r{}: {}/{} done in {elapsed:.1} s",
+            "{start}{}: {}/{} done in {elapsed:.1} s",
             self.label,
             self.done.load(Ordering::Relaxed),
             self.total
