@@ -160,6 +160,19 @@ fn parse_target(service: Backend, url: &str) -> Result<Target, GatewayError> {
     {
         return Err(bad("a path is not supported"));
     }
+    if uri
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        // Not `bad`: the message would repeat the credentials into the logs.
+        return Err(GatewayError::Config(format!(
+            "bad {service} URL: credentials in the URL are not supported (they would be dropped, \
+             not sent)"
+        )));
+    }
+    if uri.port_u16() == Some(0) {
+        return Err(bad("port 0 is not a port to connect to"));
+    }
     let host = uri
         .host()
         .filter(|host| !host.is_empty())
@@ -1041,12 +1054,15 @@ mod tests {
             "http://matcher:1/v1",
             "not a url",
             "http://:1",
+            "http://user:secret@matcher:1",
+            "http://matcher:0",
         ] {
             let error = parse_target(Backend::Liveness, bad).unwrap_err();
             assert!(
                 error.to_string().contains("bad liveness URL"),
                 "{bad}: {error}"
             );
+            assert!(!error.to_string().contains("secret"), "{error}");
         }
     }
 }
