@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use faceproof_proto::gateway::v1 as pb;
 use faceproof_proto::gateway::v1::face_verification_client::FaceVerificationClient;
-use tonic::metadata::MetadataValue;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
 use tonic_types::StatusExt as _;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -28,8 +29,9 @@ pub enum Os {
     Android,
 }
 
+/// One compare-with-liveness request and where to send it: shared by `compare` and `load`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub struct RequestArgs {
     /// The selfie to verify (JPEG, PNG or WebP); liveness is checked on it.
     #[arg(long)]
     probe: PathBuf,
@@ -49,17 +51,102 @@ pub struct Args {
     os: Os,
     /// The gateway's gRPC address.
     #[arg(long, env = "FACEPROOF_ADDR", default_value = "http://127.0.0.1:50051")]
-    addr: String,
+    pub addr: String,
     /// Bearer token (JWT or API key).
     #[arg(long, env = "FACEPROOF_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Give up on a request after this many seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout_s: u64,
+}
+
+impl RequestArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_s.max(1))
+    }
+
+    /// The request message, with the images read from disk.
+    pub fn message(&self) -> anyhow::Result<pb::CompareWithLivenessRequest> {
+        Ok(pb::CompareWithLivenessRequest {
+            os: match self.os {
+                Os::Desktop => "DESKTOP",
+                Os::Ios => "IOS",
+                Os::Android => "ANDROID",
+            }
+            .to_owned(),
+            probe: read_image(&self.probe)?,
+            gallery: self
+                .gallery
+                .iter()
+                .map(|path| read_image(path))
+                .collect::<anyhow::Result<_>>()?,
+            search_mode: match self.search_mode {
+                SearchMode::Fast => "FAST",
+                SearchMode::Accurate => "ACCURATE",
+            }
+            .to_owned(),
+            compare_min_score: self.compare_min_score,
+            liveness_min_score: self.liveness_min_score,
+        })
+    }
+
+    /// A client connected to the gateway (one HTTP/2 connection; clones share it).
+    pub async fn connect(&self) -> anyhow::Result<FaceVerificationClient<Channel>> {
+        let timeout = self.timeout();
+        let endpoint = tonic::transport::Endpoint::from_shared(self.addr.clone())
+            .with_context(|| format!("bad gateway address {:?}", self.addr))?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout);
+        let channel = tokio::time::timeout(timeout, endpoint.connect())
+            .await
+            .with_context(|| format!("timed out connecting to {}", self.addr))?
+            .with_context(|| format!("cannot connect to {}", self.addr))?;
+        Ok(FaceVerificationClient::new(channel).max_decoding_message_size(64 << 20))
+    }
+
+    /// The `authorization: Bearer` value for the token, if one was given.
+    pub fn authorization(&self) -> anyhow::Result<Option<MetadataValue<Ascii>>> {
+        self.token
+            .as_ref()
+            .map(|token| {
+                MetadataValue::try_from(format!("Bearer {}", token.trim()))
+                    .context("the token contains characters not allowed in a header")
+            })
+            .transpose()
+    }
+
+    /// `message` as a call: the timeout, and the token as `authorization: Bearer`.
+    pub fn call<T>(&self, message: T) -> anyhow::Result<tonic::Request<T>> {
+        Ok(prepared_call(
+            message,
+            self.timeout(),
+            self.authorization()?.as_ref(),
+        ))
+    }
+}
+
+/// A call carrying `timeout` as its deadline and `authorization` as its header.
+pub fn prepared_call<T>(
+    message: T,
+    timeout: Duration,
+    authorization: Option<&MetadataValue<Ascii>>,
+) -> tonic::Request<T> {
+    let mut call = tonic::Request::new(message);
+    call.set_timeout(timeout);
+    if let Some(value) = authorization {
+        call.metadata_mut().insert("authorization", value.clone());
+    }
+    call
+}
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    request: RequestArgs,
     /// Also fetch the gateway's public signing keys and write them (keys JSON) to this file, for
     /// `faceproof verify --keys-json`.
     #[arg(long)]
     save_keys: Option<PathBuf>,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 30)]
-    timeout_s: u64,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -75,45 +162,9 @@ fn read_image(path: &Path) -> anyhow::Result<Vec<u8>> {
 }
 
 async fn compare(args: Args) -> anyhow::Result<ExitCode> {
-    let timeout = Duration::from_secs(args.timeout_s.max(1));
-    let request = pb::CompareWithLivenessRequest {
-        os: match args.os {
-            Os::Desktop => "DESKTOP",
-            Os::Ios => "IOS",
-            Os::Android => "ANDROID",
-        }
-        .to_owned(),
-        probe: read_image(&args.probe)?,
-        gallery: args
-            .gallery
-            .iter()
-            .map(|path| read_image(path))
-            .collect::<anyhow::Result<_>>()?,
-        search_mode: match args.search_mode {
-            SearchMode::Fast => "FAST",
-            SearchMode::Accurate => "ACCURATE",
-        }
-        .to_owned(),
-        compare_min_score: args.compare_min_score,
-        liveness_min_score: args.liveness_min_score,
-    };
-    let endpoint = tonic::transport::Endpoint::from_shared(args.addr.clone())
-        .with_context(|| format!("bad gateway address {:?}", args.addr))?
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(timeout);
-    let channel = tokio::time::timeout(timeout, endpoint.connect())
-        .await
-        .with_context(|| format!("timed out connecting to {}", args.addr))?
-        .with_context(|| format!("cannot connect to {}", args.addr))?;
-    let mut client = FaceVerificationClient::new(channel).max_decoding_message_size(64 << 20);
-
-    let mut call = tonic::Request::new(request);
-    call.set_timeout(timeout);
-    if let Some(token) = &args.token {
-        let value = MetadataValue::try_from(format!("Bearer {}", token.trim()))
-            .context("the token contains characters not allowed in a header")?;
-        call.metadata_mut().insert("authorization", value);
-    }
+    let request = &args.request;
+    let call = request.call(request.message()?)?;
+    let mut client = request.connect().await?;
     let response = match client.compare_with_liveness(call).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
@@ -140,7 +191,7 @@ async fn compare(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The gRPC code, ErrorInfo reason, field violations and retry delay, on stderr.
-fn report_status(status: &tonic::Status) {
+pub fn report_status(status: &tonic::Status) {
     eprintln!("error: {:?}: {}", status.code(), status.message());
     let details = status.get_error_details();
     if let Some(info) = details.error_info() {

@@ -31,6 +31,7 @@ mod bench;
 mod compare;
 mod eval;
 mod health;
+mod load;
 mod models;
 mod serve;
 mod up;
@@ -54,6 +55,8 @@ enum Command {
     Models(models::Command),
     /// Compare a probe with a gallery (and check liveness) through a running gateway.
     Compare(compare::Args),
+    /// Load-test a running gateway: throughput, latency percentiles and answers by gRPC code.
+    Load(load::Args),
     /// Time each pipeline stage on the benchmark photos (see bench/README.md).
     Bench(bench::Args),
     /// Verify the signature of a saved compare-with-liveness response offline.
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Compare(args) => compare::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Load(args) => load::run(args),
         Command::Eval(command) => eval::run(command),
         Command::Up(args) => up::run(args),
         Command::Serve(service) => serve::run(service),
