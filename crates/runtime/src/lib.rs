@@ -21,7 +21,8 @@ pub use error::{ERROR_DOMAIN, ErrorCode, ServiceError, check_image_bytes};
 pub use health::ServiceHealth;
 pub use pool::{InferencePool, PoolConfig, PoolStats};
 pub use serve::{
-    ObservedRouter, observed_server, reflection_service, serve_until_shutdown, shutdown_signal,
+    ObservedRouter, accept_without_nagle, observed_server, reflection_service,
+    serve_until_shutdown, shutdown_signal,
 };
 pub use telemetry::{MetricsAddr, MetricsServer, TelemetryArgs, time_stage};
 

@@ -7,9 +7,8 @@ use std::time::Duration;
 use faceproof_telemetry::{GrpcServerLayer, Metrics};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
-use tonic::transport::server::Router;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic_reflection::server::v1::{ServerReflection, ServerReflectionServer};
 use tower::layer::util::{Identity, Stack};
 
@@ -23,6 +22,16 @@ pub type ObservedRouter = Router<Stack<GrpcServerLayer, Identity>>;
 /// A server builder with the observation layer in place; add the services to it.
 pub fn observed_server(metrics: &Metrics) -> Server<Stack<GrpcServerLayer, Identity>> {
     Server::builder().layer(GrpcServerLayer::new(metrics.clone()))
+}
+
+/// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off.
+///
+/// tonic applies its own `tcp_nodelay` setting only to addresses it binds itself, not to a
+/// listener handed to it; left on, Nagle holds each small HTTP/2 frame of an answer (headers,
+/// message, trailers) until the peer's delayed ACK, about 40 ms per call (measured: a whole
+/// compare-with-liveness took 84 ms end to end for 40 ms of model work).
+pub fn accept_without_nagle(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// gRPC reflection (v1) over the given encoded descriptor sets plus `grpc.health.v1`, so tools
@@ -88,7 +97,7 @@ where
         health.begin_shutdown().await;
         let _ = signalled_tx.send(());
     };
-    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop);
+    let server = router.serve_with_incoming_shutdown(accept_without_nagle(listener), stop);
     tokio::pin!(server);
     tokio::select! {
         result = &mut server => return result.map_err(RuntimeError::from),

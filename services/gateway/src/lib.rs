@@ -23,12 +23,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::serve::ListenerExt as _;
 use faceproof_proto::gateway::v1::face_verification_server::FaceVerificationServer;
 use faceproof_runtime::MetricsServer;
 use faceproof_telemetry::{GrpcServerLayer, Metrics};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::{Config, DEFAULT_METRICS_ADDR, GatewayCli, Tool};
 pub use service::Gateway;
@@ -281,13 +281,19 @@ impl Application {
             .add_service(reflection)
             .add_service(api)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.grpc_listener),
+                faceproof_runtime::accept_without_nagle(self.grpc_listener),
                 stopped(stop_receiver.clone()),
             );
         let mut grpc_task = tokio::spawn(grpc_server);
         let router = rest::router(Arc::clone(&self.gateway), Arc::clone(&self.auth));
+        // Nagle off for the REST answers too (see faceproof_runtime::accept_without_nagle).
+        let http_listener = self.http_listener.tap_io(|connection| {
+            if let Err(error) = connection.set_nodelay(true) {
+                tracing::debug!(%error, "cannot turn Nagle off on a REST connection");
+            }
+        });
         let http_server =
-            axum::serve(self.http_listener, router).with_graceful_shutdown(stopped(stop_receiver));
+            axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop_receiver));
         let mut http_task = tokio::spawn(async move { http_server.await });
 
         tokio::select! {
