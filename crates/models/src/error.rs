@@ -7,6 +7,12 @@ use crate::digest::Sha256Digest;
 use crate::import::{OnnxImportError, PthImportError};
 use crate::manifest::ModelName;
 
+/// What to do on a machine that cannot reach an upstream URL.
+const OFFLINE_HINT: &str = "if this machine cannot reach it, copy the upstream files (models/README.md \
+     lists them; each is checked by its sha256) into a folder and point the set-up at it: \
+     `faceproof models fetch --from DIR`, `faceproof up --models-from DIR`, or \
+     FACEPROOF_MODELS_FROM=DIR scripts/test.sh";
+
 /// Everything that can go wrong reading the manifest, the model store, or fetching and converting.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -100,16 +106,16 @@ pub enum ModelError {
         source: std::io::Error,
     },
 
-    /// The HTTP request failed before a response (DNS, TLS, timeout, ...).
-    #[error("downloading {url} failed: {source}")]
+    /// The HTTP request failed before a response (DNS, TLS, timeout, ...). The cause is in the
+    /// message and deliberately not a `source`: callers print the chain, and it would appear twice.
+    #[error("downloading {url} failed: {cause}; {OFFLINE_HINT}")]
     Http {
         url: String,
-        #[source]
-        source: Box<ureq::Error>,
+        cause: Box<ureq::Error>,
     },
 
     /// The server answered with a status other than success.
-    #[error("downloading {url} failed: HTTP status {status}")]
+    #[error("downloading {url} failed: HTTP status {status}; {OFFLINE_HINT}")]
     HttpStatus { url: String, status: u16 },
 
     /// No pip to run.

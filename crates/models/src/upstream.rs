@@ -88,9 +88,9 @@ pub(crate) fn read_file(path: &Path, limits: &FetchLimits) -> Result<Option<Fetc
 
 /// HTTP GET of `url` into memory, following redirects, within the limits.
 pub(crate) fn download(url: &str, limits: &FetchLimits) -> Result<Fetched, ModelError> {
-    let http_error = |source: ureq::Error| ModelError::Http {
+    let http_error = |cause: ureq::Error| ModelError::Http {
         url: url.to_string(),
-        source: Box::new(source),
+        cause: Box::new(cause),
     };
     let config = ureq::Agent::config_builder()
         .timeout_connect(Some(limits.connect_timeout))

