@@ -16,7 +16,7 @@ use anyhow::{Context, anyhow, bail};
 use clap::Parser as _;
 use faceproof_gateway::GatewayCli;
 use faceproof_liveness::LivenessConfig;
-use faceproof_liveness::vision::VisionLivenessEngine;
+use faceproof_liveness::vision::{LivenessSettings, VisionLivenessEngine};
 use faceproof_matcher::MatcherConfig;
 use faceproof_matcher::vision::{VisionMatchEngine, VisionMatchSettings};
 use faceproof_models::{ModelName, ModelStore};
@@ -181,7 +181,7 @@ pub fn engines() -> anyhow::Result<&'static Engines> {
         &read(ModelName::YuNet)?,
         &read(ModelName::MiniFasNetV2)?,
         &read(ModelName::MiniFasNetV1Se)?,
-        LivenessConfig::default().max_image_pixels,
+        LivenessSettings::default(),
     )?;
     // A concurrent first call may have won the race; either value is equivalent.
     let _ = ENGINES.set(Engines {

@@ -12,6 +12,10 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:50053";
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9466";
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
+/// The default `face_too_small` threshold, in pixels.
+pub const DEFAULT_MIN_FACE_PX: u32 = 32;
+/// The largest `--min-face-px` accepted (a face box wider than this is a close-up already).
+const MAX_MIN_FACE_PX: u32 = 4096;
 /// The largest image a request may carry whatever the flags say: protects the gRPC decoder.
 const HARD_MAX_IMAGE_BYTES: usize = 64 * 1024 * 1024;
 
@@ -35,6 +39,11 @@ pub struct LivenessConfig {
     #[arg(long, env = "FACEPROOF_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,
 
+    /// Smallest face that is used, in pixels of the original image (the shorter side of its
+    /// box); a smaller face is refused with `face_too_small`: it carries too little detail.
+    #[arg(long, env = "FACEPROOF_MIN_FACE_PX", default_value_t = DEFAULT_MIN_FACE_PX)]
+    pub min_face_px: u32,
+
     /// Address of the Prometheus endpoint (`GET /metrics`); `off` disables it.
     #[arg(long, env = "FACEPROOF_METRICS_ADDR", default_value = DEFAULT_METRICS_ADDR)]
     pub metrics_addr: MetricsAddr,
@@ -50,6 +59,7 @@ impl Default for LivenessConfig {
             model_dir: PathBuf::from("models/store"),
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
+            min_face_px: DEFAULT_MIN_FACE_PX,
             metrics_addr: MetricsAddr(Some(SocketAddr::from(([0, 0, 0, 0], 9466)))),
             serving: ServingArgs::default(),
         }
@@ -63,6 +73,12 @@ impl LivenessConfig {
             return Err(LivenessError::Config(format!(
                 "--max-image-bytes must be 1..={HARD_MAX_IMAGE_BYTES}, got {}",
                 self.max_image_bytes
+            )));
+        }
+        if !(1..=MAX_MIN_FACE_PX).contains(&self.min_face_px) {
+            return Err(LivenessError::Config(format!(
+                "--min-face-px must be 1..={MAX_MIN_FACE_PX}, got {}",
+                self.min_face_px
             )));
         }
         if self.max_image_pixels == 0 {
@@ -140,6 +156,14 @@ mod tests {
             },
             LivenessConfig {
                 max_image_pixels: 0,
+                ..Default::default()
+            },
+            LivenessConfig {
+                min_face_px: 0,
+                ..Default::default()
+            },
+            LivenessConfig {
+                min_face_px: MAX_MIN_FACE_PX + 1,
                 ..Default::default()
             },
         ];

@@ -39,11 +39,33 @@ fn ensemble_weight(variant: MiniFasNetVariant) -> f32 {
     }
 }
 
-/// Faces narrower than this (in pixels) are too small for a meaningful anti-spoofing crop.
-const MIN_FACE_SIDE: f32 = 32.0;
 /// Share of the face box that must lie inside the frame; a face cut by the border has lost the
 /// context the crops need.
 const MIN_BOX_SHARE_INSIDE: f32 = 0.9;
+
+/// Settings of the liveness pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessSettings {
+    pub max_image_pixels: u64,
+    /// Faces whose box is narrower (or shorter) than this are too small for a meaningful
+    /// anti-spoofing crop: `face_too_small`.
+    pub min_face_px: u32,
+}
+
+impl LivenessSettings {
+    pub fn from_config(config: &LivenessConfig) -> Self {
+        Self {
+            max_image_pixels: config.max_image_pixels,
+            min_face_px: config.min_face_px,
+        }
+    }
+}
+
+impl Default for LivenessSettings {
+    fn default() -> Self {
+        Self::from_config(&LivenessConfig::default())
+    }
+}
 
 /// YuNet + both MiniFASNets on the CPU.
 #[derive(Debug)]
@@ -53,6 +75,7 @@ pub struct VisionLivenessEngine {
     v1se: MiniFasNet,
     device: Device,
     decode_options: DecodeOptions,
+    min_face_side: f32,
     /// Where stage timings go; `None` times nothing.
     metrics: Option<Metrics>,
 }
@@ -65,7 +88,7 @@ pub fn load_engine(config: &LivenessConfig) -> Result<VisionLivenessEngine, Live
         &read(ModelName::YuNet)?,
         &read(ModelName::MiniFasNetV2)?,
         &read(ModelName::MiniFasNetV1Se)?,
-        config.max_image_pixels,
+        LivenessSettings::from_config(config),
     )
 }
 
@@ -94,7 +117,7 @@ impl VisionLivenessEngine {
         yunet: &[u8],
         minifasnet_v2: &[u8],
         minifasnet_v1se: &[u8],
-        max_image_pixels: u64,
+        settings: LivenessSettings,
     ) -> Result<Self, LivenessError> {
         let device = Device::Cpu;
         let net = YuNet::from_safetensors(yunet, &device).map_err(model_error)?;
@@ -107,9 +130,10 @@ impl VisionLivenessEngine {
                 .map_err(model_error)?,
             device,
             decode_options: DecodeOptions {
-                max_pixels: max_image_pixels,
+                max_pixels: settings.max_image_pixels,
                 min_long_side: None,
             },
+            min_face_side: settings.min_face_px as f32,
             metrics: None,
         })
     }
@@ -193,7 +217,7 @@ impl LivenessEngine for VisionLivenessEngine {
             .image;
         deadline.check()?;
         let (bbox, face) = self.find_face(&image, job.face_hint)?;
-        gate_quality(bbox, image.width(), image.height())
+        gate_quality(bbox, image.width(), image.height(), self.min_face_side)
             .map_err(|(reason, detail)| rejection(reason, detail, Some(face.clone())))?;
         deadline.check()?;
 
@@ -237,13 +261,18 @@ impl LivenessEngine for VisionLivenessEngine {
 }
 
 /// The capture-quality gates on the subject's box.
-fn gate_quality(bbox: [f32; 4], width: u32, height: u32) -> Result<(), (FaceIssueReason, String)> {
+fn gate_quality(
+    bbox: [f32; 4],
+    width: u32,
+    height: u32,
+    min_face_side: f32,
+) -> Result<(), (FaceIssueReason, String)> {
     let [x, y, w, h] = bbox;
-    if w.min(h) < MIN_FACE_SIDE {
+    if w.min(h) < min_face_side {
         return Err((
             FaceIssueReason::FaceTooSmall,
             format!(
-                "face is {:.0} px wide, the minimum is {MIN_FACE_SIDE:.0}",
+                "face is {:.0} px wide, the minimum is {min_face_side:.0}",
                 w.min(h)
             ),
         ));
@@ -301,20 +330,28 @@ mod tests {
 
     #[test]
     fn quality_gates() {
-        assert!(gate_quality([100.0, 100.0, 80.0, 90.0], 640, 480).is_ok());
+        assert!(gate_quality([100.0, 100.0, 80.0, 90.0], 640, 480, 32.0).is_ok());
         assert_eq!(
-            gate_quality([100.0, 100.0, 20.0, 90.0], 640, 480)
+            gate_quality([100.0, 100.0, 20.0, 90.0], 640, 480, 32.0)
+                .unwrap_err()
+                .0,
+            FaceIssueReason::FaceTooSmall
+        );
+        // The minimum is a setting.
+        assert!(gate_quality([100.0, 100.0, 20.0, 90.0], 640, 480, 16.0).is_ok());
+        assert_eq!(
+            gate_quality([100.0, 100.0, 80.0, 90.0], 640, 480, 100.0)
                 .unwrap_err()
                 .0,
             FaceIssueReason::FaceTooSmall
         );
         assert_eq!(
-            gate_quality([600.0, 100.0, 80.0, 90.0], 640, 480)
+            gate_quality([600.0, 100.0, 80.0, 90.0], 640, 480, 32.0)
                 .unwrap_err()
                 .0,
             FaceIssueReason::FaceCloseToBorder
         );
-        assert!(gate_quality([-2.0, 100.0, 80.0, 90.0], 640, 480).is_ok());
+        assert!(gate_quality([-2.0, 100.0, 80.0, 90.0], 640, 480, 32.0).is_ok());
     }
 
     #[test]

@@ -373,7 +373,7 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
 mod real_models {
     use std::path::PathBuf;
 
-    use faceproof_liveness::vision::VisionLivenessEngine;
+    use faceproof_liveness::vision::{LivenessSettings, VisionLivenessEngine};
     use faceproof_models::{ModelName, ModelStore};
 
     use super::*;
@@ -384,15 +384,123 @@ mod real_models {
             .join(relative)
     }
 
+    fn read(name: ModelName) -> Vec<u8> {
+        ModelStore::at(repo_path("models/store"))
+            .unwrap()
+            .read_verified(name)
+            .unwrap()
+    }
+
     fn engine() -> VisionLivenessEngine {
-        let store = ModelStore::at(repo_path("models/store")).unwrap();
         VisionLivenessEngine::from_weights(
-            &store.read_verified(ModelName::YuNet).unwrap(),
-            &store.read_verified(ModelName::MiniFasNetV2).unwrap(),
-            &store.read_verified(ModelName::MiniFasNetV1Se).unwrap(),
-            40_000_000,
+            &read(ModelName::YuNet),
+            &read(ModelName::MiniFasNetV2),
+            &read(ModelName::MiniFasNetV1Se),
+            LivenessSettings::default(),
         )
         .unwrap()
+    }
+
+    fn portrait() -> faceproof_imaging::RgbImage {
+        let bytes =
+            std::fs::read(repo_path("tests/fixtures/obama_2012_official_portrait.jpg")).unwrap();
+        faceproof_imaging::decode(&bytes, &faceproof_imaging::DecodeOptions::default())
+            .unwrap()
+            .image
+    }
+
+    fn png(image: &faceproof_imaging::RgbImage) -> Vec<u8> {
+        let mut png = Vec::new();
+        image
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png
+    }
+
+    fn check_job(image: Vec<u8>, face_hint: Option<Face>) -> CheckJob {
+        CheckJob {
+            image,
+            mode: SearchMode::Fast,
+            face_hint,
+            os: "DESKTOP".into(),
+        }
+    }
+
+    /// The reason the real engine refuses `job` with, or a panic naming what it did instead.
+    fn refusal(engine: &VisionLivenessEngine, job: CheckJob) -> FaceIssueReason {
+        match engine.check(job, &Deadline::after(Duration::from_secs(120))) {
+            Err(EngineError::Rejected(rejection)) => rejection.reason,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    /// Each capture-quality gate, on frames made from a committed photo, with the real models.
+    #[test]
+    fn quality_gates_refuse_unusable_frames_with_their_reason() {
+        let engine = engine();
+        let portrait = portrait();
+
+        // The portrait itself is scored; its face is the one the gates are checked against.
+        let scored = engine
+            .check(
+                check_job(png(&portrait), None),
+                &Deadline::after(Duration::from_secs(120)),
+            )
+            .unwrap();
+        let face = scored.face.r#box.unwrap();
+
+        // No face: a plain grey frame.
+        let grey = faceproof_imaging::RgbImage::from_pixel(640, 480, image::Rgb([128, 128, 128]));
+        assert_eq!(
+            refusal(&engine, check_job(png(&grey), None)),
+            FaceIssueReason::NoFaceDetected
+        );
+
+        // Two equal faces side by side: which one is the person is ambiguous.
+        let height = 400;
+        let half = faceproof_imaging::resize_area(
+            &portrait,
+            portrait.width() * height / portrait.height(),
+            height,
+        );
+        let mut two = faceproof_imaging::RgbImage::new(2 * half.width(), height);
+        image::imageops::replace(&mut two, &half, 0, 0);
+        image::imageops::replace(&mut two, &half, i64::from(half.width()), 0);
+        assert_eq!(
+            refusal(&engine, check_job(png(&two), None)),
+            FaceIssueReason::MultipleFacesDetected
+        );
+
+        // The matcher's face, half outside the frame: the crops would lose their context.
+        let cut = Face {
+            r#box: Some(BoundingBox {
+                x: portrait.width() as f32 - face.width / 2.0,
+                ..face
+            }),
+            ..scored.face.clone()
+        };
+        assert_eq!(
+            refusal(&engine, check_job(png(&portrait), Some(cut))),
+            FaceIssueReason::FaceCloseToBorder
+        );
+
+        // Smaller than the configured minimum.
+        let strict = VisionLivenessEngine::from_weights(
+            &read(ModelName::YuNet),
+            &read(ModelName::MiniFasNetV2),
+            &read(ModelName::MiniFasNetV1Se),
+            LivenessSettings {
+                min_face_px: face.width.min(face.height).ceil() as u32 + 1,
+                ..LivenessSettings::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            refusal(&strict, check_job(png(&portrait), None)),
+            FaceIssueReason::FaceTooSmall
+        );
+        // ... and the same face passes the default minimum of 32 px.
+        assert!(face.width.min(face.height) > 32.0, "{face:?}");
     }
 
     #[tokio::test]

@@ -12,6 +12,10 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:50052";
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9465";
 pub const DEFAULT_MAX_IMAGE_BYTES: usize = 10 * 1024 * 1024;
 pub const DEFAULT_MAX_IMAGE_PIXELS: u64 = 40_000_000;
+/// The default `face_too_small` threshold, in pixels.
+pub const DEFAULT_MIN_FACE_PX: u32 = 32;
+/// The largest `--min-face-px` accepted (a face box wider than this is a close-up already).
+const MAX_MIN_FACE_PX: u32 = 4096;
 pub const DEFAULT_MAX_GALLERY_ITEMS: usize = 10;
 pub const DEFAULT_FAST_DETECTOR_SIDE: u32 = 320;
 pub const DEFAULT_ACCURATE_DETECTOR_SIDE: u32 = 640;
@@ -42,6 +46,11 @@ pub struct MatcherConfig {
     #[arg(long, env = "FACEPROOF_MAX_GALLERY_ITEMS", default_value_t = DEFAULT_MAX_GALLERY_ITEMS)]
     pub max_gallery_items: usize,
 
+    /// Smallest face that is used, in pixels of the original image (the shorter side of its
+    /// box); a smaller face is refused with `face_too_small`: it carries too little detail.
+    #[arg(long, env = "FACEPROOF_MIN_FACE_PX", default_value_t = DEFAULT_MIN_FACE_PX)]
+    pub min_face_px: u32,
+
     /// Longest side of the detector input in FAST mode (images are downscaled, never upscaled).
     #[arg(long, env = "FACEPROOF_FAST_DETECTOR_SIDE", default_value_t = DEFAULT_FAST_DETECTOR_SIDE)]
     pub fast_detector_side: u32,
@@ -68,6 +77,7 @@ impl Default for MatcherConfig {
             max_gallery_items: DEFAULT_MAX_GALLERY_ITEMS,
             fast_detector_side: DEFAULT_FAST_DETECTOR_SIDE,
             accurate_detector_side: DEFAULT_ACCURATE_DETECTOR_SIDE,
+            min_face_px: DEFAULT_MIN_FACE_PX,
             metrics_addr: MetricsAddr(Some(SocketAddr::from(([0, 0, 0, 0], 9465)))),
             serving: ServingArgs::default(),
         }
@@ -81,6 +91,12 @@ impl MatcherConfig {
             return Err(MatcherError::Config(format!(
                 "--max-image-bytes must be 1..={HARD_MAX_IMAGE_BYTES}, got {}",
                 self.max_image_bytes
+            )));
+        }
+        if !(1..=MAX_MIN_FACE_PX).contains(&self.min_face_px) {
+            return Err(MatcherError::Config(format!(
+                "--min-face-px must be 1..={MAX_MIN_FACE_PX}, got {}",
+                self.min_face_px
             )));
         }
         if self.max_image_pixels == 0 {
@@ -177,6 +193,14 @@ mod tests {
             },
             MatcherConfig {
                 max_image_pixels: 0,
+                ..Default::default()
+            },
+            MatcherConfig {
+                min_face_px: 0,
+                ..Default::default()
+            },
+            MatcherConfig {
+                min_face_px: MAX_MIN_FACE_PX + 1,
                 ..Default::default()
             },
         ];

@@ -23,8 +23,6 @@ use crate::engine::{
 };
 use crate::{MatcherConfig, MatcherError};
 
-/// Faces narrower than this (in full-resolution pixels) carry too little detail to embed.
-const MIN_FACE_SIDE: f32 = 32.0;
 /// A JPEG whose long side is at least twice this is decoded at 1/2, 1/4 or 1/8 scale in the
 /// DCT domain, keeping at least this many pixels on the long side. The detector never sees more
 /// than `accurate_detector_side` (640) and the aligned face is 112x112: at 1600 px a face a
@@ -43,6 +41,9 @@ pub struct VisionMatchSettings {
     pub max_image_pixels: u64,
     pub fast_detector_side: u32,
     pub accurate_detector_side: u32,
+    /// Faces narrower (or shorter) than this, in full-resolution pixels, carry too little detail
+    /// to embed: `face_too_small`.
+    pub min_face_px: u32,
 }
 
 impl VisionMatchSettings {
@@ -51,6 +52,7 @@ impl VisionMatchSettings {
             max_image_pixels: config.max_image_pixels,
             fast_detector_side: config.fast_detector_side,
             accurate_detector_side: config.accurate_detector_side,
+            min_face_px: config.min_face_px,
         }
     }
 }
@@ -63,6 +65,7 @@ pub struct VisionMatchEngine {
     embedder: SFace,
     device: Device,
     decode_options: DecodeOptions,
+    min_face_side: f32,
     /// Where stage timings go; `None` times nothing (evaluation tools).
     metrics: Option<Metrics>,
 }
@@ -104,6 +107,7 @@ impl VisionMatchEngine {
                 max_pixels: settings.max_image_pixels,
                 min_long_side: Some(DECODE_MIN_LONG_SIDE),
             },
+            min_face_side: settings.min_face_px as f32,
             metrics: None,
         })
     }
@@ -162,10 +166,13 @@ impl VisionMatchEngine {
         // resolution.
         let full_resolution_face = to_full_resolution(&decoded, &face);
         let side = full_resolution_face.bbox[2].min(full_resolution_face.bbox[3]);
-        if side < MIN_FACE_SIDE {
+        if side < self.min_face_side {
             return Ok(Err(FaceRejection::new(
                 FaceIssueReason::FaceTooSmall,
-                format!("face is {side:.0} px wide, the minimum is {MIN_FACE_SIDE:.0}"),
+                format!(
+                    "face is {side:.0} px wide, the minimum is {:.0}",
+                    self.min_face_side
+                ),
             )));
         }
         let aligned = self

@@ -516,17 +516,48 @@ mod real_models {
     }
 
     fn engine(fast_detector_side: u32) -> VisionMatchEngine {
+        engine_with(VisionMatchSettings {
+            fast_detector_side,
+            ..VisionMatchSettings::from_config(&MatcherConfig::default())
+        })
+    }
+
+    fn engine_with(settings: VisionMatchSettings) -> VisionMatchEngine {
         let store = ModelStore::at(repo_path("models/store")).unwrap();
         VisionMatchEngine::from_weights(
             &store.read_verified(ModelName::YuNet).unwrap(),
             &store.read_verified(ModelName::SFace).unwrap(),
-            VisionMatchSettings {
-                max_image_pixels: 40_000_000,
-                fast_detector_side,
-                accurate_detector_side: 640,
-            },
+            settings,
         )
         .unwrap()
+    }
+
+    /// `--min-face-px` decides `face_too_small`: the portrait's face (about 260 px at full
+    /// resolution) passes the default and is refused above its size.
+    #[test]
+    fn the_minimum_face_size_is_a_setting() {
+        let deadline = Deadline::after(Duration::from_secs(120));
+        let job = || CompareJob {
+            probe: fixture("obama_2012_official_portrait.jpg"),
+            gallery: vec![fixture("obama_2009_congress.jpg")],
+            mode: SearchMode::Fast,
+        };
+        let default = engine(320).compare(job(), &deadline).unwrap();
+        let side = {
+            let face = default.probe_face.r#box.unwrap();
+            face.width.min(face.height)
+        };
+        assert!(side > 100.0, "{side}");
+        let strict = engine_with(VisionMatchSettings {
+            min_face_px: side.ceil() as u32 + 1,
+            ..VisionMatchSettings::from_config(&MatcherConfig::default())
+        });
+        match strict.compare(job(), &deadline) {
+            Err(EngineError::Probe(rejection)) => {
+                assert_eq!(rejection.reason, FaceIssueReason::FaceTooSmall)
+            }
+            other => panic!("expected face_too_small, got {other:?}"),
+        }
     }
 
     fn similarities(outcome: &CompareOutcome) -> Vec<f64> {

@@ -8,8 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use faceproof_liveness::config::DEFAULT_MAX_IMAGE_PIXELS;
-use faceproof_liveness::vision::VisionLivenessEngine;
+use faceproof_liveness::vision::{LivenessSettings, VisionLivenessEngine};
 use faceproof_liveness::{CheckJob, EngineError, LivenessEngine};
 use faceproof_models::ModelName;
 use faceproof_proto::common::v1::SearchMode;
@@ -107,7 +106,7 @@ pub fn run_liveness(args: &LivenessArgs) -> anyhow::Result<ExitCode> {
         &CommonArgs::read_model(&store, ModelName::YuNet)?,
         &CommonArgs::read_model(&store, ModelName::MiniFasNetV2)?,
         &CommonArgs::read_model(&store, ModelName::MiniFasNetV1Se)?,
-        DEFAULT_MAX_IMAGE_PIXELS,
+        LivenessSettings::default(),
     )?;
     let pool = args.common.pool()?;
     let modes = args.common.search_mode.modes();
