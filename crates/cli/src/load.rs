@@ -1,8 +1,9 @@
 //! `faceproof load`: a bounded load test of a running gateway. Sends the same compare-with-liveness
 //! request `--requests` times with `--concurrency` calls in flight, and reports throughput, latency
 //! percentiles and the answers by gRPC code: what a deployment needs to size its replicas
-//! (DESIGN.md: measure under concurrent load, not one request at a time). It stops by itself,
-//! after the last request or `--max-duration-s`, whichever comes first.
+//! (DESIGN.md: measure under concurrent load, not one request at a time). It stops by itself:
+//! no request is sent after `--requests` have been, or once `--max-duration-s` (warm-up
+//! included) has passed; those in flight then end within `--timeout-s`.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -30,7 +31,8 @@ pub struct Args {
     /// Untimed requests sent first, one at a time (connection set-up, first-call costs).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
     warmup: u64,
-    /// Stop sending after this many seconds even if requests remain (those in flight finish).
+    /// Send nothing more after this many seconds, warm-up included, even if requests remain
+    /// (those in flight finish; the report says how many were sent).
     #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=3600))]
     max_duration_s: u64,
     /// Print the report as JSON.
@@ -72,9 +74,13 @@ async fn load(args: &Args) -> anyhow::Result<Report> {
     let request = &args.request;
     let message = Arc::new(request.message()?);
     let client = request.connect().await?;
+    let stop_sending_at = Instant::now() + Duration::from_secs(args.max_duration_s);
 
     // One call at a time first; a failure here (a bad token, a rejected image) would only repeat.
     for _ in 0..args.warmup {
+        if Instant::now() >= stop_sending_at {
+            anyhow::bail!("the warm-up took all of --max-duration-s; nothing was measured");
+        }
         let mut client = client.clone();
         if let Err(status) = client
             .compare_with_liveness(request.call((*message).clone())?)
@@ -89,10 +95,10 @@ async fn load(args: &Args) -> anyhow::Result<Report> {
     let timeout = request.timeout();
     let claimed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let stop_sending_at = started + Duration::from_secs(args.max_duration_s);
     let requests = args.requests;
+    let concurrency = args.concurrency.min(requests);
     let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..args.concurrency.min(requests) {
+    for _ in 0..concurrency {
         let mut client = client.clone();
         let (message, claimed) = (Arc::clone(&message), Arc::clone(&claimed));
         let authorization = authorization.clone();
@@ -114,7 +120,8 @@ async fn load(args: &Args) -> anyhow::Result<Report> {
     }
     Ok(Report {
         target: request.addr.clone(),
-        concurrency: args.concurrency,
+        concurrency,
+        requested: requests,
         wall: started.elapsed(),
         outcomes,
     })
@@ -139,7 +146,7 @@ async fn send(
         },
         Err(status) => Outcome {
             latency,
-            code: format!("{:?}", status.code()),
+            code: code_name(status.code()),
             liveness_ran: false,
         },
     }
@@ -149,7 +156,10 @@ async fn send(
 #[derive(Debug)]
 struct Report {
     target: String,
+    /// Calls in flight at once (`--concurrency`, or fewer when fewer requests were asked for).
     concurrency: u64,
+    /// `--requests`; fewer were sent when `--max-duration-s` ran out first.
+    requested: u64,
     wall: Duration,
     outcomes: Vec<Outcome>,
 }
@@ -157,6 +167,11 @@ struct Report {
 impl Report {
     fn all_ok(&self) -> bool {
         self.outcomes.iter().all(|outcome| outcome.code == "OK")
+    }
+
+    /// True when `--max-duration-s` stopped the run before every request was sent.
+    fn truncated(&self) -> bool {
+        (self.outcomes.len() as u64) < self.requested
     }
 
     fn by_code(&self) -> BTreeMap<&str, usize> {
@@ -201,6 +216,13 @@ impl Report {
             self.wall.as_secs_f64(),
             self.throughput()
         );
+        if self.truncated() {
+            text.push_str(&format!(
+                "  stopped by --max-duration-s: {} of {} requests sent\n",
+                self.outcomes.len(),
+                self.requested
+            ));
+        }
         for (code, count) in self.by_code() {
             text.push_str(&format!("  {code:<20} {count}\n"));
         }
@@ -219,6 +241,8 @@ impl Report {
             "target": self.target,
             "concurrency": self.concurrency,
             "requests": self.outcomes.len(),
+            "requested": self.requested,
+            "truncated": self.truncated(),
             "seconds": self.wall.as_secs_f64(),
             "requests_per_second": self.throughput(),
             "by_code": self.by_code(),
@@ -226,6 +250,18 @@ impl Report {
             "latency_ms": self.percentiles().into_iter().collect::<BTreeMap<_, _>>(),
         })
     }
+}
+
+/// The canonical gRPC name of `code` (`RESOURCE_EXHAUSTED`), as in the gRPC docs and other tools.
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// The smallest value with at least `q` of the sorted values at or below it; 0 when empty.
@@ -369,7 +405,8 @@ mod tests {
         assert_eq!(fake.most_in_flight.load(Ordering::SeqCst), 3);
         let by_code = report.by_code();
         assert_eq!(by_code.get("OK"), Some(&8), "{by_code:?}");
-        assert_eq!(by_code.get("ResourceExhausted"), Some(&2), "{by_code:?}");
+        assert_eq!(by_code.get("RESOURCE_EXHAUSTED"), Some(&2), "{by_code:?}");
+        assert!(!report.truncated());
         assert_eq!(report.liveness_ran(), 8);
         assert!(!report.all_ok());
         // 10 calls of 30 ms, 3 at a time: at least 4 rounds.
@@ -400,23 +437,75 @@ mod tests {
         assert_eq!(fake.calls.load(Ordering::SeqCst), 0);
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_duration_stops_a_long_run_and_says_so() {
+        let fake = Arc::new(FakeGateway {
+            accept: usize::MAX,
+            ..Default::default()
+        });
+        let addr = serve(Arc::clone(&fake)).await;
+        let args = args(
+            &addr,
+            "t0ken",
+            &[
+                "--requests",
+                "1000000",
+                "--max-duration-s",
+                "1",
+                "--warmup",
+                "0",
+            ],
+        );
+        let started = Instant::now();
+        let report = load(&args).await.unwrap();
+        // Two workers, 30 ms a call: about 66 calls in the second, then the last ones finish.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(report.truncated());
+        assert!(
+            (10..200).contains(&report.outcomes.len()),
+            "{}",
+            report.outcomes.len()
+        );
+        assert!(report.table().contains("stopped by --max-duration-s"));
+        assert_eq!(report.to_json()["truncated"], true);
+    }
+
+    #[test]
+    fn codes_have_their_canonical_names() {
+        assert_eq!(code_name(tonic::Code::Ok), "OK");
+        assert_eq!(
+            code_name(tonic::Code::ResourceExhausted),
+            "RESOURCE_EXHAUSTED"
+        );
+        assert_eq!(
+            code_name(tonic::Code::DeadlineExceeded),
+            "DEADLINE_EXCEEDED"
+        );
+    }
+
     #[test]
     fn bounds_are_enforced_by_the_parser() {
+        let base = [
+            "load",
+            "--probe",
+            "p",
+            "--gallery",
+            "g",
+            "--search-mode",
+            "fast",
+        ];
+        assert!(Cli::try_parse_from(base).is_ok());
         for bad in [
             ["--concurrency", "0"],
             ["--concurrency", "1000"],
             ["--requests", "0"],
             ["--max-duration-s", "0"],
         ] {
-            let mut argv = vec![
-                "load",
-                "--probe",
-                "p",
-                "--gallery",
-                "g",
-                "--search-mode",
-                "fast",
-            ];
+            let mut argv = base.to_vec();
             argv.extend_from_slice(&bad);
             assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
         }

@@ -7,8 +7,8 @@ use crate::digest::Sha256Digest;
 use crate::import::{OnnxImportError, PthImportError};
 use crate::manifest::ModelName;
 
-/// What to do on a machine that cannot reach an upstream URL.
-const OFFLINE_HINT: &str = "if this machine cannot reach it, copy the upstream files (models/README.md \
+/// What to do on a machine that cannot download the upstream files.
+const OFFLINE_HINT: &str = "to set up without downloading, copy the upstream files (models/README.md \
      lists them; each is checked by its sha256) into a folder and point the set-up at it: \
      `faceproof models fetch --from DIR`, `faceproof up --models-from DIR`, or \
      FACEPROOF_MODELS_FROM=DIR scripts/test.sh";
@@ -127,7 +127,7 @@ pub enum ModelError {
     PipMissing { requirement: String, tried: String },
 
     /// pip ran and failed.
-    #[error("`{command}` failed ({status}): {output}")]
+    #[error("`{command}` failed ({status}): {output}; {OFFLINE_HINT}")]
     PipFailed {
         command: String,
         status: String,

@@ -45,10 +45,11 @@ const EMPTY_POOL_RETRY: Duration = Duration::from_millis(500);
 /// Time a health check gets once connected (connecting has its own timeout).
 const PROBE_ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
 
-/// HTTP/2 pings on every replica connection, idle or not: a replica whose node vanished without
-/// closing its connections (power loss, a partitioned node) is noticed within interval + timeout
-/// and its calls fail as transport errors (retried elsewhere) instead of hanging until the
-/// deadline. tonic's servers accept pings at this rate.
+/// HTTP/2 pings on every replica connection, idle or not: a connection to a node that vanished
+/// without closing it (power loss, a partition) is closed within interval + timeout (15 s)
+/// instead of TCP's many minutes, so later calls and probes dial afresh. Calls already on it
+/// still end at their deadline; the health probes take such a replica out of rotation sooner.
+/// tonic's servers accept pings at this rate.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -143,6 +144,18 @@ struct Target {
 /// Parses a model service URL (`http://host[:port]`); anything else is a configuration error.
 fn parse_target(service: Backend, url: &str) -> Result<Target, GatewayError> {
     let url = url.trim();
+    // First, before any message quotes the URL: credentials must not reach the logs.
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    if authority.contains('@') {
+        return Err(GatewayError::Config(format!(
+            "bad {service} URL: credentials in the URL are not supported (they would be dropped, \
+             not sent)"
+        )));
+    }
     let bad = |why: &str| GatewayError::Config(format!("bad {service} URL {url:?}: {why}"));
     let uri: http::Uri = url.parse().map_err(|error| bad(&format!("{error}")))?;
     match uri.scheme_str() {
@@ -159,16 +172,6 @@ fn parse_target(service: Backend, url: &str) -> Result<Target, GatewayError> {
         .is_some_and(|path| path.as_str() != "/")
     {
         return Err(bad("a path is not supported"));
-    }
-    if uri
-        .authority()
-        .is_some_and(|authority| authority.as_str().contains('@'))
-    {
-        // Not `bad`: the message would repeat the credentials into the logs.
-        return Err(GatewayError::Config(format!(
-            "bad {service} URL: credentials in the URL are not supported (they would be dropped, \
-             not sent)"
-        )));
     }
     if uri.port_u16() == Some(0) {
         return Err(bad("port 0 is not a port to connect to"));
@@ -1055,6 +1058,10 @@ mod tests {
             "not a url",
             "http://:1",
             "http://user:secret@matcher:1",
+            "https://user:secret@matcher:1",
+            "http://user:secret@matcher:1/path",
+            "http://user:secret@matcher:99999",
+            "user:secret@matcher:1",
             "http://matcher:0",
         ] {
             let error = parse_target(Backend::Liveness, bad).unwrap_err();

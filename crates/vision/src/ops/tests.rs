@@ -2,35 +2,64 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+#[cfg(target_arch = "x86_64")]
+use std::sync::RwLockWriteGuard;
+#[cfg(target_arch = "x86_64")]
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 use candle_core::{Device, Tensor};
 
 use super::*;
 
-/// How many tests force the portable kernels right now (see [`PortableKernels`]).
-static PORTABLE_KERNELS_FORCED: AtomicUsize = AtomicUsize::new(0);
+/// Whether the portable kernels are being forced (see [`PortableKernels`]).
+#[cfg(target_arch = "x86_64")]
+static PORTABLE_KERNELS_FORCED: AtomicBool = AtomicBool::new(false);
 
-/// True while some test forces the portable kernels.
+/// Held for reading by every kernel test, for writing by the one that forces the portable
+/// kernels: the flag is process-wide, so no other kernel test runs while it is set (each would
+/// otherwise silently test the portable copies instead of the AVX2 ones).
+static KERNEL_MODE: RwLock<()> = RwLock::new(());
+
+/// True while a test forces the portable kernels.
+#[cfg(target_arch = "x86_64")]
 pub(super) fn portable_kernels_forced() -> bool {
-    PORTABLE_KERNELS_FORCED.load(Ordering::Relaxed) > 0
+    PORTABLE_KERNELS_FORCED.load(Ordering::Relaxed)
+}
+
+thread_local! {
+    /// Set on the thread of the test that holds [`KERNEL_MODE`] for writing: the tests it calls
+    /// in turn must not wait for a read lock it is itself holding.
+    static HOLDS_KERNEL_MODE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Taken first by every kernel test: the kernels the CPU selects (`None` inside the test that
+/// forces the portable ones, which calls the others).
+fn native_kernels() -> Option<RwLockReadGuard<'static, ()>> {
+    (!HOLDS_KERNEL_MODE.get()).then(|| KERNEL_MODE.read().unwrap_or_else(PoisonError::into_inner))
 }
 
 /// While alive, the kernel dispatch picks the portable copies, the ones a CPU without AVX2+FMA
-/// runs (this machine's CI has both, so nothing else would run them). Process-wide: tests running
-/// at the same time get the portable copies too, which compute the same results, only slower.
-struct PortableKernels;
+/// runs (this machine's CI has both, so nothing else would run them).
+#[cfg(target_arch = "x86_64")]
+struct PortableKernels(#[allow(dead_code)] RwLockWriteGuard<'static, ()>);
 
+#[cfg(target_arch = "x86_64")]
 impl PortableKernels {
     fn force() -> Self {
-        PORTABLE_KERNELS_FORCED.fetch_add(1, Ordering::Relaxed);
-        Self
+        let exclusive = KERNEL_MODE.write().unwrap_or_else(PoisonError::into_inner);
+        HOLDS_KERNEL_MODE.set(true);
+        PORTABLE_KERNELS_FORCED.store(true, Ordering::Relaxed);
+        Self(exclusive)
     }
 }
 
+#[cfg(target_arch = "x86_64")]
 impl Drop for PortableKernels {
     fn drop(&mut self) {
-        PORTABLE_KERNELS_FORCED.fetch_sub(1, Ordering::Relaxed);
+        PORTABLE_KERNELS_FORCED.store(false, Ordering::Relaxed);
+        HOLDS_KERNEL_MODE.set(false);
     }
 }
 
@@ -138,6 +167,7 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 #[test]
 fn depthwise_matches_reference_over_many_shapes() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(0x9e37_79b9_7f4a_7c15);
     let mut cases = 0;
     for &(kh, kw) in &[
@@ -177,6 +207,7 @@ fn depthwise_matches_reference_over_many_shapes() {
 
 #[test]
 fn depthwise_matches_reference_on_random_geometry() {
+    let _kernels = native_kernels();
     // Odd corners: large padding, stride above the kernel size, single rows and columns.
     let mut rng = Xorshift(0x5eed);
     let mut pick = |n: usize| (rng.values(1)[0].abs() * n as f32) as usize % n;
@@ -205,6 +236,7 @@ fn depthwise_matches_reference_on_random_geometry() {
 
 #[test]
 fn depthwise_matches_reference_on_network_shapes_in_parallel() {
+    let _kernels = native_kernels();
     // Large enough to take the multi-threaded path and several accumulator blocks per plane.
     let mut rng = Xorshift(42);
     for &(c, h, w, k, stride, pad) in &[
@@ -225,6 +257,7 @@ fn depthwise_matches_reference_on_network_shapes_in_parallel() {
 
 #[test]
 fn depthwise_agrees_with_candle_grouped_conv() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(7);
     let x = rng.tensor(&[2, 8, 14, 14]);
     let weight = rng.tensor(&[8, 1, 3, 3]);
@@ -237,6 +270,7 @@ fn depthwise_agrees_with_candle_grouped_conv() {
 
 #[test]
 fn depthwise_accepts_non_contiguous_input() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(3);
     // NHWC storage viewed as NCHW: strided, not contiguous.
     let nhwc = rng.tensor(&[2, 9, 10, 6]);
@@ -257,6 +291,7 @@ fn depthwise_accepts_non_contiguous_input() {
 
 #[test]
 fn depthwise_prelu_matches_reference() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(11);
     for &(stride, pad, k) in &[(1, 1, 3), (2, 1, 3), (1, 0, 5), (1, 2, 5)] {
         let x = rng.tensor(&[1, 12, 15, 13]);
@@ -271,6 +306,7 @@ fn depthwise_prelu_matches_reference() {
 
 #[test]
 fn depthwise_accepts_broadcastable_per_channel_shapes() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(5);
     let x = rng.tensor(&[1, 4, 6, 6]);
     let weight = rng.tensor(&[4, 1, 3, 3]);
@@ -282,6 +318,7 @@ fn depthwise_accepts_broadcastable_per_channel_shapes() {
 
 #[test]
 fn depthwise_rejects_bad_shapes_with_errors() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(9);
     let x = rng.tensor(&[1, 4, 6, 6]);
     let w = rng.tensor(&[4, 1, 3, 3]);
@@ -351,6 +388,7 @@ fn depthwise_rejects_bad_shapes_with_errors() {
 
 #[test]
 fn depthwise_handles_empty_batch_and_single_pixel() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(1);
     let w = rng.tensor(&[3, 1, 3, 3]);
     let empty = Tensor::zeros((0, 3, 5, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
@@ -384,6 +422,7 @@ fn reference_bias_prelu(y: &Tensor, bias: Option<&Tensor>, alpha: Option<&Tensor
 
 #[test]
 fn pointwise_matches_candle_conv2d_with_bias_and_prelu() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(21);
     // Includes a product large enough for the parallel epilogue.
     for &(n, ci, co, h, w) in &[(1, 16, 32, 9, 7), (2, 8, 4, 5, 5), (1, 64, 128, 28, 28)] {
@@ -428,6 +467,7 @@ fn pointwise_matches_candle_conv2d_with_bias_and_prelu() {
 
 #[test]
 fn bias_prelu_leaves_its_input_untouched() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(8);
     let x = rng.tensor(&[2, 6, 4, 3]);
     let before = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -445,6 +485,7 @@ fn bias_prelu_leaves_its_input_untouched() {
 
 #[test]
 fn conv2d_bias_prelu_matches_reference() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(13);
     let x = rng.tensor(&[1, 3, 17, 15]);
     let weight = rng.tensor(&[8, 3, 3, 3]);
@@ -460,6 +501,7 @@ fn conv2d_bias_prelu_matches_reference() {
 
 #[test]
 fn pointwise_and_epilogue_reject_bad_shapes() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(17);
     let x = rng.tensor(&[1, 4, 3, 3]);
     let w = rng.tensor(&[6, 4, 1, 1]);
@@ -496,6 +538,7 @@ fn median_ms(mut f: impl FnMut(), runs: usize) -> f64 {
 #[test]
 #[ignore = "timing, run on demand"]
 fn time_depthwise_against_candle_grouped_conv() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(1);
     let layers: Vec<_> = DEPTHWISE_LAYERS
         .iter()
@@ -611,6 +654,7 @@ const DEPTHWISE_LAYERS: &[DepthwiseLayer] = &[
 #[test]
 #[ignore = "timing, run on demand"]
 fn time_sface_blocks_unfused_against_fused() {
+    let _kernels = native_kernels();
     // (layers of this shape, input channels, output channels, input side, depthwise stride)
     const BLOCKS: &[(usize, usize, usize, usize, usize)] = &[
         (1, 32, 64, 112, 1),
@@ -722,6 +766,7 @@ fn time_sface_blocks_unfused_against_fused() {
 #[test]
 #[ignore = "timing, run on demand"]
 fn time_candle_elementwise_against_bias_prelu() {
+    let _kernels = native_kernels();
     let mut rng = Xorshift(4);
     let (c, side) = (64, 112);
     let x = rng.tensor(&[1, c, side, side]);
@@ -883,6 +928,7 @@ mod yunet_kernels {
 
     #[test]
     pub(super) fn unit_matches_candle_on_many_shapes_and_thread_counts() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0x5eed_0001);
         for threads in [1, 2, 3] {
             on_threads(threads, || {
@@ -900,6 +946,7 @@ mod yunet_kernels {
 
     #[test]
     pub(super) fn pooled_unit_matches_candle_max_pool_then_unit() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0x5eed_0002);
         for threads in [1, 2] {
             on_threads(threads, || {
@@ -925,6 +972,7 @@ mod yunet_kernels {
 
     #[test]
     pub(super) fn merged_unit_matches_candle_upsample_add_then_unit() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0x5eed_0003);
         for threads in [1, 2] {
             on_threads(threads, || {
@@ -945,6 +993,7 @@ mod yunet_kernels {
 
     #[test]
     pub(super) fn stem_unit_matches_candle_conv2d_then_unit() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0x5eed_0007);
         for threads in [1, 2] {
             on_threads(threads, || {
@@ -998,6 +1047,7 @@ mod yunet_kernels {
 
     #[test]
     fn stacked_units_equal_the_concatenation_of_their_outputs() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0x5eed_0004);
         let units: Vec<RandomUnit> = [1, 4, 1, 10]
             .iter()
@@ -1015,6 +1065,7 @@ mod yunet_kernels {
 
     #[test]
     fn unit_accepts_non_contiguous_input() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0x5eed_0005);
         let unit = RandomUnit::new(&mut rng, 6, 8, true);
         let x = rng.tensor(&[1, 6, 9, 10]).transpose(2, 3).unwrap();
@@ -1024,6 +1075,7 @@ mod yunet_kernels {
 
     #[test]
     fn unit_rejects_bad_shapes_with_errors() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0x5eed_0006);
         let unit = RandomUnit::new(&mut rng, 4, 8, true);
         let w = &unit.weights;
@@ -1119,6 +1171,7 @@ mod minifasnet_kernels {
 
     #[test]
     pub(super) fn matmul_matches_reference_on_odd_sizes_and_split_tiles() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0xfa5);
         for &rows in &[1, 5, 6, 7, 13, 26, 103] {
             for &depth in &[1, 3, 13, 64] {
@@ -1286,6 +1339,7 @@ mod minifasnet_kernels {
 
     #[test]
     pub(super) fn fused_bottleneck_matches_candle_ops() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0xb0771e);
         // (channels, expanded, out, kernel, stride, se, residual, n, h, w)
         let cases = [
@@ -1328,6 +1382,7 @@ mod minifasnet_kernels {
 
     #[test]
     fn fused_bottleneck_rejects_bad_shapes() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(7);
         let block = RandomBottleneck::new(&mut rng, 8, 12, 8, 3, 1, true, true);
         let fused = FusedBottleneck::new(&block.weights()).unwrap();
@@ -1423,6 +1478,7 @@ mod minifasnet_kernels {
 
     #[test]
     pub(super) fn fused_head_matches_candle_ops() {
+        let _kernels = native_kernels();
         let mut rng = Xorshift(0x4ead);
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
@@ -1465,6 +1521,7 @@ mod minifasnet_kernels {
     #[test]
     #[ignore = "timing, run on demand"]
     fn time_minifasnet_networks() {
+        let _kernels = native_kernels();
         use crate::nets::minifasnet::{MiniFasNet, MiniFasNetVariant};
         let store = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/store");
         let mut rng = Xorshift(3);
