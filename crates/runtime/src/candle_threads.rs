@@ -44,11 +44,11 @@ impl CandleThreads {
 /// stderr and the program goes on with candle's default, slower but correct). Call it first in
 /// `main`.
 pub fn exec_with_one_candle_thread_by_default() {
-    if CandleThreads::from_env_value(std::env::var_os(CANDLE_THREADS_VAR)) == CandleThreads::Chosen
-    {
+    let value = std::env::var_os(CANDLE_THREADS_VAR);
+    if CandleThreads::from_env_value(value.clone()) == CandleThreads::Chosen {
         return;
     }
-    if let Some(ignored) = std::env::var_os(CANDLE_THREADS_VAR).filter(|value| !value.is_empty()) {
+    if let Some(ignored) = value.filter(|value| !value.is_empty()) {
         eprintln!(
             "warning: {CANDLE_THREADS_VAR}={} is not a positive thread count; using 1",
             ignored.to_string_lossy()

@@ -33,7 +33,8 @@ pub use config::{LogFormat, TelemetryConfig};
 pub use error::TelemetryError;
 pub use grpc_layer::{GrpcServerLayer, GrpcServerService};
 pub use metrics::{
-    CompareOutcome, LivenessOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, Stage, serve_metrics,
+    CompareOutcome, LivenessOutcome, Metrics, OPENMETRICS_CONTENT_TYPE, Stage,
+    accept_http_without_nagle, serve_metrics,
 };
 pub use propagation::TraceContextInterceptor;
 pub use setup::{TelemetryGuard, build_subscriber, init};

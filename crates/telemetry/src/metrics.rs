@@ -339,6 +339,19 @@ impl Metrics {
     }
 }
 
+/// The connections an axum server accepts on `listener`, with Nagle's algorithm off: axum
+/// leaves it on, and an answer's small writes would then wait for the peer's delayed ACK (the
+/// gRPC side of the same fix is `faceproof_runtime::accept_without_nagle`).
+pub fn accept_http_without_nagle(
+    listener: tokio::net::TcpListener,
+) -> impl axum::serve::Listener<Io = tokio::net::TcpStream, Addr = std::net::SocketAddr> {
+    listener.tap_io(|connection| {
+        if let Err(error) = connection.set_nodelay(true) {
+            tracing::debug!(%error, "cannot turn Nagle off on an HTTP connection");
+        }
+    })
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve_metrics(
     listener: tokio::net::TcpListener,
@@ -348,11 +361,7 @@ pub async fn serve_metrics(
     let router = axum::Router::new()
         .route("/metrics", axum::routing::get(scrape))
         .with_state(metrics);
-    // Nagle off, as on the API ports: a scrape answer is small writes too.
-    let listener = listener.tap_io(|connection| {
-        let _ = connection.set_nodelay(true);
-    });
-    axum::serve(listener, router)
+    axum::serve(accept_http_without_nagle(listener), router)
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(TelemetryError::MetricsServer)

@@ -23,10 +23,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::serve::ListenerExt as _;
 use faceproof_proto::gateway::v1::face_verification_server::FaceVerificationServer;
 use faceproof_runtime::MetricsServer;
-use faceproof_telemetry::{GrpcServerLayer, Metrics};
+use faceproof_telemetry::{GrpcServerLayer, Metrics, accept_http_without_nagle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -286,14 +285,8 @@ impl Application {
             );
         let mut grpc_task = tokio::spawn(grpc_server);
         let router = rest::router(Arc::clone(&self.gateway), Arc::clone(&self.auth));
-        // Nagle off for the REST answers too (see faceproof_runtime::accept_without_nagle).
-        let http_listener = self.http_listener.tap_io(|connection| {
-            if let Err(error) = connection.set_nodelay(true) {
-                tracing::debug!(%error, "cannot turn Nagle off on a REST connection");
-            }
-        });
-        let http_server =
-            axum::serve(http_listener, router).with_graceful_shutdown(stopped(stop_receiver));
+        let http_server = axum::serve(accept_http_without_nagle(self.http_listener), router)
+            .with_graceful_shutdown(stopped(stop_receiver));
         let mut http_task = tokio::spawn(async move { http_server.await });
 
         tokio::select! {
