@@ -5,12 +5,14 @@
 //!
 //! Every function that reads untrusted bytes returns a typed [`ImageError`] and never panics.
 
+mod cancel;
 mod decode;
 mod format;
 mod resize;
 mod tensor;
 mod warp;
 
+pub use cancel::{Cancellation, Cancelled};
 pub use decode::{DecodeOptions, Decoded, decode};
 pub use format::{ImageFormat, ImageInfo, inspect, sniff_format};
 /// The 8-bit RGB image type used throughout faceproof (re-exported so users need not depend on
