@@ -593,11 +593,31 @@ fn k8s_deployments_match_the_service_configs_and_probe_the_grpc_port() {
                 "{file}: metrics containerPort"
             );
         }
-        for probe in ["readinessProbe", "livenessProbe"] {
-            let port = get(container, &format!("{probe}.grpc.port"))
-                .and_then(Value::as_u64)
-                .unwrap_or_else(|| panic!("{file}: {probe} must be a grpc probe"));
-            assert_eq!(port, grpc_port, "{file}: {probe} probes another port");
+        if service == Service::Gateway {
+            // Readiness follows the model services (/readyz); liveness only the process
+            // (/healthz): a grpc.health liveness probe would restart every gateway whenever
+            // the matcher is down.
+            let http_port = u64::from(port_of(&env["FACEPROOF_HTTP_ADDR"]));
+            assert_eq!(port_named("http"), Some(http_port), "{file}: http port");
+            for (probe, path) in [("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")] {
+                assert_eq!(
+                    get(container, &format!("{probe}.httpGet.path")).and_then(Value::as_str),
+                    Some(path),
+                    "{file}: {probe} must GET {path}"
+                );
+                let port = get(container, &format!("{probe}.httpGet.port")).unwrap();
+                assert!(
+                    port.as_str() == Some("http") || port.as_u64() == Some(http_port),
+                    "{file}: {probe} probes another port"
+                );
+            }
+        } else {
+            for probe in ["readinessProbe", "livenessProbe"] {
+                let port = get(container, &format!("{probe}.grpc.port"))
+                    .and_then(Value::as_u64)
+                    .unwrap_or_else(|| panic!("{file}: {probe} must be a grpc probe"));
+                assert_eq!(port, grpc_port, "{file}: {probe} probes another port");
+            }
         }
         if let Some(startup) = container.get("startupProbe") {
             assert_eq!(

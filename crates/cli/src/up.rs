@@ -1,8 +1,11 @@
 //! `faceproof up`: the whole stack on this machine without Docker, for development.
 //!
-//! Makes sure the models are in the store (running the model set-up if not), starts matcher,
-//! liveness and gateway as separate processes (this same binary with `serve <service>`) on
-//! loopback ports, waits until each reports SERVING on `grpc.health.v1`, prints how to call it,
+//! Checks that every port it needs is free (refusing at once, naming the port and its flag, when
+//! one is taken), makes sure the models are in the store (running the model set-up if not),
+//! starts matcher, liveness and gateway as separate processes (this same binary with
+//! `serve <service>`) on loopback ports, waits until each of its own children reports SERVING on
+//! `grpc.health.v1` (on Linux it also checks that the answering socket is the child's, so another
+//! stack on the same ports is never taken for its own), prints how to call it,
 //! and stops everything on ctrl-c or SIGTERM: the gateway first (it drains requests that still
 //! need the model services), then the model services, each with SIGTERM and a bounded grace before
 //! SIGKILL. If a service dies on its own, the others are stopped and `up` fails naming it.
@@ -89,8 +92,8 @@ impl Args {
         Duration::from_secs(self.shutdown_grace_s.max(1))
     }
 
-    /// Refuses addresses that would collide before anything is started.
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Every address `up` listens on, with the flag that sets it.
+    fn listen_addrs(&self) -> Vec<(&'static str, SocketAddr)> {
         let mut addrs = vec![
             ("--grpc-addr", self.grpc_addr),
             ("--http-addr", self.http_addr),
@@ -104,6 +107,33 @@ impl Args {
         ] {
             addrs.extend(metrics.addr().map(|addr| (flag, addr)));
         }
+        addrs
+    }
+
+    /// Binds (and at once releases) every address, so a port another program (or another
+    /// `faceproof up`) holds is refused before anything starts, naming the port and its flag.
+    fn check_ports_free(&self) -> anyhow::Result<()> {
+        for (flag, addr) in self.listen_addrs() {
+            if let Err(error) = std::net::TcpListener::bind(addr) {
+                let why = if error.kind() == std::io::ErrorKind::AddrInUse {
+                    "is already in use (another `faceproof up`, or another program, holds it)"
+                        .to_owned()
+                } else {
+                    format!("cannot be listened on: {error}")
+                };
+                bail!(
+                    "port {port} ({flag} {addr}) {why}; stop what holds it or choose another \
+                     port with {flag}. Nothing was started.",
+                    port = addr.port()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses addresses that would collide before anything is started.
+    fn validate(&self) -> anyhow::Result<()> {
+        let addrs = self.listen_addrs();
         for (index, (flag, addr)) in addrs.iter().enumerate() {
             if addr.port() == 0 {
                 bail!("{flag} needs a fixed port (the other services must know it), got {addr}");
@@ -198,6 +228,7 @@ fn service_specs(args: &Args, model_dir: &Path) -> Vec<ServiceSpec> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     args.validate()?;
+    args.check_ports_free()?;
     let model_dir = match &args.model_dir {
         Some(dir) => dir.clone(),
         None => {
@@ -465,6 +496,17 @@ async fn wait_until_ready(services: &mut [Running], timeout: Duration) -> anyhow
             }
             match health::check(&service.spec.health_addr.to_string(), "", PROBE_TIMEOUT).await {
                 Ok(ServingStatus::Serving) => {
+                    let port = service.spec.health_addr.port();
+                    if let Some(pid) = service.child.id()
+                        && listener_owned_by(port, pid) == Some(false)
+                    {
+                        bail!(
+                            "another process answers on port {port}, not the {} service this \
+                             `faceproof up` started: is another stack running? Stop it or \
+                             choose other ports.",
+                            service.spec.name
+                        );
+                    }
                     ready[index] = true;
                     eprintln!(
                         "{} is SERVING on {}",
@@ -496,6 +538,56 @@ async fn wait_until_ready(services: &mut [Running], timeout: Duration) -> anyhow
             );
         }
     }
+}
+
+/// Whether the socket listening on TCP `port` belongs to process `pid`: Some(false) when a
+/// listener exists and none is the process's, None when this cannot be told (no listener seen,
+/// or not Linux).
+#[cfg(target_os = "linux")]
+fn listener_owned_by(port: u16, pid: u32) -> Option<bool> {
+    let mut listening = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        listening.extend(listening_inodes(&text, port));
+    }
+    if listening.is_empty() {
+        return None;
+    }
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let owned = fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            let target = target.to_string_lossy();
+            listening
+                .iter()
+                .any(|inode| target == format!("socket:[{inode}]"))
+        })
+    });
+    Some(owned)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn listener_owned_by(_port: u16, _pid: u32) -> Option<bool> {
+    None
+}
+
+/// The socket inodes of a `/proc/net/tcp{,6}` table that LISTEN on `port` (any address).
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn listening_inodes(table: &str, port: u16) -> Vec<String> {
+    const LISTEN: &str = "0A";
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            let local_port = u16::from_str_radix(local_port, 16).ok()?;
+            (local_port == port && *fields.get(3)? == LISTEN)
+                .then(|| fields.get(9).map(|inode| (*inode).to_owned()))
+                .flatten()
+        })
+        .collect()
 }
 
 /// Resolves with the index and exit status of the first service that exits.
@@ -821,6 +913,60 @@ mod tests {
             "127.0.0.1:9465",
         ]);
         assert!(metrics_off.validate().is_ok());
+    }
+
+    #[test]
+    fn a_taken_port_is_refused_naming_the_port_and_its_flag() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let free = |listener: std::net::TcpListener| listener.local_addr().unwrap().to_string();
+        // Free ports for the others: bound and released just before the check.
+        let others: Vec<String> = (0..6)
+            .map(|_| free(std::net::TcpListener::bind("127.0.0.1:0").unwrap()))
+            .collect();
+        let args = parse_up(&[
+            "--grpc-addr",
+            &others[0],
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--matcher-addr",
+            &others[1],
+            "--liveness-addr",
+            &others[2],
+            "--gateway-metrics-addr",
+            &others[3],
+            "--matcher-metrics-addr",
+            &others[4],
+            "--liveness-metrics-addr",
+            &others[5],
+        ]);
+        let error = args.check_ports_free().unwrap_err().to_string();
+        assert!(error.contains(&format!("port {port}")), "{error}");
+        assert!(error.contains("--http-addr"), "{error}");
+        assert!(error.contains("already in use"), "{error}");
+        drop(taken);
+        args.check_ports_free().expect("all free now");
+    }
+
+    #[test]
+    fn listening_sockets_are_found_by_port() {
+        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+           0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4242 1 0\n\
+           1: 0100007F:1F90 0100007F:C350 01 00000000:00000000 00:00000000 00000000  1000        0 4243 1 0\n\
+           2: 00000000:C351 00000000:0000 0A 00000000:00000000 00:00000000 00000000  1000        0 4244 1 0\n";
+        assert_eq!(listening_inodes(table, 8080), ["4242"]);
+        assert_eq!(listening_inodes(table, 50001), ["4244"]);
+        assert!(listening_inodes(table, 50051).is_empty());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_listener_is_owned_by_this_process_and_not_by_another() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert_eq!(listener_owned_by(port, std::process::id()), Some(true));
+        // PID 1 (init) does not hold this test's socket.
+        assert_ne!(listener_owned_by(port, 1), Some(true));
     }
 
     #[test]

@@ -10,6 +10,10 @@ use crate::RuntimeError;
 /// The `ErrorInfo.domain` of every faceproof error.
 pub const ERROR_DOMAIN: &str = "faceproof";
 
+/// The retry delay sent with `inference_queue_full`: a queue drains within about one request's
+/// time (a few hundred ms of inference), and HTTP's Retry-After counts whole seconds.
+pub const OVERLOAD_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The kinds of failure a model service reports, each with one gRPC code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -138,6 +142,10 @@ impl From<ServiceError> for Status {
         );
         if !error.violations.is_empty() {
             details.set_bad_request(error.violations);
+        }
+        // Clients (and the gateway) back off on RESOURCE_EXHAUSTED by RetryInfo.
+        if error.code == ErrorCode::Overloaded {
+            details.set_retry_info(Some(OVERLOAD_RETRY_AFTER));
         }
         Status::with_error_details(error.code.grpc_code(), error.message, details)
     }

@@ -10,6 +10,7 @@ pub mod candle_threads;
 pub mod deadline;
 pub mod error;
 pub mod health;
+pub mod malformed;
 pub mod pool;
 pub mod serve;
 pub mod telemetry;
@@ -19,9 +20,10 @@ pub use candle_threads::exec_with_one_candle_thread_by_default;
 pub use deadline::{Deadline, DeadlineExceeded, DeadlinePolicy, parse_grpc_timeout};
 pub use error::{ERROR_DOMAIN, ErrorCode, ServiceError, check_image_bytes};
 pub use health::ServiceHealth;
+pub use malformed::{MALFORMED_REQUEST, MalformedRequestLayer, malformed_request_status};
 pub use pool::{InferencePool, PoolConfig, PoolStats};
 pub use serve::{
-    ObservedRouter, accept_without_nagle, observed_server, reflection_service,
+    ObservedLayers, ObservedRouter, accept_without_nagle, observed_server, reflection_service,
     serve_until_shutdown, shutdown_signal,
 };
 pub use telemetry::{MetricsAddr, MetricsServer, TelemetryArgs, time_stage};

@@ -14,14 +14,23 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::RuntimeError;
 use crate::health::ServiceHealth;
+use crate::malformed::MalformedRequestLayer;
+
+/// The layers of [`observed_server`]: observation outermost, then the malformed-request mapping.
+pub type ObservedLayers = Stack<MalformedRequestLayer, Stack<GrpcServerLayer, Identity>>;
 
 /// A tonic router whose every call is traced (span parented on the caller's W3C context) and
-/// counted by [`GrpcServerLayer`]: what [`serve_until_shutdown`] serves.
-pub type ObservedRouter = Router<Stack<GrpcServerLayer, Identity>>;
+/// counted by [`GrpcServerLayer`], and whose undecodable request messages are answered
+/// INVALID_ARGUMENT `malformed_request` ([`MalformedRequestLayer`]): what
+/// [`serve_until_shutdown`] serves.
+pub type ObservedRouter = Router<ObservedLayers>;
 
-/// A server builder with the observation layer in place; add the services to it.
-pub fn observed_server(metrics: &Metrics) -> Server<Stack<GrpcServerLayer, Identity>> {
-    Server::builder().layer(GrpcServerLayer::new(metrics.clone()))
+/// A server builder with the observation and malformed-request layers in place; add the
+/// services to it.
+pub fn observed_server(metrics: &Metrics) -> Server<ObservedLayers> {
+    Server::builder()
+        .layer(GrpcServerLayer::new(metrics.clone()))
+        .layer(MalformedRequestLayer)
 }
 
 /// The connections a gRPC server accepts on `listener`, with Nagle's algorithm off.

@@ -6,8 +6,15 @@
 //! address (a *replica*). A background task ([`ReplicaPool::spawn_refresher`]) re-resolves the
 //! names and probes every replica with `grpc.health.v1` on a fixed cadence; a request goes to the
 //! less loaded (fewest requests in flight) of two healthy replicas picked at random, and a call
-//! that fails in the transport (the replica is gone) is retried once on another replica: the
-//! model services' calls are read-only, so sending one again is safe.
+//! that fails in the transport (the replica is gone, or died mid-call) is retried once on another
+//! replica: the model services' calls are read-only, so sending one again is safe. A transport
+//! failure that cannot be retried is UNAVAILABLE (`<service>_unavailable`), which clients retry.
+//!
+//! A pool is *ready* while at least one replica is healthy ([`ReplicaPool::is_ready`],
+//! [`ReplicaPool::watch_ready`]): the gateway's grpc.health and `/readyz` follow it, and a request
+//! while no replica is healthy fails at once with UNAVAILABLE instead of waiting out its
+//! deadline. While a pool has no healthy replica its probes come every
+//! [`UNREADY_PROBE_INTERVAL`] at most, so it is back within about that long after a replica is.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -39,8 +46,9 @@ const MAX_ATTEMPTS: usize = 2;
 /// Time a DNS lookup gets before the refresh keeps the last known addresses.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Pause between refresh rounds while a pool has no replica at all.
-const EMPTY_POOL_RETRY: Duration = Duration::from_millis(500);
+/// Pause between refresh rounds while a pool has no healthy replica (none known yet, or all
+/// down): requests fail fast meanwhile, so the pool looks again soon.
+pub const UNREADY_PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Time a health check gets once connected (connecting has its own timeout).
 const PROBE_ANSWER_TIMEOUT: Duration = Duration::from_millis(500);
@@ -326,6 +334,10 @@ struct PoolInner {
     replicas: watch::Sender<Arc<Vec<Arc<Replica>>>>,
     /// Per target, the addresses of its last successful resolution.
     last_resolved: Mutex<Vec<Option<Vec<IpAddr>>>>,
+    /// True while at least one replica is healthy.
+    ready: watch::Sender<bool>,
+    /// Wakes the refresher early: a call just found a replica unreachable.
+    probe_soon: tokio::sync::Notify,
     random: AtomicU64,
 }
 
@@ -386,6 +398,8 @@ impl ReplicaPool {
                 resolver,
                 metrics,
                 replicas: watch::Sender::new(Arc::new(replicas)),
+                ready: watch::Sender::new(false),
+                probe_soon: tokio::sync::Notify::new(),
                 random: AtomicU64::new(RandomState::new().hash_one(service.name())),
             }),
         };
@@ -394,22 +408,50 @@ impl ReplicaPool {
     }
 
     /// Starts re-resolving and health checking every refresh interval, the first round at once;
-    /// while no replica is known yet (DNS not ready at start) rounds come more often. Needs a
-    /// tokio runtime; stops when the handle is dropped.
+    /// while no replica is healthy (DNS not ready at start, every replica down) rounds come every
+    /// [`UNREADY_PROBE_INTERVAL`] at most, and a call that finds a replica unreachable starts one
+    /// at once. Needs a tokio runtime; stops when the handle is dropped.
     pub fn spawn_refresher(&self) -> RefresherHandle {
         let pool = self.clone();
         RefresherHandle(tokio::spawn(async move {
             let interval = pool.inner.settings.refresh_interval;
             loop {
                 pool.refresh().await;
-                let pause = if pool.snapshot().is_empty() {
-                    interval.min(EMPTY_POOL_RETRY)
-                } else {
+                let pause = if pool.is_ready() {
                     interval
+                } else {
+                    interval.min(UNREADY_PROBE_INTERVAL)
                 };
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = pool.inner.probe_soon.notified() => {}
+                }
             }
         }))
+    }
+
+    /// True while at least one replica is healthy: requests can be served.
+    pub fn is_ready(&self) -> bool {
+        *self.inner.ready.borrow()
+    }
+
+    /// Follows [`Self::is_ready`] as it changes.
+    pub fn watch_ready(&self) -> watch::Receiver<bool> {
+        self.inner.ready.subscribe()
+    }
+
+    /// (healthy, known) replica counts, for `/readyz`.
+    pub fn replica_counts(&self) -> (usize, usize) {
+        let replicas = self.snapshot();
+        let healthy = replicas
+            .iter()
+            .filter(|replica| replica.is_healthy())
+            .count();
+        (healthy, replicas.len())
+    }
+
+    pub fn service(&self) -> Backend {
+        self.inner.service
     }
 
     /// One refresh round: resolves every name (a failure keeps the last known addresses), probes
@@ -519,18 +561,31 @@ impl ReplicaPool {
         while probes.join_next().await.is_some() {}
     }
 
-    /// Publishes the healthy and unhealthy replica counts.
+    /// Publishes the healthy and unhealthy replica counts and the readiness.
     fn publish_health(&self) {
-        let replicas = self.snapshot();
-        let healthy = replicas
-            .iter()
-            .filter(|replica| replica.is_healthy())
-            .count();
+        let (healthy, known) = self.replica_counts();
         self.inner.metrics.set_backend_replicas(
             self.inner.service.name(),
             healthy,
-            replicas.len() - healthy,
+            known - healthy,
         );
+        let ready = healthy > 0;
+        let changed = self.inner.ready.send_if_modified(|current| {
+            let changed = *current != ready;
+            *current = ready;
+            changed
+        });
+        if changed {
+            if ready {
+                tracing::info!(service = %self.inner.service, healthy, "model service ready");
+            } else {
+                tracing::warn!(
+                    service = %self.inner.service,
+                    known,
+                    "no healthy replica of the model service: requests fail fast with UNAVAILABLE"
+                );
+            }
+        }
     }
 
     fn snapshot(&self) -> Arc<Vec<Arc<Replica>>> {
@@ -567,38 +622,21 @@ impl ReplicaPool {
         z ^ (z >> 31)
     }
 
-    /// A replica for one call, other than `excluded`: among the healthy ones, or among all known
-    /// when none is healthy (a try beats a certain failure).
+    /// A healthy replica for one call, other than `excluded`; none when no such replica is
+    /// healthy (the caller then fails fast: the refresher brings replicas back).
     fn pick(&self, excluded: Option<SocketAddr>) -> Option<Lease> {
-        let replicas = self.snapshot();
-        let eligible = |replica: &&Arc<Replica>| Some(replica.address) != excluded;
-        let healthy: Vec<Arc<Replica>> = replicas
+        let healthy: Vec<Arc<Replica>> = self
+            .snapshot()
             .iter()
-            .filter(eligible)
-            .filter(|replica| replica.is_healthy())
+            .filter(|replica| Some(replica.address) != excluded && replica.is_healthy())
             .cloned()
             .collect();
-        let candidates = if healthy.is_empty() {
-            replicas.iter().filter(eligible).cloned().collect()
-        } else {
-            healthy
-        };
-        choose_less_loaded(&candidates, self.next_random())
+        choose_less_loaded(&healthy, self.next_random())
             .map(|replica| Lease::new(Arc::clone(replica)))
     }
 
-    /// Waits, within `deadline`, until at least one replica is known (names not resolved yet).
-    async fn wait_for_replicas(&self, deadline: Instant) -> bool {
-        let mut changes = self.inner.replicas.subscribe();
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        matches!(
-            tokio::time::timeout(remaining, changes.wait_for(|replicas| !replicas.is_empty()))
-                .await,
-            Ok(Ok(_))
-        )
-    }
-
-    /// Takes `replica` out of rotation after a transport failure, until a probe succeeds.
+    /// Takes `replica` out of rotation after a transport failure, until a probe succeeds, and
+    /// asks the refresher to look again now.
     fn mark_unreachable(&self, replica: &Replica, status: &Status) {
         if replica.set_healthy(false) {
             tracing::warn!(
@@ -608,13 +646,15 @@ impl ReplicaPool {
                 "replica unreachable, out of rotation"
             );
             self.publish_health();
+            self.inner.probe_soon.notify_one();
         }
     }
 
     /// Makes one call (`send` with a replica's channel and the request, carrying what is left of
     /// `deadline` as grpc-timeout, also enforced here so a replica that never answers cannot hold
-    /// the request). A transport failure is retried once on another replica while the deadline
-    /// allows; any answer from a model service, error or not, is final.
+    /// the request). A transport failure is retried once on another healthy replica while the
+    /// deadline allows; any answer from a model service, error or not, is final. Without a
+    /// healthy replica the call fails at once with UNAVAILABLE.
     pub async fn call<Message, Answer, Send, Sent>(
         &self,
         deadline: Instant,
@@ -631,15 +671,8 @@ impl ReplicaPool {
         let mut excluded = None;
         let mut last_failure = None;
         for attempt in 1..=MAX_ATTEMPTS {
-            let lease = match self.pick(excluded) {
-                Some(lease) => lease,
-                None if excluded.is_none() && self.wait_for_replicas(deadline).await => {
-                    match self.pick(None) {
-                        Some(lease) => lease,
-                        None => break,
-                    }
-                }
-                None => break,
+            let Some(lease) = self.pick(excluded) else {
+                break;
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
@@ -675,11 +708,13 @@ impl ReplicaPool {
                 Ok(Err(status)) => return Err(backend_error(service, status)),
             }
         }
-        Err(match last_failure {
-            Some(status) => backend_error(service, status),
-            None => ServiceError::BackendUnavailable {
-                service,
-                detail: format!("no {service} replica is known yet"),
+        // A replica that went away, mid-call or before it: UNAVAILABLE, which clients retry
+        // (tonic reports a stream cut by a dying server as INTERNAL or UNKNOWN).
+        Err(ServiceError::BackendUnavailable {
+            service,
+            detail: match last_failure {
+                Some(status) => format!("the connection failed: {}", status.message()),
+                None => format!("no ready {service} replica"),
             },
         })
     }
@@ -808,7 +843,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn picks_skip_unhealthy_replicas_and_fall_back_when_none_is_healthy() {
+    async fn picks_skip_unhealthy_replicas_and_find_none_when_none_is_healthy() {
         let pool = pool(
             &[
                 "http://127.0.0.1:1",
@@ -838,16 +873,14 @@ mod tests {
             assert_eq!(lease.replica.address, all[2].address);
         }
 
+        assert!(pool.is_ready());
         for replica in all.iter() {
             replica.set_healthy(false);
         }
-        let mut fallback = Vec::new();
-        for _ in 0..300 {
-            fallback.push(pool.pick(None).unwrap().replica.address);
-        }
-        for replica in all.iter() {
-            assert!(fallback.contains(&replica.address), "{fallback:?}");
-        }
+        pool.publish_health();
+        assert!(pool.pick(None).is_none());
+        assert!(!pool.is_ready());
+        assert_eq!(pool.replica_counts(), (0, 3));
     }
 
     #[tokio::test]
@@ -914,10 +947,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_pool_without_replicas_answers_unavailable_by_the_deadline() {
+    async fn a_pool_without_ready_replicas_answers_unavailable_at_once() {
         let pool = pool(&["http://nowhere.test:9"], Arc::new(StaticResolver::new()));
+        assert!(!pool.is_ready());
         let started = Instant::now();
-        let deadline = started + Duration::from_millis(50);
+        let deadline = started + Duration::from_secs(30);
         let call = pool.call(deadline, (), |_channel, _request| async {
             Ok(tonic::Response::new(()))
         });
@@ -930,8 +964,8 @@ mod tests {
         );
         let waited = started.elapsed();
         assert!(
-            waited >= Duration::from_millis(50) && waited < Duration::from_secs(2),
-            "waited {waited:?} for a 50 ms deadline"
+            waited < Duration::from_secs(2),
+            "waited {waited:?} instead of failing fast"
         );
     }
 

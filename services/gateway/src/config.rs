@@ -144,6 +144,17 @@ pub struct Config {
     #[arg(long, env = "FACEPROOF_RATE_LIMIT_BURST", default_value_t = 20)]
     pub rate_limit_burst: u32,
 
+    /// Requests each client may have in flight at this gateway at once, besides the rate limit
+    /// (0 disables it); more get RESOURCE_EXHAUSTED `too_many_in_flight` at once. The default,
+    /// 4, is about the sustained rate limit times a FAST request's time, and keeps one client
+    /// from holding every inference worker of a model service (see docs/configuration.md).
+    #[arg(
+        long,
+        env = "FACEPROOF_MAX_IN_FLIGHT_PER_CLIENT",
+        default_value_t = crate::in_flight::DEFAULT_MAX_IN_FLIGHT_PER_CLIENT
+    )]
+    pub max_in_flight_per_client: usize,
+
     /// Most gallery images per request.
     #[arg(long, env = "FACEPROOF_MAX_GALLERY", default_value_t = 10)]
     pub max_gallery: usize,
@@ -241,6 +252,7 @@ impl fmt::Debug for Config {
             .field("data_dir", &self.data_dir)
             .field("rate_limit_per_second", &self.rate_limit_per_second)
             .field("rate_limit_burst", &self.rate_limit_burst)
+            .field("max_in_flight_per_client", &self.max_in_flight_per_client)
             .field("max_gallery", &self.max_gallery)
             .field("max_image_bytes", &self.max_image_bytes)
             .field("max_image_pixels", &self.max_image_pixels)

@@ -13,6 +13,11 @@ use crate::auth::AuthError;
 /// ErrorInfo domain of every error the gateway itself raises.
 pub const ERROR_DOMAIN: &str = "faceproof.gateway";
 
+/// The retry delay suggested for a backend's RESOURCE_EXHAUSTED that carries no RetryInfo: an
+/// inference queue drains within about one request's time (a few hundred ms), and Retry-After
+/// counts whole seconds.
+pub const BACKEND_OVERLOAD_RETRY_AFTER: Duration = Duration::from_secs(1);
+
 /// A model service the gateway calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -64,6 +69,9 @@ pub enum ServiceError {
     Unauthenticated(AuthError),
     #[error("rate limit exceeded: retry in {:.3} s", .retry_after.as_secs_f64())]
     RateLimited { retry_after: Duration },
+    /// The client already has its limit of requests in flight at this gateway.
+    #[error("too many requests in flight for this client (limit {limit}): retry when one ends")]
+    TooManyInFlight { limit: usize, retry_after: Duration },
     #[error("invalid request: {}", describe(.0))]
     InvalidRequest(Vec<Violation>),
     /// REST only: an image string is not base64.
@@ -74,7 +82,7 @@ pub enum ServiceError {
     #[error("the {service} service did not answer within the request deadline")]
     BackendDeadline { service: Backend },
     /// A backend answer that the caller must see as is (INVALID_ARGUMENT with its details,
-    /// RESOURCE_EXHAUSTED).
+    /// RESOURCE_EXHAUSTED, to which the gateway adds RetryInfo when the backend sent none).
     #[error("the {service} service refused the request: {}", .status.message())]
     BackendRejected { service: Backend, status: Status },
     #[error("the {service} service failed: {detail}")]
@@ -107,6 +115,7 @@ impl ServiceError {
         match self {
             Self::Unauthenticated(error) => error.reason().to_owned(),
             Self::RateLimited { .. } => "rate_limited".to_owned(),
+            Self::TooManyInFlight { .. } => "too_many_in_flight".to_owned(),
             Self::InvalidRequest(_) => "invalid_request".to_owned(),
             Self::UndecodableImage(_) => "undecodable_base64".to_owned(),
             Self::BackendUnavailable { service, .. } => format!("{service}_unavailable"),
@@ -151,12 +160,33 @@ impl ServiceError {
         }
     }
 
+    /// How long the caller should wait before trying again, for the overload answers only
+    /// (`rate_limited`, `too_many_in_flight`, a backend's RESOURCE_EXHAUSTED such as
+    /// `inference_queue_full`): gRPC sends it as `google.rpc.RetryInfo`, REST as `Retry-After`.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after } | Self::TooManyInFlight { retry_after, .. } => {
+                Some(*retry_after)
+            }
+            Self::BackendRejected { status, .. } if status.code() == Code::ResourceExhausted => {
+                Some(
+                    status
+                        .get_error_details()
+                        .retry_info()
+                        .and_then(|info| info.retry_delay)
+                        .unwrap_or(BACKEND_OVERLOAD_RETRY_AFTER),
+                )
+            }
+            _ => None,
+        }
+    }
+
     /// HTTP status of the reference REST API.
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
             Self::Unauthenticated(_) => S::UNAUTHORIZED,
-            Self::RateLimited { .. } => S::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyInFlight { .. } => S::TOO_MANY_REQUESTS,
             Self::InvalidRequest(_) => S::CONFLICT,
             Self::UndecodableImage(_) => S::PRECONDITION_FAILED,
             Self::BackendUnavailable { .. } => S::SERVICE_UNAVAILABLE,
@@ -188,6 +218,14 @@ impl From<ServiceError> for Status {
                 details.set_retry_info(Some(retry_after));
                 Status::with_error_details(Code::ResourceExhausted, message, details)
             }
+            ServiceError::TooManyInFlight { limit, retry_after } => {
+                let mut details = error_info(
+                    &reason,
+                    HashMap::from([("limit".to_owned(), limit.to_string())]),
+                );
+                details.set_retry_info(Some(retry_after));
+                Status::with_error_details(Code::ResourceExhausted, message, details)
+            }
             ServiceError::InvalidRequest(violations)
             | ServiceError::UndecodableImage(violations) => {
                 let count = violations.len().to_string();
@@ -216,12 +254,21 @@ impl From<ServiceError> for Status {
                 message,
                 error_info(&reason, service_metadata(service)),
             ),
-            // Passed through with the backend's own message and details (field, reason).
-            ServiceError::BackendRejected { status, .. } => Status::with_details(
-                status.code(),
-                status.message(),
-                status.details().to_vec().into(),
-            ),
+            // Passed through with the backend's own message and details (field, reason); an
+            // overload answer without RetryInfo gets the gateway's default, so clients back off.
+            ServiceError::BackendRejected { status, .. } => {
+                let mut details = status.get_error_details();
+                if status.code() == Code::ResourceExhausted && details.retry_info().is_none() {
+                    details.set_retry_info(Some(BACKEND_OVERLOAD_RETRY_AFTER));
+                    Status::with_error_details(status.code(), status.message(), details)
+                } else {
+                    Status::with_details(
+                        status.code(),
+                        status.message(),
+                        status.details().to_vec().into(),
+                    )
+                }
+            }
             ServiceError::BackendFailed { service, .. } => Status::with_error_details(
                 Code::Internal,
                 message,

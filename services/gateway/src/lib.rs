@@ -2,7 +2,9 @@
 //!
 //! gRPC (`faceproof.gateway.v1.FaceVerification`, health, reflection) and the REST drop-in of the
 //! reference API, in front of the matcher and liveness services: authentication, per-client rate
-//! limits, validation, deadlines, orchestration, records and signed results. It holds no model.
+//! and in-flight limits, validation, deadlines, orchestration, records and signed results. It
+//! holds no model. grpc.health and `GET /readyz` say whether it can serve (a healthy replica of
+//! each model service); `GET /healthz` only that the process answers.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -12,7 +14,9 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod grpc;
+pub mod in_flight;
 pub mod rate_limit;
+pub mod readiness;
 pub mod rest;
 pub mod service;
 pub mod validation;
@@ -23,8 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use faceproof_proto::gateway::v1::face_verification_server::FaceVerificationServer;
-use faceproof_runtime::MetricsServer;
+use faceproof_proto::gateway::v1::face_verification_server::{
+    FaceVerificationServer, SERVICE_NAME as PUBLIC_SERVICE_NAME,
+};
+use faceproof_runtime::{MalformedRequestLayer, MetricsServer};
 use faceproof_telemetry::{GrpcServerLayer, Metrics, accept_http_without_nagle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,7 +41,13 @@ pub use service::Gateway;
 use crate::auth::{Authenticator, GrpcAuthLayer};
 use crate::balancer::{DnsResolver, PoolSettings, ReplicaPool, Resolver};
 use crate::error::Backend;
+use crate::in_flight::InFlightLimiter;
+use crate::readiness::Readiness;
 use crate::service::Deadlines;
+
+/// The longest the gateway waits at start for its first look at the model services (DNS and a
+/// health check of every replica) before it serves, so its first health answer is already true.
+const FIRST_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// OpenTelemetry `service.name` of the gateway.
 pub const TELEMETRY_SERVICE_NAME: &str = "faceproof-gateway";
@@ -181,6 +193,7 @@ impl Application {
                 config.rate_limit_per_second,
                 config.rate_limit_burst,
             ),
+            in_flight: InFlightLimiter::new(config.max_in_flight_per_client),
             matchers: ReplicaPool::new(
                 Backend::Matcher,
                 &config.matcher_urls,
@@ -247,22 +260,26 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), GatewayError> {
+        // The listeners are bound already: early callers wait in the backlog meanwhile.
+        let first_look = async {
+            tokio::join!(
+                self.gateway.matchers.refresh(),
+                self.gateway.liveness.refresh()
+            )
+        };
+        if tokio::time::timeout(FIRST_PROBE_TIMEOUT, first_look)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the model services did not answer at start: not ready yet");
+        }
         let _refreshers = [
             self.gateway.matchers.spawn_refresher(),
             self.gateway.liveness.spawn_refresher(),
         ];
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        health_reporter
-            .set_serving::<FaceVerificationServer<grpc::GrpcApi>>()
-            .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(faceproof_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|error| GatewayError::Serve {
-                server: "grpc",
-                detail: format!("reflection: {error}"),
-            })?;
+        let readiness = Readiness::follow(&self.gateway, health_reporter).await;
+        let (reflection_v1, reflection_v1alpha) = reflection_services()?;
         let max_message = self.gateway.limits.max_message_bytes();
         let api = FaceVerificationServer::new(grpc::GrpcApi::new(Arc::clone(&self.gateway)))
             .max_decoding_message_size(max_message);
@@ -276,15 +293,19 @@ impl Application {
         let grpc_server = tonic::transport::Server::builder()
             .layer(GrpcServerLayer::new(self.gateway.metrics.clone()))
             .layer(GrpcAuthLayer::new(Arc::clone(&self.auth), max_message))
+            .layer(MalformedRequestLayer)
             .add_service(health_service)
-            .add_service(reflection)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(api)
             .serve_with_incoming_shutdown(
                 faceproof_runtime::accept_without_nagle(self.grpc_listener),
                 stopped(stop_receiver.clone()),
             );
         let mut grpc_task = tokio::spawn(grpc_server);
-        let router = rest::router(Arc::clone(&self.gateway), Arc::clone(&self.auth));
+        let router = rest::router(Arc::clone(&self.gateway), Arc::clone(&self.auth)).merge(
+            readiness::router(Arc::clone(&self.gateway), readiness.subscribe()),
+        );
         let http_server = axum::serve(accept_http_without_nagle(self.http_listener), router)
             .with_graceful_shutdown(stopped(stop_receiver));
         let mut http_task = tokio::spawn(async move { http_server.await });
@@ -298,12 +319,7 @@ impl Application {
             grace_ms = self.shutdown_grace.as_millis() as u64,
             "shutting down, draining"
         );
-        health_reporter
-            .set_not_serving::<FaceVerificationServer<grpc::GrpcApi>>()
-            .await;
-        health_reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        readiness.shut_down().await;
         let _ = stop_sender.send(true);
         let drain = async {
             let grpc = (&mut grpc_task).await;
@@ -330,6 +346,43 @@ impl Application {
         }
         Ok(())
     }
+}
+
+/// gRPC reflection, v1 and v1alpha (older grpcurl builds speak only v1alpha), listing only the
+/// public services: the descriptor set also holds the internal Matcher and Liveness, which the
+/// gateway does not serve.
+#[allow(clippy::type_complexity)]
+fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    GatewayError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(faceproof_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name(PUBLIC_SERVICE_NAME)
+            .with_service_name("grpc.health.v1.Health")
+    };
+    let failed = |error: tonic_reflection::server::Error| GatewayError::Serve {
+        server: "grpc",
+        detail: format!("reflection: {error}"),
+    };
+    let v1 = builder()
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .build_v1()
+        .map_err(failed)?;
+    let v1alpha = builder()
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection")
+        .build_v1alpha()
+        .map_err(failed)?;
+    Ok((v1, v1alpha))
 }
 
 fn server_failure(

@@ -76,10 +76,10 @@ fn error_response(
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
         let status = self.http_status();
-        let retry_after = match &self {
-            ServiceError::RateLimited { retry_after } => Some(retry_after.as_secs_f64().ceil()),
-            _ => None,
-        };
+        // Every overload answer (rate_limited, too_many_in_flight, inference_queue_full).
+        let retry_after = self
+            .retry_after()
+            .map(|retry_after| retry_after.as_secs_f64().ceil().max(1.0));
         let mut response =
             error_response(status, self.to_string(), &self.reason(), &self.violations());
         if let Some(seconds) = retry_after

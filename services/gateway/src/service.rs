@@ -18,6 +18,7 @@ use crate::auth::ClientId;
 use crate::balancer::ReplicaPool;
 use crate::config::Limits;
 use crate::error::{Backend, ServiceError};
+use crate::in_flight::InFlightLimiter;
 use crate::rate_limit::RateLimiter;
 use crate::validation::{SearchMode, ValidRequest, validate};
 
@@ -37,6 +38,8 @@ pub struct Gateway {
     pub limits: Limits,
     pub deadlines: Deadlines,
     pub rate_limiter: RateLimiter,
+    /// Per-client requests in flight (`--max-in-flight-per-client`).
+    pub in_flight: InFlightLimiter,
     pub matchers: ReplicaPool,
     pub liveness: ReplicaPool,
     pub signer: Signer,
@@ -65,6 +68,14 @@ impl Gateway {
         self.rate_limiter
             .check(&client.0)
             .map_err(|retry_after| ServiceError::RateLimited { retry_after })?;
+        // Held until this future ends in any way, the caller going away included (dropped).
+        let _in_flight =
+            self.in_flight
+                .try_acquire(&client.0)
+                .ok_or_else(|| ServiceError::TooManyInFlight {
+                    limit: self.in_flight.limit(),
+                    retry_after: crate::in_flight::RETRY_AFTER,
+                })?;
         let request = validate(request, &self.limits)?;
         let budget = match request.search_mode {
             SearchMode::Fast => self.deadlines.fast,

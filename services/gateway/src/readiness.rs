@@ -1,0 +1,124 @@
+//! Whether the gateway can serve requests: at least one healthy replica of the matcher and of the
+//! liveness service, and not shutting down. It drives the gateway's grpc.health (the overall
+//! `""` and `faceproof.gateway.v1.FaceVerification`) and the REST `GET /readyz`; `GET /healthz`
+//! stays the process check (the gateway answers), for liveness probes, so a model service outage
+//! takes gateways out of load balancing without restarting them.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use faceproof_proto::gateway::v1::face_verification_server::SERVICE_NAME;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::balancer::ReplicaPool;
+use crate::service::Gateway;
+
+/// The REST readiness path.
+pub const READYZ_PATH: &str = "/readyz";
+
+/// Follows both pools' readiness into grpc.health and a watch that `/readyz` reads.
+#[derive(Debug)]
+pub struct Readiness {
+    ready: watch::Sender<bool>,
+    reporter: HealthReporter,
+    follower: JoinHandle<()>,
+}
+
+impl Readiness {
+    /// Publishes the current state at once, then every change, until [`Self::shut_down`].
+    pub async fn follow(gateway: &Gateway, reporter: HealthReporter) -> Self {
+        let ready = watch::Sender::new(false);
+        let mut matchers = gateway.matchers.watch_ready();
+        let mut liveness = gateway.liveness.watch_ready();
+        let both = |matchers: &watch::Receiver<bool>, liveness: &watch::Receiver<bool>| {
+            *matchers.borrow() && *liveness.borrow()
+        };
+        publish(&ready, &reporter, both(&matchers, &liveness)).await;
+        let follower = {
+            let ready = ready.clone();
+            let reporter = reporter.clone();
+            tokio::spawn(async move {
+                loop {
+                    matchers.mark_unchanged();
+                    liveness.mark_unchanged();
+                    let changed = tokio::select! {
+                        changed = matchers.changed() => changed,
+                        changed = liveness.changed() => changed,
+                    };
+                    if changed.is_err() {
+                        return;
+                    }
+                    publish(&ready, &reporter, both(&matchers, &liveness)).await;
+                }
+            })
+        };
+        Self {
+            ready,
+            reporter,
+            follower,
+        }
+    }
+
+    /// What `/readyz` reads.
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    /// Not ready from now on, whatever the model services say: the gateway is draining.
+    pub async fn shut_down(self) {
+        self.follower.abort();
+        publish(&self.ready, &self.reporter, false).await;
+    }
+}
+
+async fn publish(ready: &watch::Sender<bool>, reporter: &HealthReporter, now: bool) {
+    let was = ready.send_replace(now);
+    let status = if now {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(SERVICE_NAME, status).await;
+    if was != now {
+        tracing::info!(ready = now, "gateway readiness changed");
+    }
+}
+
+/// `GET /readyz`: 200 `{"status":"ready",...}` or 503 `{"status":"not_ready",...}` with each
+/// model service's healthy and known replica counts (counts only: no addresses).
+pub fn router(gateway: Arc<Gateway>, ready: watch::Receiver<bool>) -> Router {
+    Router::new().route(
+        READYZ_PATH,
+        get(move || {
+            let gateway = Arc::clone(&gateway);
+            let ready = *ready.borrow();
+            async move { readyz(&gateway, ready) }
+        }),
+    )
+}
+
+fn readyz(gateway: &Gateway, ready: bool) -> Response {
+    let pool = |pool: &ReplicaPool| {
+        let (healthy, known) = pool.replica_counts();
+        json!({"healthy_replicas": healthy, "known_replicas": known})
+    };
+    let (status, word) = if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    };
+    let body = json!({
+        "status": word,
+        "matcher": pool(&gateway.matchers),
+        "liveness": pool(&gateway.liveness),
+    });
+    (status, axum::Json(body)).into_response()
+}
