@@ -20,13 +20,16 @@ pub const DEFAULT_MAX_IN_FLIGHT_PER_CLIENT: usize = 4;
 /// the client's requests has likely ended.
 pub const RETRY_AFTER: Duration = Duration::from_millis(500);
 
+/// Requests in flight per client id.
+type Counts = Arc<Mutex<HashMap<String, usize>>>;
+
 /// Counts each client's requests in flight; `limit == 0` turns the limit off.
 #[derive(Debug)]
 pub struct InFlightLimiter {
     limit: usize,
     /// Only clients with at least one request in flight have an entry, so the table holds at
     /// most as many entries as there are requests in flight.
-    counts: Arc<Mutex<HashMap<String, usize>>>,
+    counts: Counts,
 }
 
 /// One request's place in its client's count, given back on drop.
@@ -34,7 +37,7 @@ pub struct InFlightLimiter {
 #[must_use = "the slot is released as soon as it is dropped"]
 pub struct Slot {
     /// None when the limit is off.
-    held: Option<(Arc<Mutex<HashMap<String, usize>>>, String)>,
+    held: Option<(Counts, String)>,
 }
 
 impl InFlightLimiter {
