@@ -290,6 +290,10 @@ pub async fn spawn_stack(options: StackOptions) -> anyhow::Result<Stack> {
     wait_until_serving(&stack.liveness_url)
         .await
         .context("liveness")?;
+    // The gateway is ready once it has seen both model services healthy (its grpc.health).
+    wait_until_serving(&stack.gateway_grpc_url)
+        .await
+        .context("gateway")?;
     Ok(stack)
 }
 
