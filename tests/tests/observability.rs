@@ -264,6 +264,8 @@ async fn spawn_stack() -> Stack {
 
     wait_until_serving(&matcher_url).await.unwrap();
     wait_until_serving(&liveness_url).await.unwrap();
+    // Ready once it has seen both model services healthy.
+    wait_until_serving(&gateway_url).await.unwrap();
     Stack {
         gateway_url,
         token: mint_token(secret),
