@@ -37,17 +37,16 @@ impl Readiness {
         let ready = watch::Sender::new(false);
         let mut matchers = gateway.matchers.watch_ready();
         let mut liveness = gateway.liveness.watch_ready();
-        let both = |matchers: &watch::Receiver<bool>, liveness: &watch::Receiver<bool>| {
-            *matchers.borrow() && *liveness.borrow()
+        // Reading marks the value seen, so a change after the read always wakes the loop.
+        let both = |matchers: &mut watch::Receiver<bool>, liveness: &mut watch::Receiver<bool>| {
+            *matchers.borrow_and_update() && *liveness.borrow_and_update()
         };
-        publish(&ready, &reporter, both(&matchers, &liveness)).await;
+        publish(&ready, &reporter, both(&mut matchers, &mut liveness)).await;
         let follower = {
             let ready = ready.clone();
             let reporter = reporter.clone();
             tokio::spawn(async move {
                 loop {
-                    matchers.mark_unchanged();
-                    liveness.mark_unchanged();
                     let changed = tokio::select! {
                         changed = matchers.changed() => changed,
                         changed = liveness.changed() => changed,
@@ -55,7 +54,7 @@ impl Readiness {
                     if changed.is_err() {
                         return;
                     }
-                    publish(&ready, &reporter, both(&matchers, &liveness)).await;
+                    publish(&ready, &reporter, both(&mut matchers, &mut liveness)).await;
                 }
             })
         };
