@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod grpc;
+pub mod openapi;
 pub mod rate_limit;
 pub mod rest;
 pub mod service;

@@ -45,6 +45,7 @@ pub fn router(gateway: Arc<Gateway>, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route(SIGNING_KEYS_PATH, get(signing_keys))
         .route("/healthz", get(|| async { "ok" }))
+        .route(crate::openapi::OPENAPI_PATH, get(|| async { axum::Json(crate::openapi::document()) }))
         .merge(protected)
         .with_state(RestState { gateway })
 }
@@ -56,7 +57,17 @@ fn error_response(
     reason: &str,
     violations: &[Violation],
 ) -> Response {
-    let mut body = json!({"message": message, "code": status.as_u16(), "reason": reason});
+    // The reference API's string codes (the "rest" branch owns the full mapping).
+    let code = match status.as_u16() {
+        401 => "UNAUTHORIZED",
+        403 => "FORBIDDEN",
+        404 => "NotFound",
+        409 => "InvalidParameter",
+        412 => "ERROR",
+        429 => "TooManyRequests",
+        _ => "InternalServerError",
+    };
+    let mut body = json!({"message": message, "code": code, "status": status.as_u16(), "reason": reason});
     if !violations.is_empty() {
         body["violations"] = violations
             .iter()
