@@ -441,7 +441,7 @@ mod tests {
         );
         let gallery = vec![GALLERY.to_vec()];
         assert_eq!(
-            check_image_digests(&envelope, Some(PROBE), Some(&gallery)).unwrap(),
+            check_image_digests(&envelope, Some(PROBE), Some(gallery.as_slice())).unwrap(),
             2
         );
         assert_eq!(check_image_digests(&envelope, None, None).unwrap(), 0);
@@ -451,7 +451,7 @@ mod tests {
     fn another_photo_is_named_with_both_digests() {
         let (text, _, _) = signed();
         let envelope = parse_response_text(&text).unwrap();
-        let error = check_image_digests(&envelope, Some(b"another selfie"), None).unwrap_err();
+        let error = check_image_digests(&envelope, Some(&b"another selfie"[..]), None).unwrap_err();
         let expected = hex::encode(Sha256::digest(PROBE));
         let actual = hex::encode(Sha256::digest(b"another selfie"));
         assert_eq!(
@@ -462,13 +462,13 @@ mod tests {
             )
         );
         let swapped = vec![PROBE.to_vec()];
-        match check_image_digests(&envelope, Some(PROBE), Some(&swapped)) {
+        match check_image_digests(&envelope, Some(PROBE), Some(swapped.as_slice())) {
             Err(VerifyError::ImageMismatch { image, .. }) => assert_eq!(image, "gallery[0]"),
             other => panic!("expected a gallery mismatch, got {other:?}"),
         }
         let two = vec![GALLERY.to_vec(), GALLERY.to_vec()];
         assert!(matches!(
-            check_image_digests(&envelope, None, Some(&two)),
+            check_image_digests(&envelope, None, Some(two.as_slice())),
             Err(VerifyError::GalleryCount {
                 signed: 1,
                 given: 2

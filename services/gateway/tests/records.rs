@@ -462,10 +462,10 @@ async fn a_match_carries_digests_similarity_and_passed_and_conforms() {
     faceproof_signing::verify_response_text(&text, &keys).unwrap();
     let envelope = faceproof_signing::parse_response_text(&text).unwrap();
     assert_eq!(
-        faceproof_signing::check_image_digests(&envelope, Some(&probe), Some(&gallery)).unwrap(),
+        faceproof_signing::check_image_digests(&envelope, Some(probe.as_slice()), Some(gallery.as_slice())).unwrap(),
         2
     );
-    assert!(faceproof_signing::check_image_digests(&envelope, Some(&gallery[0]), None).is_err());
+    assert!(faceproof_signing::check_image_digests(&envelope, Some(gallery[0].as_slice()), None).is_err());
 }
 
 #[tokio::test]
