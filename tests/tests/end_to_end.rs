@@ -174,8 +174,13 @@ async fn same_person_matches_passes_liveness_and_verifies_in_both_modes() {
 
         assert!(result.passed && !result.probe_is_gallery_copy);
         assert!(!result.gallery[0].probe_copy);
-        let similarity = result.gallery[0].similarity.expect("a matched item has a cosine");
-        assert!(similarity > 0.3 && similarity < 0.95, "{mode}: {similarity}");
+        let similarity = result.gallery[0]
+            .similarity
+            .expect("a matched item has a cosine");
+        assert!(
+            similarity > 0.3 && similarity < 0.95,
+            "{mode}: {similarity}"
+        );
         assert_eq!(result.probe_sha256.len(), 64);
         assert!(is_uuid_like(&liveness.id));
         assert_ne!(liveness.id, comparison.id);
@@ -215,7 +220,9 @@ async fn different_people_score_low_and_skip_liveness() {
         let score = data.comparison.unwrap().result.unwrap().score;
         eprintln!("{mode}: different people: score {score:.4}");
         assert!(score < COMPARE_MIN_SCORE, "{mode}: {score}");
-        let liveness = data.liveness.expect("the liveness record is always present");
+        let liveness = data
+            .liveness
+            .expect("the liveness record is always present");
         assert_eq!(liveness.status, "skipped", "{mode}: liveness must not run");
         let skipped = liveness.result.unwrap();
         assert_eq!(skipped.reason, "comparison_below_threshold");

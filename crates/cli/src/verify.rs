@@ -67,8 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let verified = faceproof_signing::parse_response_text(&text).and_then(|envelope| {
         let verified = faceproof_signing::verify_response_json(&envelope, &keys)?;
         let gallery = (!gallery.is_empty()).then_some(gallery.as_slice());
-        let checked =
-            faceproof_signing::check_image_digests(&envelope, probe.as_deref(), gallery)?;
+        let checked = faceproof_signing::check_image_digests(&envelope, probe.as_deref(), gallery)?;
         Ok((verified, checked))
     });
     match verified {

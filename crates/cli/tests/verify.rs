@@ -62,8 +62,11 @@ fn signed_files(dir: &Path) {
         .sign(&mut response, "2026-12-06 06:00:00 UTC".into())
         .expect("sign");
     let json = response_to_json(&response).expect("json");
-    std::fs::write(dir.join("result.json"), serde_json::to_string_pretty(&json).expect("text"))
-        .expect("write");
+    std::fs::write(
+        dir.join("result.json"),
+        serde_json::to_string_pretty(&json).expect("text"),
+    )
+    .expect("write");
     let keys = faceproof_signing::signing_keys_to_json(&pb::GetSigningKeysResponse {
         keys: vec![signer.public_key()],
     });
@@ -95,7 +98,11 @@ fn matching_photos_pass_and_no_photos_are_said_to_be_unchecked() {
     signed_files(dir.path());
     let unchecked = verify(dir.path(), &[]);
     assert!(unchecked.status.success(), "{}", text(&unchecked));
-    assert!(text(&unchecked).contains("photos not checked"), "{}", text(&unchecked));
+    assert!(
+        text(&unchecked).contains("photos not checked"),
+        "{}",
+        text(&unchecked)
+    );
     let checked = verify(
         dir.path(),
         &["--probe", "probe.jpg", "--gallery", "gallery.jpg"],
@@ -113,7 +120,10 @@ fn another_photo_is_named_with_both_digests() {
     assert!(!swapped.status.success());
     let message = text(&swapped);
     assert!(message.contains("photos do NOT match: probe"), "{message}");
-    assert!(message.contains(&sha256(PROBE)) && message.contains(&sha256(GALLERY)), "{message}");
+    assert!(
+        message.contains(&sha256(PROBE)) && message.contains(&sha256(GALLERY)),
+        "{message}"
+    );
 }
 
 #[test]
@@ -127,5 +137,9 @@ fn a_duplicated_key_is_refused_naming_it() {
     std::fs::write(&path, forged).expect("write");
     let output = verify(dir.path(), &[]);
     assert!(!output.status.success());
-    assert!(text(&output).contains("duplicate key `score`"), "{}", text(&output));
+    assert!(
+        text(&output).contains("duplicate key `score`"),
+        "{}",
+        text(&output)
+    );
 }

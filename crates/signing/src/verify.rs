@@ -79,18 +79,24 @@ pub fn check_image_digests(
         .ok_or(VerifyError::Missing("`data.comparison.result`"))?;
     let mut checked = 0;
     if let Some(probe) = probe {
-        let expected = result
-            .get("probe_sha256")
-            .and_then(Value::as_str)
-            .ok_or(VerifyError::Missing("`data.comparison.result.probe_sha256`"))?;
+        let expected =
+            result
+                .get("probe_sha256")
+                .and_then(Value::as_str)
+                .ok_or(VerifyError::Missing(
+                    "`data.comparison.result.probe_sha256`",
+                ))?;
         compare_digest("probe".to_owned(), expected, probe)?;
         checked += 1;
     }
     if let Some(gallery) = gallery {
-        let signed = result
-            .get("gallery")
-            .and_then(Value::as_array)
-            .ok_or(VerifyError::Missing("`data.comparison.result.gallery` array"))?;
+        let signed =
+            result
+                .get("gallery")
+                .and_then(Value::as_array)
+                .ok_or(VerifyError::Missing(
+                    "`data.comparison.result.gallery` array",
+                ))?;
         if signed.len() != gallery.len() {
             return Err(VerifyError::GalleryCount {
                 signed: signed.len(),
@@ -498,7 +504,10 @@ mod tests {
         assert_ne!(injected, text);
         let error = verify_response_text(&injected, &keys).unwrap_err();
         assert!(matches!(error, VerifyError::Json { .. }), "{error:?}");
-        assert!(error.to_string().contains("duplicate key `score`"), "{error}");
+        assert!(
+            error.to_string().contains("duplicate key `score`"),
+            "{error}"
+        );
         // Nested deeper and at the top level too.
         let nested = text.replacen("\"x\": 10.5", "\"x\": 1, \"x\": 10.5", 1);
         assert_ne!(nested, text);

@@ -10,8 +10,8 @@ use faceproof_proto::liveness::v1::liveness_client::LivenessClient;
 use faceproof_proto::matcher::v1 as matcher_pb;
 use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_signing::{Signer, false_accept_rate_for_threshold};
-use sha2::{Digest as _, Sha256};
 use faceproof_telemetry::{CompareOutcome, LivenessOutcome, Metrics, TraceContextInterceptor};
+use sha2::{Digest as _, Sha256};
 use tonic::Code;
 use tracing::Instrument as _;
 
@@ -167,8 +167,8 @@ impl Gateway {
         let probe_is_gallery_copy = gallery.iter().any(|item| item.probe_copy);
         let below_threshold =
             compare_min_score.filter(|threshold| compared.best_score < *threshold);
-        let liveness_record = |status: &str, result: pb::LivenessResult, started: DateTime<Utc>| {
-            pb::LivenessRecord {
+        let liveness_record =
+            |status: &str, result: pb::LivenessResult, started: DateTime<Utc>| pb::LivenessRecord {
                 id: new_id(),
                 client: client.0.clone(),
                 r#type: "liveness".to_owned(),
@@ -179,8 +179,7 @@ impl Gateway {
                 result: Some(result),
                 created_at: timestamp(started),
                 updated_at: timestamp(Utc::now()),
-            }
-        };
+            };
         let liveness = if probe_is_gallery_copy {
             // A copy of the ID photo is not a live capture whatever the model says: not run.
             self.record_liveness(LivenessOutcome::Failed);

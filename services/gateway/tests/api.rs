@@ -1185,7 +1185,7 @@ async fn rest_errors_use_the_reference_statuses() {
 
     let missing = http(app.http_addr, "POST", path, None, body.as_bytes()).await;
     assert_eq!(missing.status, 401);
-    assert_eq!(missing.body["code"], 401);
+    assert_eq!(missing.body["status"], 401);
     assert_eq!(missing.body["reason"], "missing_token");
     assert!(missing.body["message"].is_string());
     let expired = http(
@@ -1213,7 +1213,7 @@ async fn rest_errors_use_the_reference_statuses() {
     )
     .await;
     assert_eq!(answer.status, 409, "{}", answer.body);
-    assert_eq!(answer.body["code"], 409);
+    assert_eq!(answer.body["status"], 409);
     let fields: Vec<&str> = answer.body["violations"]
         .as_array()
         .unwrap()
@@ -1242,7 +1242,7 @@ async fn rest_errors_use_the_reference_statuses() {
     let huge = vec![b'x'; 2_000_000];
     let answer = http(app.http_addr, "POST", path, Some(&token), &huge).await;
     assert_eq!(answer.status, 413, "{}", answer.body);
-    assert_eq!(answer.body["code"], 413);
+    assert_eq!(answer.body["status"], 413);
 
     app.set_matcher(MatcherScript::Fail(Status::unavailable(
         "connection refused",

@@ -193,7 +193,11 @@ async fn spawn_app() -> TestApp {
         Signer::generate().to_pkcs8_pem().unwrap(),
     )
     .unwrap();
-    std::fs::write(path("secret"), "records-secret-that-is-long-enough-for-hs256\n").unwrap();
+    std::fs::write(
+        path("secret"),
+        "records-secret-that-is-long-enough-for-hs256\n",
+    )
+    .unwrap();
     let args: Vec<String> = vec![
         "faceproof-gateway".into(),
         "--matcher-url".into(),
@@ -276,7 +280,14 @@ impl TestApp {
 
     async fn compare(&self, body: &Value) -> HttpAnswer {
         let path = "/v2/face-recognition/compare-with-liveness";
-        http(self.http_addr, "POST", path, true, body.to_string().as_bytes()).await
+        http(
+            self.http_addr,
+            "POST",
+            path,
+            true,
+            body.to_string().as_bytes(),
+        )
+        .await
     }
 
     async fn openapi(&self) -> Value {
@@ -294,10 +305,14 @@ impl TestApp {
     /// that response's schema.
     async fn assert_conforms(&self, answer: &HttpAnswer) {
         let document = self.openapi().await;
-        let responses = &document["paths"]["/v2/face-recognition/compare-with-liveness"]["post"]
-            ["responses"];
+        let responses =
+            &document["paths"]["/v2/face-recognition/compare-with-liveness"]["post"]["responses"];
         let listed = &responses[answer.status.to_string()];
-        assert!(listed.is_object(), "status {} is not documented", answer.status);
+        assert!(
+            listed.is_object(),
+            "status {} is not documented",
+            answer.status
+        );
         let schema = &listed["content"]["application/json"]["schema"];
         let problems = check(&document, schema, &answer.body, "$");
         assert!(problems.is_empty(), "{problems:#?}\n{:#}", answer.body);
@@ -386,7 +401,11 @@ fn check(document: &Value, schema: &Value, value: &Value, path: &str) -> Vec<Str
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         assert_eq!(pattern, "^[0-9a-f]{64}$", "the checker knows one pattern");
         let text = value.as_str().unwrap_or_default();
-        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if text.len() != 64
+            || !text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             problems.push(format!("{path}: {value} is not 64 lowercase hex digits"));
         }
     }
@@ -398,7 +417,12 @@ fn check(document: &Value, schema: &Value, value: &Value, path: &str) -> Vec<Str
         }
         if let Some(item_schema) = schema.get("items") {
             for (index, item) in items.iter().enumerate() {
-                problems.extend(check(document, item_schema, item, &format!("{path}[{index}]")));
+                problems.extend(check(
+                    document,
+                    item_schema,
+                    item,
+                    &format!("{path}[{index}]"),
+                ));
             }
         }
     }
@@ -417,7 +441,10 @@ fn check(document: &Value, schema: &Value, value: &Value, path: &str) -> Vec<Str
         let properties = schema.get("properties").and_then(Value::as_object);
         for (name, member) in members {
             let member_path = format!("{path}.{name}");
-            match (properties.and_then(|p| p.get(name)), schema.get("additionalProperties")) {
+            match (
+                properties.and_then(|p| p.get(name)),
+                schema.get("additionalProperties"),
+            ) {
                 (Some(member_schema), _) => {
                     problems.extend(check(document, member_schema, member, &member_path));
                 }
@@ -450,7 +477,10 @@ async fn a_match_carries_digests_similarity_and_passed_and_conforms() {
     assert_eq!(result["probe_is_gallery_copy"], false);
     let item = &result["gallery"][0];
     assert_eq!(item["sha256"], sha256(&gallery[0]));
-    assert_eq!((item["similarity"].as_f64(), item["score"].as_f64()), (Some(0.55), Some(0.9)));
+    assert_eq!(
+        (item["similarity"].as_f64(), item["score"].as_f64()),
+        (Some(0.55), Some(0.9))
+    );
     assert_eq!(item["probe_copy"], false);
     let liveness = &answer.body["data"]["liveness"];
     assert_eq!(liveness["status"], "success");
@@ -462,17 +492,27 @@ async fn a_match_carries_digests_similarity_and_passed_and_conforms() {
     faceproof_signing::verify_response_text(&text, &keys).unwrap();
     let envelope = faceproof_signing::parse_response_text(&text).unwrap();
     assert_eq!(
-        faceproof_signing::check_image_digests(&envelope, Some(probe.as_slice()), Some(gallery.as_slice())).unwrap(),
+        faceproof_signing::check_image_digests(
+            &envelope,
+            Some(probe.as_slice()),
+            Some(gallery.as_slice())
+        )
+        .unwrap(),
         2
     );
-    assert!(faceproof_signing::check_image_digests(&envelope, Some(gallery[0].as_slice()), None).is_err());
+    assert!(
+        faceproof_signing::check_image_digests(&envelope, Some(gallery[0].as_slice()), None)
+            .is_err()
+    );
 }
 
 #[tokio::test]
 async fn skipped_liveness_is_a_full_record_and_conforms() {
     let app = spawn_app().await;
     app.set_matcher(0.7, 0.3, false);
-    let answer = app.compare(&body(&probe(), &[gallery_image()], Some(0.8))).await;
+    let answer = app
+        .compare(&body(&probe(), &[gallery_image()], Some(0.8)))
+        .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     app.assert_conforms(&answer).await;
     let data = &answer.body["data"];
@@ -499,7 +539,10 @@ async fn without_a_threshold_passed_is_judged_at_the_lowest_one() {
         let answer = app.compare(&body(&probe(), &[gallery_image()], None)).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
         let result = &answer.body["data"]["comparison"]["result"];
-        assert_eq!((result["passed"].as_bool(), result["min_score"].as_f64()), (Some(passed), Some(0.67)));
+        assert_eq!(
+            (result["passed"].as_bool(), result["min_score"].as_f64()),
+            (Some(passed), Some(0.67))
+        );
         // Without a threshold liveness always runs.
         assert_eq!(answer.body["data"]["liveness"]["status"], "success");
     }
@@ -524,18 +567,30 @@ async fn a_probe_sent_again_as_a_gallery_image_fails_liveness_as_a_copy() {
     assert_eq!(liveness["result"]["passed"], false);
     assert_eq!(liveness["result"]["reason"], "probe_is_gallery_copy");
     assert!(liveness["result"].get("liveness_score").is_none());
-    assert_eq!(app.liveness.calls.load(Ordering::SeqCst), 0, "not run on a copy");
+    assert_eq!(
+        app.liveness.calls.load(Ordering::SeqCst),
+        0,
+        "not run on a copy"
+    );
 }
 
 #[tokio::test]
 async fn a_near_identical_embedding_is_a_copy_too() {
     let app = spawn_app().await;
     app.set_matcher(1.0, 0.995, true);
-    let answer = app.compare(&body(&probe(), &[gallery_image()], Some(0.8))).await;
+    let answer = app
+        .compare(&body(&probe(), &[gallery_image()], Some(0.8)))
+        .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     let data = &answer.body["data"];
-    assert_eq!(data["comparison"]["result"]["gallery"][0]["probe_copy"], true);
-    assert_eq!(data["liveness"]["result"]["reason"], "probe_is_gallery_copy");
+    assert_eq!(
+        data["comparison"]["result"]["gallery"][0]["probe_copy"],
+        true
+    );
+    assert_eq!(
+        data["liveness"]["result"]["reason"],
+        "probe_is_gallery_copy"
+    );
 }
 
 #[tokio::test]
@@ -557,14 +612,19 @@ async fn errors_and_the_keys_conform_to_the_document() {
     assert_eq!(refused.status, 409, "{}", refused.body);
     app.assert_conforms(&refused).await;
     // Not an image.
-    let not_an_image = app.compare(&body(b"plain text", &[gallery_image()], None)).await;
+    let not_an_image = app
+        .compare(&body(b"plain text", &[gallery_image()], None))
+        .await;
     assert!(not_an_image.status >= 400, "{}", not_an_image.body);
     app.assert_conforms(&not_an_image).await;
 
     let keys = http(app.http_addr, "GET", "/v2/signing-keys", false, b"").await;
-    let schema = &document["paths"]["/v2/signing-keys"]["get"]["responses"]["200"]["content"]
-        ["application/json"]["schema"];
-    assert_eq!(check(&document, schema, &keys.body, "$"), Vec::<String>::new());
+    let schema = &document["paths"]["/v2/signing-keys"]["get"]["responses"]["200"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(
+        check(&document, schema, &keys.body, "$"),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
