@@ -71,13 +71,15 @@ impl MatchEngine for FakeMatcher {
             time_stage(metrics, Stage::Align, || ());
         }
         deadline.check()?;
+        // Biden is the impostor; any other gallery image matches (below the copy threshold).
+        let biden = fixture("biden_2010_blue_room.jpg").unwrap_or_default();
         let gallery = time_stage(metrics, Stage::Embed, || {
             job.gallery
                 .iter()
                 .map(|image| {
                     Ok(GalleryMatch {
                         face: face(),
-                        similarity: if *image == job.probe { 0.9 } else { -0.1 },
+                        similarity: if *image == biden { -0.1 } else { 0.9 },
                     })
                 })
                 .collect()
@@ -363,12 +365,13 @@ async fn metrics_endpoints_show_requests_stages_queue_and_decisions() {
     let obama = fixture("obama_2009_congress.jpg").unwrap();
     let biden = fixture("biden_2010_blue_room.jpg").unwrap();
 
-    let matched = stack.compare(&obama, &obama).await;
+    let portrait = fixture("obama_2012_official_portrait.jpg").unwrap();
+    let matched = stack.compare(&portrait, &obama).await;
     let data = matched.data.unwrap();
     assert!(data.liveness.is_some(), "a match runs the liveness check");
     let skipped = stack.compare(&obama, &biden).await;
     assert!(
-        skipped.data.unwrap().liveness_skipped.is_some(),
+        skipped.data.unwrap().liveness.unwrap().status == "skipped",
         "no match skips it"
     );
 

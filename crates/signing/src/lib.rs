@@ -1,7 +1,7 @@
 //! The signed result format of faceproof.
 //!
 //! A compare-with-liveness result travels as the reference JSON envelope
-//! `{"id", "data": {"comparison", "liveness" | "liveness_skipped"}, "signature"}`
+//! `{"id", "data": {"comparison", "liveness"}, "signature"}`
 //! ([`response_to_json`]). The gateway signs, with Ed25519, the JCS (RFC 8785) bytes of
 //! `{"id", "data", "signature"}` where `signature` keeps only its metadata (`algorithm`,
 //! `canonicalization`, `dateTime`, `key_id`, `message`): see [`signed_payload`] and
@@ -13,12 +13,17 @@
 mod canonical;
 mod keys;
 mod reference;
+mod strict_json;
 mod verify;
 
 pub use canonical::{CANONICALIZATION, canonicalize, format_double};
 pub use keys::{PublicKeySet, Signer, key_id_for};
 pub use reference::{response_to_json, signing_keys_to_json};
-pub use verify::{Verified, VerifyError, verify_response_json, verify_response_text};
+pub use strict_json::parse_without_duplicate_keys;
+pub use verify::{
+    Verified, VerifyError, check_image_digests, parse_response_text, verify_response_json,
+    verify_response_text,
+};
 
 use std::collections::BTreeMap;
 
@@ -38,13 +43,7 @@ const SIGNED_SIGNATURE_MEMBERS: [&str; 5] = [
 ];
 
 /// The parts whose digests `signature.digests` carries, in the order a verifier reports them.
-pub const PARTS: [&str; 5] = [
-    "id",
-    "data.comparison",
-    "data.liveness",
-    "data.liveness_skipped",
-    "signature",
-];
+pub const PARTS: [&str; 4] = ["id", "data.comparison", "data.liveness", "signature"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SigningError {
@@ -106,7 +105,7 @@ fn signed_signature_members(
 }
 
 /// SHA-256 (lowercase hex) of the JCS bytes of each signed part present in the envelope:
-/// `id`, `data.comparison`, `data.liveness`, `data.liveness_skipped` and `signature` (its signed
+/// `id`, `data.comparison`, `data.liveness` and `signature` (its signed
 /// members). Not signed themselves: they let a verifier say which part changed.
 pub fn part_digests(envelope: &Value) -> Result<BTreeMap<String, String>, SigningError> {
     let object = envelope
@@ -117,7 +116,7 @@ pub fn part_digests(envelope: &Value) -> Result<BTreeMap<String, String>, Signin
         digests.insert("id".to_owned(), digest_hex(id)?);
     }
     if let Some(data) = object.get("data").and_then(Value::as_object) {
-        for part in ["comparison", "liveness", "liveness_skipped"] {
+        for part in ["comparison", "liveness"] {
             if let Some(value) = data.get(part) {
                 digests.insert(format!("data.{part}"), digest_hex(value)?);
             }

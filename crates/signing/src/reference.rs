@@ -23,19 +23,11 @@ pub fn response_to_json(response: &pb::CompareWithLivenessResponse) -> Result<Va
         .as_ref()
         .ok_or(SigningError::MissingPart("data.comparison"))?;
     data_json.insert("comparison".into(), comparison_to_json(comparison)?);
-    if let Some(liveness) = &data.liveness {
-        data_json.insert("liveness".into(), liveness_to_json(liveness)?);
-    }
-    if let Some(skipped) = &data.liveness_skipped {
-        data_json.insert(
-            "liveness_skipped".into(),
-            json!({
-                "reason": skipped.reason,
-                "comparison_score": number(skipped.comparison_score)?,
-                "compare_min_score": number(skipped.compare_min_score)?,
-            }),
-        );
-    }
+    let liveness = data
+        .liveness
+        .as_ref()
+        .ok_or(SigningError::MissingPart("data.liveness"))?;
+    data_json.insert("liveness".into(), liveness_to_json(liveness)?);
     let mut envelope = Map::new();
     envelope.insert("id".into(), Value::String(response.id.clone()));
     envelope.insert("data".into(), Value::Object(data_json));
@@ -82,6 +74,16 @@ fn comparison_to_json(record: &pb::ComparisonRecord) -> Result<Value, SigningErr
         .ok_or(SigningError::MissingPart("data.comparison.result"))?;
     let mut result_json = Map::new();
     result_json.insert("score".into(), number(result.score)?);
+    result_json.insert("passed".into(), Value::Bool(result.passed));
+    result_json.insert("min_score".into(), number(result.min_score)?);
+    result_json.insert(
+        "probe_sha256".into(),
+        Value::String(result.probe_sha256.clone()),
+    );
+    result_json.insert(
+        "probe_is_gallery_copy".into(),
+        Value::Bool(result.probe_is_gallery_copy),
+    );
     if let Some(rate) = result.false_accept_rate {
         result_json.insert("false_accept_rate".into(), number(rate)?);
     }
@@ -115,6 +117,11 @@ fn gallery_item_to_json(item: &pb::GalleryItem) -> Result<Value, SigningError> {
     let mut map = Map::new();
     map.insert("index".into(), Value::from(item.index));
     map.insert("score".into(), number(item.score)?);
+    if let Some(similarity) = item.similarity {
+        map.insert("similarity".into(), number(similarity)?);
+    }
+    map.insert("sha256".into(), Value::String(item.sha256.clone()));
+    map.insert("probe_copy".into(), Value::Bool(item.probe_copy));
     if let Some(face) = &item.face {
         map.insert("face".into(), face_to_json(face)?);
     }
@@ -130,9 +137,17 @@ fn liveness_to_json(record: &pb::LivenessRecord) -> Result<Value, SigningError> 
         .as_ref()
         .ok_or(SigningError::MissingPart("data.liveness.result"))?;
     let mut result_json = Map::new();
-    result_json.insert("liveness_score".into(), number(result.liveness_score)?);
+    if let Some(score) = result.liveness_score {
+        result_json.insert("liveness_score".into(), number(score)?);
+    }
     result_json.insert("passed".into(), Value::Bool(result.passed));
     result_json.insert("min_score".into(), number(result.min_score)?);
+    if !result.reason.is_empty() {
+        result_json.insert("reason".into(), Value::String(result.reason.clone()));
+    }
+    if let Some(score) = result.comparison_score {
+        result_json.insert("comparison_score".into(), number(score)?);
+    }
     if let Some(attack) = &result.attack {
         result_json.insert(
             "attack".into(),

@@ -4,6 +4,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use ed25519_dalek::Signature;
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
 use crate::{
     ALGORITHM, CANONICALIZATION, PARTS, PublicKeySet, SigningError, part_digests, signed_payload,
@@ -42,16 +43,95 @@ pub enum VerifyError {
     Mismatch(String),
     #[error("the response cannot be canonicalized: {0}")]
     Canonical(#[from] SigningError),
+    #[error(
+        "{image} does not match the signed result: signed SHA-256 {expected}, the file's is {actual}"
+    )]
+    ImageMismatch {
+        /// `probe` or `gallery[i]`.
+        image: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("the signed result has {signed} gallery images, {given} were given")]
+    GalleryCount { signed: usize, given: usize },
 }
 
-/// Verifies a saved response given as JSON text (the REST body or `faceproof compare` output).
-pub fn verify_response_text(text: &str, keys: &PublicKeySet) -> Result<Verified, VerifyError> {
-    let envelope: Value = serde_json::from_str(text).map_err(|error| VerifyError::Json {
+/// Parses a saved response as I-JSON: a duplicated member name anywhere is refused, naming it.
+pub fn parse_response_text(text: &str) -> Result<Value, VerifyError> {
+    crate::strict_json::parse_without_duplicate_keys(text).map_err(|error| VerifyError::Json {
         line: error.line(),
         column: error.column(),
         message: error.to_string(),
-    })?;
-    verify_response_json(&envelope, keys)
+    })
+}
+
+/// Checks photos against the SHA-256 digests in the signed data (`data.comparison.result
+/// .probe_sha256` and `gallery[i].sha256`). Call it on an envelope whose signature verified: only
+/// then are those digests the gateway's. `gallery`, when given, must hold every gallery image in
+/// request order. Returns the number of images checked.
+pub fn check_image_digests(
+    envelope: &Value,
+    probe: Option<&[u8]>,
+    gallery: Option<&[Vec<u8>]>,
+) -> Result<usize, VerifyError> {
+    let result = envelope
+        .pointer("/data/comparison/result")
+        .ok_or(VerifyError::Missing("`data.comparison.result`"))?;
+    let mut checked = 0;
+    if let Some(probe) = probe {
+        let expected =
+            result
+                .get("probe_sha256")
+                .and_then(Value::as_str)
+                .ok_or(VerifyError::Missing(
+                    "`data.comparison.result.probe_sha256`",
+                ))?;
+        compare_digest("probe".to_owned(), expected, probe)?;
+        checked += 1;
+    }
+    if let Some(gallery) = gallery {
+        let signed =
+            result
+                .get("gallery")
+                .and_then(Value::as_array)
+                .ok_or(VerifyError::Missing(
+                    "`data.comparison.result.gallery` array",
+                ))?;
+        if signed.len() != gallery.len() {
+            return Err(VerifyError::GalleryCount {
+                signed: signed.len(),
+                given: gallery.len(),
+            });
+        }
+        for (index, (item, image)) in signed.iter().zip(gallery).enumerate() {
+            let expected = item
+                .get("sha256")
+                .and_then(Value::as_str)
+                .ok_or(VerifyError::Missing("`sha256` in a gallery item"))?;
+            compare_digest(format!("gallery[{index}]"), expected, image)?;
+            checked += 1;
+        }
+    }
+    Ok(checked)
+}
+
+fn compare_digest(image: String, expected: &str, bytes: &[u8]) -> Result<(), VerifyError> {
+    let actual = hex::encode(Sha256::digest(bytes));
+    if actual.eq_ignore_ascii_case(expected) {
+        Ok(())
+    } else {
+        Err(VerifyError::ImageMismatch {
+            image,
+            expected: expected.to_owned(),
+            actual,
+        })
+    }
+}
+
+/// Verifies a saved response given as JSON text (the REST body or `faceproof compare` output).
+/// The text must be I-JSON: a duplicated member name anywhere is refused ([`parse_response_text`]).
+pub fn verify_response_text(text: &str, keys: &PublicKeySet) -> Result<Verified, VerifyError> {
+    verify_response_json(&parse_response_text(text)?, keys)
 }
 
 /// Verifies a parsed reference JSON envelope.
@@ -166,6 +246,9 @@ mod tests {
     use super::*;
     use crate::{Signer, response_to_json};
 
+    const PROBE: &[u8] = b"probe image bytes";
+    const GALLERY: &[u8] = b"gallery image bytes";
+
     fn sample_response() -> pb::CompareWithLivenessResponse {
         let face = Face {
             r#box: Some(BoundingBox {
@@ -196,7 +279,14 @@ mod tests {
                             score: 0.8123,
                             face: Some(face),
                             issue: None,
+                            similarity: Some(0.61),
+                            sha256: hex::encode(Sha256::digest(GALLERY)),
+                            probe_copy: false,
                         }],
+                        passed: true,
+                        min_score: 0.8,
+                        probe_sha256: hex::encode(Sha256::digest(PROBE)),
+                        probe_is_gallery_copy: false,
                     }),
                     compared_at: "2026-11-28T06:41:02.123Z".into(),
                     created_at: "2026-11-28T06:41:02.001Z".into(),
@@ -211,7 +301,7 @@ mod tests {
                     os: "IOS".into(),
                     liveness_min_score: 0.6,
                     result: Some(pb::LivenessResult {
-                        liveness_score: 0.97,
+                        liveness_score: Some(0.97),
                         passed: true,
                         min_score: 0.6,
                         attack: Some(pb::AttackEvidence {
@@ -219,11 +309,12 @@ mod tests {
                             screen_probability: 0.01,
                         }),
                         issue: None,
+                        reason: String::new(),
+                        comparison_score: None,
                     }),
                     created_at: "2026-11-28T06:41:02.124Z".into(),
                     updated_at: "2026-11-28T06:41:02.299Z".into(),
                 }),
-                liveness_skipped: None,
             }),
             signature: None,
         }
@@ -343,5 +434,95 @@ mod tests {
         assert!(from_pem.get(signer.key_id()).is_some());
         let reloaded = Signer::from_pkcs8_pem(&signer.to_pkcs8_pem().unwrap()).unwrap();
         assert_eq!(reloaded.key_id(), signer.key_id());
+    }
+
+    #[test]
+    fn image_digests_are_signed_and_checked() {
+        let (text, keys, _) = signed();
+        let envelope = parse_response_text(&text).unwrap();
+        verify_response_json(&envelope, &keys).unwrap();
+        assert_eq!(
+            envelope["data"]["comparison"]["result"]["probe_sha256"],
+            hex::encode(Sha256::digest(PROBE))
+        );
+        let gallery = vec![GALLERY.to_vec()];
+        assert_eq!(
+            check_image_digests(&envelope, Some(PROBE), Some(gallery.as_slice())).unwrap(),
+            2
+        );
+        assert_eq!(check_image_digests(&envelope, None, None).unwrap(), 0);
+    }
+
+    #[test]
+    fn another_photo_is_named_with_both_digests() {
+        let (text, _, _) = signed();
+        let envelope = parse_response_text(&text).unwrap();
+        let error = check_image_digests(&envelope, Some(&b"another selfie"[..]), None).unwrap_err();
+        let expected = hex::encode(Sha256::digest(PROBE));
+        let actual = hex::encode(Sha256::digest(b"another selfie"));
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "probe does not match the signed result: signed SHA-256 {expected}, the file's \
+                 is {actual}"
+            )
+        );
+        let swapped = vec![PROBE.to_vec()];
+        match check_image_digests(&envelope, Some(PROBE), Some(swapped.as_slice())) {
+            Err(VerifyError::ImageMismatch { image, .. }) => assert_eq!(image, "gallery[0]"),
+            other => panic!("expected a gallery mismatch, got {other:?}"),
+        }
+        let two = vec![GALLERY.to_vec(), GALLERY.to_vec()];
+        assert!(matches!(
+            check_image_digests(&envelope, None, Some(two.as_slice())),
+            Err(VerifyError::GalleryCount {
+                signed: 1,
+                given: 2
+            })
+        ));
+    }
+
+    #[test]
+    fn a_tampered_image_digest_breaks_the_signature() {
+        let (text, keys, _) = signed();
+        let real = hex::encode(Sha256::digest(PROBE));
+        let forged = hex::encode(Sha256::digest(b"another selfie"));
+        let tampered = text.replace(&real, &forged);
+        assert_ne!(tampered, text);
+        match verify_response_text(&tampered, &keys) {
+            Err(VerifyError::Tampered { parts }) => assert_eq!(parts, vec!["data.comparison"]),
+            other => panic!("expected tampering, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fake_score_before_the_real_one_is_refused_naming_the_key() {
+        let (text, keys, _) = signed();
+        // The attack: a reader that keeps the first duplicate shows 0.01, serde_json's Value keeps
+        // the last (signed) one, so a lenient verifier would say "valid".
+        let injected = text.replacen("\"score\": 0.8123", "\"score\": 0.01, \"score\": 0.8123", 1);
+        assert_ne!(injected, text);
+        let error = verify_response_text(&injected, &keys).unwrap_err();
+        assert!(matches!(error, VerifyError::Json { .. }), "{error:?}");
+        assert!(
+            error.to_string().contains("duplicate key `score`"),
+            "{error}"
+        );
+        // Nested deeper and at the top level too.
+        let nested = text.replacen("\"x\": 10.5", "\"x\": 1, \"x\": 10.5", 1);
+        assert_ne!(nested, text);
+        assert!(
+            verify_response_text(&nested, &keys)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate key `x`")
+        );
+        let top = text.replacen('{', "{\"id\": \"forged\",", 1);
+        assert!(
+            verify_response_text(&top, &keys)
+                .unwrap_err()
+                .to_string()
+                .contains("duplicate key `id`")
+        );
     }
 }

@@ -15,6 +15,7 @@ pub mod dev;
 pub mod error;
 pub mod grpc;
 pub mod in_flight;
+pub mod openapi;
 pub mod rate_limit;
 pub mod readiness;
 pub mod rest;

@@ -45,6 +45,10 @@ pub fn router(gateway: Arc<Gateway>, auth: Arc<Authenticator>) -> Router {
     Router::new()
         .route(SIGNING_KEYS_PATH, get(signing_keys))
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            crate::openapi::OPENAPI_PATH,
+            get(|| async { axum::Json(crate::openapi::document()) }),
+        )
         .merge(protected)
         .with_state(RestState { gateway })
 }
@@ -56,7 +60,23 @@ fn error_response(
     reason: &str,
     violations: &[Violation],
 ) -> Response {
-    let mut body = json!({"message": message, "code": status.as_u16(), "reason": reason});
+    // The reference API's string codes (the "rest" branch owns the full mapping).
+    let code = match status.as_u16() {
+        400 => "BadRequest",
+        401 => "UNAUTHORIZED",
+        403 => "FORBIDDEN",
+        404 => "NotFound",
+        409 => "InvalidParameter",
+        412 => "ERROR",
+        413 => "PayloadTooLarge",
+        429 => "TooManyRequests",
+        502 => "BadGateway",
+        503 => "ServiceUnavailable",
+        504 => "GatewayTimeout",
+        _ => "InternalServerError",
+    };
+    let mut body =
+        json!({"message": message, "code": code, "status": status.as_u16(), "reason": reason});
     if !violations.is_empty() {
         body["violations"] = violations
             .iter()

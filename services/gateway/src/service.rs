@@ -11,6 +11,7 @@ use faceproof_proto::matcher::v1 as matcher_pb;
 use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_signing::{Signer, false_accept_rate_for_threshold};
 use faceproof_telemetry::{CompareOutcome, LivenessOutcome, Metrics, TraceContextInterceptor};
+use sha2::{Digest as _, Sha256};
 use tonic::Code;
 use tracing::Instrument as _;
 
@@ -22,8 +23,15 @@ use crate::in_flight::InFlightLimiter;
 use crate::rate_limit::RateLimiter;
 use crate::validation::{SearchMode, ValidRequest, validate};
 
-/// `liveness_skipped.reason` when the comparison score is below `compare_min_score`.
+/// Liveness `result.reason` (status `skipped`) when the comparison score is below
+/// `compare_min_score`.
 pub const SKIP_REASON_BELOW_THRESHOLD: &str = "comparison_below_threshold";
+/// Liveness `result.reason` (status `failed`, the check not run) when the probe is a copy of a
+/// gallery image: the same bytes, or an embedding closer than any genuine pair of distinct photos.
+pub const REASON_PROBE_IS_GALLERY_COPY: &str = "probe_is_gallery_copy";
+/// The threshold `comparison.result.passed` is judged against when the caller sent no
+/// `compare_min_score`: the lowest one the API accepts.
+pub const DEFAULT_COMPARE_PASS_SCORE: f64 = crate::validation::COMPARE_MIN_SCORE_RANGE.0;
 
 /// Overall request deadline per search mode.
 #[derive(Debug, Clone, Copy)]
@@ -127,6 +135,11 @@ impl Gateway {
             probe,
             gallery,
         } = request;
+        // Over the exact bytes received, once per request: they bind the signed result to its
+        // photos (`faceproof verify --probe --gallery`) and reveal a probe identical to a gallery
+        // image.
+        let probe_sha256 = sha256_hex(&probe);
+        let gallery_sha256: Vec<String> = gallery.iter().map(|image| sha256_hex(image)).collect();
         let matcher_request = matcher_pb::CompareRequest {
             probe: probe.clone(),
             gallery,
@@ -157,20 +170,46 @@ impl Gateway {
             Some(_) => CompareOutcome::NoMatch,
         });
 
-        let mut data = pb::ResponseData {
-            comparison: None,
-            liveness: None,
-            liveness_skipped: None,
-        };
+        let gallery: Vec<pb::GalleryItem> = compared
+            .gallery
+            .iter()
+            .map(|item| gallery_item(item, &probe_sha256, &gallery_sha256))
+            .collect();
+        let probe_is_gallery_copy = gallery.iter().any(|item| item.probe_copy);
         let below_threshold =
             compare_min_score.filter(|threshold| compared.best_score < *threshold);
-        if let Some(threshold) = below_threshold {
+        let liveness_record =
+            |status: &str, result: pb::LivenessResult, started: DateTime<Utc>| pb::LivenessRecord {
+                id: new_id(),
+                client: client.0.clone(),
+                r#type: "liveness".to_owned(),
+                status: status.to_owned(),
+                search_mode: search_mode.as_str().to_owned(),
+                os: os.as_str().to_owned(),
+                liveness_min_score,
+                result: Some(result),
+                created_at: timestamp(started),
+                updated_at: timestamp(Utc::now()),
+            };
+        let liveness = if probe_is_gallery_copy {
+            // A copy of the ID photo is not a live capture whatever the model says: not run.
+            self.record_liveness(LivenessOutcome::Failed);
+            liveness_record(
+                "failed",
+                not_run(liveness_min_score, REASON_PROBE_IS_GALLERY_COPY, None),
+                Utc::now(),
+            )
+        } else if below_threshold.is_some() {
             self.record_liveness(LivenessOutcome::Skipped);
-            data.liveness_skipped = Some(pb::LivenessSkipped {
-                reason: SKIP_REASON_BELOW_THRESHOLD.to_owned(),
-                comparison_score: compared.best_score,
-                compare_min_score: threshold,
-            });
+            liveness_record(
+                "skipped",
+                not_run(
+                    liveness_min_score,
+                    SKIP_REASON_BELOW_THRESHOLD,
+                    Some(compared.best_score),
+                ),
+                Utc::now(),
+            )
         } else {
             let liveness_started = Utc::now();
             let check_request = liveness_pb::CheckRequest {
@@ -202,45 +241,11 @@ impl Gateway {
             } else {
                 "success"
             };
-            data.liveness = Some(pb::LivenessRecord {
-                id: new_id(),
-                client: client.0.clone(),
-                r#type: "liveness".to_owned(),
-                status: status.to_owned(),
-                search_mode: search_mode.as_str().to_owned(),
-                os: os.as_str().to_owned(),
-                liveness_min_score,
-                result: Some(result),
-                created_at: timestamp(liveness_started),
-                updated_at: timestamp(Utc::now()),
-            });
-        }
-
-        let gallery = compared
-            .gallery
-            .iter()
-            .map(|item| {
-                let mut entry = pb::GalleryItem {
-                    index: item.index,
-                    score: 0.0,
-                    face: None,
-                    issue: None,
-                };
-                match &item.outcome {
-                    Some(matcher_pb::gallery_item_result::Outcome::Match(matched)) => {
-                        entry.score = matched.score;
-                        entry.face = matched.face.clone();
-                    }
-                    Some(matcher_pb::gallery_item_result::Outcome::Issue(issue)) => {
-                        entry.issue = Some(issue.clone());
-                    }
-                    None => {}
-                }
-                entry
-            })
-            .collect();
+            liveness_record(status, result, liveness_started)
+        };
+        let compare_pass_score = compare_min_score.unwrap_or(DEFAULT_COMPARE_PASS_SCORE);
         let finished_at = Utc::now();
-        data.comparison = Some(pb::ComparisonRecord {
+        let comparison = pb::ComparisonRecord {
             id: new_id(),
             client: client.0.clone(),
             r#type: "compareLive".to_owned(),
@@ -252,14 +257,21 @@ impl Gateway {
                 best_gallery_index: compared.best_index,
                 probe_face: compared.probe_face,
                 gallery,
+                passed: compared.best_score >= compare_pass_score,
+                min_score: compare_pass_score,
+                probe_sha256,
+                probe_is_gallery_copy,
             }),
             compared_at: timestamp(compared_at),
             created_at: timestamp(created_at),
             updated_at: timestamp(finished_at),
-        });
+        };
         let mut response = pb::CompareWithLivenessResponse {
             id: new_id(),
-            data: Some(data),
+            data: Some(pb::ResponseData {
+                comparison: Some(comparison),
+                liveness: Some(liveness),
+            }),
             signature: None,
         };
         self.signer
@@ -304,6 +316,59 @@ fn client_span(service: &'static str, method: &'static str) -> tracing::Span {
     )
 }
 
+/// One gallery entry of the comparison record. The probe is a copy of this image when the bytes
+/// are the same (same SHA-256) or the matcher found the embeddings near-identical.
+fn gallery_item(
+    item: &matcher_pb::GalleryItemResult,
+    probe_sha256: &str,
+    gallery_sha256: &[String],
+) -> pb::GalleryItem {
+    let sha256 = usize::try_from(item.index)
+        .ok()
+        .and_then(|index| gallery_sha256.get(index))
+        .cloned()
+        .unwrap_or_default();
+    let mut entry = pb::GalleryItem {
+        index: item.index,
+        score: 0.0,
+        face: None,
+        issue: None,
+        similarity: None,
+        probe_copy: !sha256.is_empty() && sha256 == probe_sha256,
+        sha256,
+    };
+    match &item.outcome {
+        Some(matcher_pb::gallery_item_result::Outcome::Match(matched)) => {
+            entry.score = matched.score;
+            entry.similarity = Some(matched.similarity);
+            entry.face = matched.face.clone();
+            entry.probe_copy |= matched.near_identical;
+        }
+        Some(matcher_pb::gallery_item_result::Outcome::Issue(issue)) => {
+            entry.issue = Some(issue.clone());
+        }
+        None => {}
+    }
+    entry
+}
+
+/// The result of a liveness check that did not run: not passed, no score, the reason.
+fn not_run(min_score: f64, reason: &str, comparison_score: Option<f64>) -> pb::LivenessResult {
+    pb::LivenessResult {
+        liveness_score: None,
+        passed: false,
+        min_score,
+        attack: None,
+        issue: None,
+        reason: reason.to_owned(),
+        comparison_score,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 /// `liveness_score > min_score` (strictly above, as the reference API); a capture-quality issue
 /// fails the check without a score.
 fn liveness_result(
@@ -314,7 +379,7 @@ fn liveness_result(
         Some(liveness_pb::check_response::Outcome::Score(score)) => {
             check_score(Backend::Liveness, score.liveness_score)?;
             Ok(pb::LivenessResult {
-                liveness_score: score.liveness_score,
+                liveness_score: Some(score.liveness_score),
                 passed: score.liveness_score > min_score,
                 min_score,
                 attack: score.attack.map(|attack| pb::AttackEvidence {
@@ -322,14 +387,18 @@ fn liveness_result(
                     screen_probability: attack.screen_probability,
                 }),
                 issue: None,
+                reason: String::new(),
+                comparison_score: None,
             })
         }
         Some(liveness_pb::check_response::Outcome::Issue(issue)) => Ok(pb::LivenessResult {
-            liveness_score: 0.0,
+            liveness_score: Some(0.0),
             passed: false,
             min_score,
             attack: None,
             issue: Some(issue),
+            reason: String::new(),
+            comparison_score: None,
         }),
         None => Err(ServiceError::BackendFailed {
             service: Backend::Liveness,

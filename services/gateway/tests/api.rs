@@ -118,6 +118,7 @@ impl Matcher for FakeMatcher {
                         face: Some(face()),
                         similarity: 0.5,
                         score: if index == 0 { score } else { score / 2.0 },
+                        near_identical: false,
                     },
                 )),
             })
@@ -501,7 +502,6 @@ async fn a_match_returns_signed_reference_records() {
     assert_eq!(result.probe_face, Some(face()));
 
     let liveness = data.liveness.unwrap();
-    assert!(data.liveness_skipped.is_none());
     assert_eq!(
         (liveness.r#type.as_str(), liveness.status.as_str()),
         ("liveness", "success")
@@ -516,7 +516,7 @@ async fn a_match_returns_signed_reference_records() {
     );
     let liveness_result = liveness.result.unwrap();
     assert!(liveness_result.passed);
-    assert_eq!(liveness_result.liveness_score, 0.97);
+    assert_eq!(liveness_result.liveness_score, Some(0.97));
     assert!(liveness_result.attack.is_some());
     assert_ne!(liveness.id, comparison.id);
     assert_ne!(response.id, comparison.id);
@@ -566,7 +566,7 @@ async fn liveness_is_skipped_only_below_compare_min_score() {
 
     // At the threshold: liveness runs.
     let at = app.compare(with_thresholds(Some(0.8), None)).await.unwrap();
-    assert!(at.data.unwrap().liveness.is_some());
+    assert_eq!(at.data.unwrap().liveness.unwrap().status, "success");
     assert_eq!(app.liveness_calls(), 1);
 
     // Score just below the threshold: skipped, and why.
@@ -575,11 +575,13 @@ async fn liveness_is_skipped_only_below_compare_min_score() {
         .await
         .unwrap();
     let data = below.data.unwrap();
-    assert!(data.liveness.is_none());
-    let skipped = data.liveness_skipped.unwrap();
+    let skipped = data.liveness.unwrap();
+    assert_eq!(skipped.status, "skipped");
+    let skipped = skipped.result.unwrap();
     assert_eq!(skipped.reason, "comparison_below_threshold");
-    assert_eq!(skipped.comparison_score, 0.8);
-    assert_eq!(skipped.compare_min_score, 0.8000001);
+    assert_eq!(skipped.comparison_score, Some(0.8));
+    assert_eq!(skipped.liveness_score, None);
+    assert!(!skipped.passed);
     assert_eq!(app.liveness_calls(), 1, "no liveness call when skipped");
 
     // Score just above the threshold: runs.
@@ -587,14 +589,14 @@ async fn liveness_is_skipped_only_below_compare_min_score() {
         .compare(with_thresholds(Some(0.7999999), None))
         .await
         .unwrap();
-    assert!(above.data.unwrap().liveness.is_some());
+    assert_eq!(above.data.unwrap().liveness.unwrap().status, "success");
     assert_eq!(app.liveness_calls(), 2);
 
     // Without a threshold liveness always runs, even for a poor match.
     app.set_matcher(MatcherScript::Score(0.05));
     let none = app.compare(request()).await.unwrap();
     let data = none.data.unwrap();
-    assert!(data.liveness.is_some() && data.liveness_skipped.is_none());
+    assert_eq!(data.liveness.unwrap().status, "success");
     assert_eq!(
         data.comparison.unwrap().result.unwrap().false_accept_rate,
         None
@@ -1183,7 +1185,7 @@ async fn rest_errors_use_the_reference_statuses() {
 
     let missing = http(app.http_addr, "POST", path, None, body.as_bytes()).await;
     assert_eq!(missing.status, 401);
-    assert_eq!(missing.body["code"], 401);
+    assert_eq!(missing.body["status"], 401);
     assert_eq!(missing.body["reason"], "missing_token");
     assert!(missing.body["message"].is_string());
     let expired = http(
@@ -1211,7 +1213,7 @@ async fn rest_errors_use_the_reference_statuses() {
     )
     .await;
     assert_eq!(answer.status, 409, "{}", answer.body);
-    assert_eq!(answer.body["code"], 409);
+    assert_eq!(answer.body["status"], 409);
     let fields: Vec<&str> = answer.body["violations"]
         .as_array()
         .unwrap()
@@ -1240,7 +1242,7 @@ async fn rest_errors_use_the_reference_statuses() {
     let huge = vec![b'x'; 2_000_000];
     let answer = http(app.http_addr, "POST", path, Some(&token), &huge).await;
     assert_eq!(answer.status, 413, "{}", answer.body);
-    assert_eq!(answer.body["code"], 413);
+    assert_eq!(answer.body["status"], 413);
 
     app.set_matcher(MatcherScript::Fail(Status::unavailable(
         "connection refused",

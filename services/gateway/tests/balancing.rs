@@ -102,6 +102,7 @@ impl Matcher for CountingMatcher {
                         face: Some(face()),
                         similarity: 0.5,
                         score: 0.9,
+                        near_identical: false,
                     },
                 )),
             })

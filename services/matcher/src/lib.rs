@@ -7,6 +7,7 @@
 pub mod app;
 pub mod calibration;
 pub mod config;
+pub mod copy;
 pub mod engine;
 pub mod service;
 pub mod vision;

@@ -64,13 +64,14 @@ impl MatcherService {
         let deadline = self.deadlines.deadline_for(request.metadata());
         let job = validate(request.into_inner(), self.limits)?;
         let gallery_len = job.gallery.len();
+        let mode = job.mode;
         let engine = Arc::clone(&self.engine);
         let outcome = self
             .pool
             .run(deadline, move |deadline| engine.compare(job, deadline))
             .await?
             .map_err(engine_error)?;
-        build_response(outcome, gallery_len, &self.calibration)
+        build_response(outcome, gallery_len, &self.calibration, mode)
     }
 }
 
@@ -148,6 +149,7 @@ fn build_response(
     outcome: CompareOutcome,
     gallery_len: usize,
     calibration: &Calibration,
+    mode: SearchMode,
 ) -> Result<CompareResponse, ServiceError> {
     if outcome.gallery.len() != gallery_len {
         return Err(ServiceError::internal(format!(
@@ -172,6 +174,7 @@ fn build_response(
                     face: Some(matched.face),
                     similarity: matched.similarity,
                     score,
+                    near_identical: crate::copy::is_near_identical(mode, matched.similarity),
                 })
             }
             Err(rejection) => {
@@ -273,6 +276,34 @@ mod tests {
     }
 
     #[test]
+    fn only_a_cosine_above_the_copy_threshold_is_near_identical() {
+        let calibration = Calibration::builtin().unwrap();
+        let threshold = crate::copy::copy_threshold(SearchMode::Accurate);
+        let outcome = CompareOutcome {
+            probe_face: Face::default(),
+            gallery: [threshold, threshold + 1e-6, 0.6]
+                .into_iter()
+                .map(|similarity| {
+                    Ok(GalleryMatch {
+                        face: Face::default(),
+                        similarity,
+                    })
+                })
+                .collect(),
+        };
+        let response = build_response(outcome, 3, &calibration, SearchMode::Accurate).unwrap();
+        let flags: Vec<bool> = response
+            .gallery
+            .iter()
+            .map(|item| match &item.outcome {
+                Some(gallery_item_result::Outcome::Match(matched)) => matched.near_identical,
+                _ => panic!("every item matched"),
+            })
+            .collect();
+        assert_eq!(flags, [false, true, false]);
+    }
+
+    #[test]
     fn best_item_is_the_highest_score_among_matches() {
         let calibration = Calibration::builtin().unwrap();
         let outcome = CompareOutcome {
@@ -289,7 +320,7 @@ mod tests {
                 }),
             ],
         };
-        let response = build_response(outcome, 3, &calibration).unwrap();
+        let response = build_response(outcome, 3, &calibration, SearchMode::Fast).unwrap();
         assert_eq!(response.best_index, 2);
         assert_eq!(response.best_score, calibration.score(0.5));
         assert_eq!(response.gallery.len(), 3);
@@ -307,7 +338,7 @@ mod tests {
             probe_face: Face::default(),
             gallery: vec![],
         };
-        let error = build_response(outcome, 1, &calibration).unwrap_err();
+        let error = build_response(outcome, 1, &calibration, SearchMode::Fast).unwrap_err();
         assert_eq!(error.code, faceproof_runtime::ErrorCode::Internal);
     }
 }
