@@ -29,7 +29,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
 
+    // `bytes` fields (images) as `bytes::Bytes`: the gateway decodes base64 once into a buffer
+    // that every replica attempt shares, and decoding a message slices its buffer instead of
+    // copying each image.
     tonic_prost_build::configure()
+        .bytes(".")
         .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;

@@ -41,8 +41,8 @@ async fn stack() -> Stack {
 fn request(probe: &str, gallery: &str, mode: &str) -> pb::CompareWithLivenessRequest {
     pb::CompareWithLivenessRequest {
         os: "IOS".into(),
-        probe: fixture(probe).unwrap(),
-        gallery: vec![fixture(gallery).unwrap()],
+        probe: fixture(probe).unwrap().into(),
+        gallery: vec![fixture(gallery).unwrap().into()],
         search_mode: mode.into(),
         compare_min_score: Some(COMPARE_MIN_SCORE),
         liveness_min_score: None,
@@ -343,7 +343,7 @@ async fn missing_faces_and_bad_images_are_reported_per_field() {
 
     // An undecodable gallery item is caught at the gateway by its magic bytes.
     let mut undecodable = request(OBAMA_2012, OBAMA_2009, "FAST");
-    undecodable.gallery = vec![b"definitely not an image".to_vec()];
+    undecodable.gallery = vec![b"definitely not an image".to_vec().into()];
     let status = stack.compare(undecodable).await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(violation_fields(&status), ["gallery[0]"], "{status:?}");

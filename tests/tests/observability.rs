@@ -286,8 +286,8 @@ impl Stack {
             .max_decoding_message_size(64 << 20);
         let request = pb::CompareWithLivenessRequest {
             os: "DESKTOP".into(),
-            probe: probe.to_vec(),
-            gallery: vec![gallery.to_vec()],
+            probe: probe.to_vec().into(),
+            gallery: vec![gallery.to_vec().into()],
             search_mode: "FAST".into(),
             compare_min_score: Some(0.8),
             liveness_min_score: None,

@@ -74,11 +74,11 @@ impl RequestArgs {
                 Os::Android => "ANDROID",
             }
             .to_owned(),
-            probe: read_image(&self.probe)?,
+            probe: read_image(&self.probe)?.into(),
             gallery: self
                 .gallery
                 .iter()
-                .map(|path| read_image(path))
+                .map(|path| read_image(path).map(Into::into))
                 .collect::<anyhow::Result<_>>()?,
             search_mode: match self.search_mode {
                 SearchMode::Fast => "FAST",

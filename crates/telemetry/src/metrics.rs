@@ -100,6 +100,18 @@ struct GrpcMethodLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpRequestLabels {
+    route: &'static str,
+    method: String,
+    status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpRouteLabels {
+    route: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     stage: &'static str,
 }
@@ -140,6 +152,8 @@ struct Instruments {
     registry: Registry,
     grpc_handled: Family<GrpcCallLabels, Counter>,
     grpc_handling_seconds: HistogramFamily<GrpcMethodLabels>,
+    http_handled: Family<HttpRequestLabels, Counter>,
+    http_handling_seconds: HistogramFamily<HttpRouteLabels>,
     stage_seconds: HistogramFamily<StageLabels>,
     queue_depth: Gauge,
     queue_rejected: Counter,
@@ -183,6 +197,20 @@ impl Metrics {
             "grpc_server_handling_seconds",
             "gRPC call latency from request headers to final status",
             grpc_handling_seconds.clone(),
+        );
+        let http_handled = Family::<HttpRequestLabels, Counter>::default();
+        registry.register(
+            "http_server_handled",
+            "REST requests completed, by route (the path template, `other` for unknown paths), \
+             method and HTTP status",
+            http_handled.clone(),
+        );
+        let http_handling_seconds: HistogramFamily<HttpRouteLabels> =
+            Family::new_with_constructor(request_histogram);
+        registry.register(
+            "http_server_handling_seconds",
+            "REST request latency from request headers to response headers",
+            http_handling_seconds.clone(),
         );
         let stage_seconds: HistogramFamily<StageLabels> =
             Family::new_with_constructor(stage_histogram);
@@ -232,6 +260,8 @@ impl Metrics {
                 registry,
                 grpc_handled,
                 grpc_handling_seconds,
+                http_handled,
+                http_handling_seconds,
                 stage_seconds,
                 queue_depth,
                 queue_rejected,
@@ -265,6 +295,39 @@ impl Metrics {
                 grpc_service: method_labels.grpc_service,
                 grpc_method: method_labels.grpc_method,
                 grpc_code: code as u16,
+            })
+            .inc();
+    }
+
+    /// Records one answered REST request; `route` is a fixed path template (bounded label set).
+    pub fn record_http_request(
+        &self,
+        route: &'static str,
+        method: &http::Method,
+        status: u16,
+        elapsed: Duration,
+    ) {
+        self.inner
+            .http_handling_seconds
+            .get_or_create(&HttpRouteLabels { route })
+            .observe(elapsed.as_secs_f64());
+        // Standard methods by name; anything else as one label value (bounded cardinality).
+        let method = match *method {
+            http::Method::GET
+            | http::Method::POST
+            | http::Method::PUT
+            | http::Method::DELETE
+            | http::Method::PATCH
+            | http::Method::HEAD
+            | http::Method::OPTIONS => method.as_str().to_owned(),
+            _ => "other".to_owned(),
+        };
+        self.inner
+            .http_handled
+            .get_or_create(&HttpRequestLabels {
+                route,
+                method,
+                status,
             })
             .inc();
     }

@@ -91,6 +91,11 @@ pub fn set_parent_from_metadata(span: &tracing::Span, metadata: &MetadataMap) {
     let _ = span.set_parent(extract_context(metadata));
 }
 
+/// As [`set_parent_from_metadata`], from plain HTTP headers (the REST front end).
+pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) {
+    let _ = span.set_parent(extract_context_from_headers(headers));
+}
+
 /// Client interceptor that injects the current span's trace context into every request.
 ///
 /// `MatcherClient::with_interceptor(channel, TraceContextInterceptor)`; the interceptor runs

@@ -42,6 +42,13 @@ pub enum AuthError {
     UnknownApiKey,
     #[error("the token's claims are not accepted (issuer, audience, not-before or subject)")]
     InvalidClaims,
+    #[error("the authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes")]
+    HeaderTooLarge,
+    #[error(
+        "the token's subject is not accepted: at most {MAX_SUBJECT_BYTES} bytes, no control or \
+         bidirectional-formatting characters"
+    )]
+    InvalidSubject,
 }
 
 impl AuthError {
@@ -54,8 +61,34 @@ impl AuthError {
             Self::AlgorithmNotAllowed => "algorithm_not_allowed",
             Self::UnknownApiKey => "unknown_api_key",
             Self::InvalidClaims => "invalid_claims",
+            Self::HeaderTooLarge => "authorization_header_too_large",
+            Self::InvalidSubject => "invalid_subject",
         }
     }
+}
+
+/// Longest `authorization` header accepted, on REST and gRPC alike: a JWT with ordinary claims
+/// is well under 2 KiB, and the header is read before anything else of the request.
+pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+
+/// Longest JWT `sub` accepted: it becomes the client id written into signed records and logs.
+pub const MAX_SUBJECT_BYTES: usize = 256;
+
+/// A client id must read the same everywhere it is shown: no control characters (which break
+/// logs) and no bidirectional formatting characters (which reorder the text a reader sees,
+/// e.g. U+202E RIGHT-TO-LEFT OVERRIDE), and short.
+pub fn is_acceptable_subject(subject: &str) -> bool {
+    !subject.trim().is_empty()
+        && subject.len() <= MAX_SUBJECT_BYTES
+        && !subject
+            .chars()
+            .any(|c| c.is_control() || is_bidi_control(c))
+}
+
+/// U+061C ARABIC LETTER MARK, U+200E/F LRM/RLM, U+202A-202E embeddings and overrides,
+/// U+2066-2069 isolates.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 struct JwtVerifier {
@@ -168,6 +201,9 @@ impl Authenticator {
     /// Authenticates an `authorization` header value.
     pub fn authenticate(&self, header: Option<&HeaderValue>) -> Result<ClientId, AuthError> {
         let header = header.ok_or(AuthError::MissingToken)?;
+        if header.len() > MAX_AUTHORIZATION_BYTES {
+            return Err(AuthError::HeaderTooLarge);
+        }
         let header = header.to_str().map_err(|_| AuthError::MalformedToken)?;
         let (scheme, token) = header
             .trim()
@@ -250,6 +286,9 @@ fn verify_jwt(jwt: &JwtVerifier, token: &str) -> Result<ClientId, AuthError> {
         })?;
     if data.claims.sub.trim().is_empty() {
         return Err(AuthError::InvalidClaims);
+    }
+    if !is_acceptable_subject(&data.claims.sub) {
+        return Err(AuthError::InvalidSubject);
     }
     Ok(ClientId(data.claims.sub))
 }
@@ -455,6 +494,45 @@ mod tests {
         assert!(!is_public_grpc_path(
             "/faceproof.gateway.v1.FaceVerification/CompareWithLiveness"
         ));
+    }
+
+    #[test]
+    fn subjects_with_control_or_bidi_characters_or_too_long_are_refused() {
+        assert!(is_acceptable_subject("acme-corp_01@example.com"));
+        assert!(is_acceptable_subject("Zoë Müller"));
+        assert!(is_acceptable_subject(&"a".repeat(MAX_SUBJECT_BYTES)));
+        assert!(!is_acceptable_subject(&"a".repeat(MAX_SUBJECT_BYTES + 1)));
+        for bad in [
+            "acme\n",
+            "a\u{0}b",
+            "a\u{7f}",
+            "a\u{85}",
+            "a\u{061C}",
+            "a\u{200E}",
+            "a\u{200F}",
+            "a\u{202A}",
+            "a\u{202E}",
+            "a\u{2066}",
+            "a\u{2069}",
+            " ",
+        ] {
+            assert!(!is_acceptable_subject(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn an_authorization_header_over_8_kib_is_refused_before_parsing() {
+        let auth = Authenticator {
+            jwt: None,
+            api_keys: HashMap::new(),
+        };
+        let header =
+            HeaderValue::from_str(&format!("Bearer {}", "x".repeat(MAX_AUTHORIZATION_BYTES)))
+                .unwrap();
+        assert_eq!(
+            auth.authenticate(Some(&header)),
+            Err(AuthError::HeaderTooLarge)
+        );
     }
 
     #[test]

@@ -167,6 +167,15 @@ pub struct Config {
     #[arg(long, env = "FACEPROOF_MAX_IMAGE_PIXELS", default_value_t = 40_000_000)]
     pub max_image_pixels: u64,
 
+    /// Browser origins allowed to call the REST API (CORS), comma-separated, e.g.
+    /// `https://app.example.com`; `*` allows any origin. Empty (the default): CORS is off.
+    #[arg(
+        long = "cors-allowed-origin",
+        env = "FACEPROOF_CORS_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_allowed_origins: Vec<String>,
+
     /// Time given to in-flight requests to finish after SIGTERM or ctrl-c, in milliseconds.
     #[arg(long, env = "FACEPROOF_SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
@@ -256,6 +265,7 @@ impl fmt::Debug for Config {
             .field("max_gallery", &self.max_gallery)
             .field("max_image_bytes", &self.max_image_bytes)
             .field("max_image_pixels", &self.max_image_pixels)
+            .field("cors_allowed_origins", &self.cors_allowed_origins)
             .field("shutdown_grace_ms", &self.shutdown_grace_ms)
             .field("metrics_addr", &self.metrics_addr)
             .field("telemetry", &self.telemetry)

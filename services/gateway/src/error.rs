@@ -135,27 +135,39 @@ impl ServiceError {
         }
     }
 
-    /// Field violations to show the caller (ours, or the backend's BadRequest).
+    /// Field violations to show the caller (ours, or the backend's BadRequest with each
+    /// violation's own reason, else the ErrorInfo reason). A backend's fields are the public
+    /// ones: the liveness service's `image` is the caller's `probe`.
     pub fn violations(&self) -> Vec<Violation> {
         match self {
             Self::InvalidRequest(violations) | Self::UndecodableImage(violations) => {
                 violations.clone()
             }
-            Self::BackendRejected { status, .. } => status
-                .get_error_details()
-                .bad_request()
-                .map(|bad_request| {
-                    bad_request
-                        .field_violations
-                        .iter()
-                        .map(|violation| Violation {
-                            field: violation.field.clone(),
-                            description: violation.description.clone(),
-                            reason: "",
-                        })
-                        .collect()
-                })
-                .unwrap_or_default(),
+            Self::BackendRejected { service, status } => {
+                let details = status.get_error_details();
+                let info_reason = details
+                    .error_info()
+                    .map(|info| info.reason.clone())
+                    .unwrap_or_default();
+                details
+                    .bad_request()
+                    .map(|bad_request| {
+                        bad_request
+                            .field_violations
+                            .iter()
+                            .map(|violation| Violation {
+                                field: public_field(*service, &violation.field),
+                                description: violation.description.clone(),
+                                reason: known_reason(if violation.reason.is_empty() {
+                                    &info_reason
+                                } else {
+                                    &violation.reason
+                                }),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
             _ => Vec::new(),
         }
     }
@@ -181,19 +193,23 @@ impl ServiceError {
         }
     }
 
-    /// HTTP status of the reference REST API.
+    /// HTTP status of the reference REST API: 409 for a parameter problem, 412 for an image
+    /// whose content is refused (format, size, decoding, face), 403 for an expired token.
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
+            Self::Unauthenticated(AuthError::TokenExpired) => S::FORBIDDEN,
             Self::Unauthenticated(_) => S::UNAUTHORIZED,
             Self::RateLimited { .. } | Self::TooManyInFlight { .. } => S::TOO_MANY_REQUESTS,
-            Self::InvalidRequest(_) => S::CONFLICT,
-            Self::UndecodableImage(_) => S::PRECONDITION_FAILED,
+            Self::InvalidRequest(_) | Self::UndecodableImage(_) => {
+                violations_status(&self.violations())
+            }
             Self::BackendUnavailable { .. } => S::SERVICE_UNAVAILABLE,
             Self::BackendDeadline { .. } => S::GATEWAY_TIMEOUT,
             Self::BackendRejected { status, .. } => match status.code() {
-                Code::InvalidArgument => S::CONFLICT,
-                Code::ResourceExhausted => S::SERVICE_UNAVAILABLE,
+                Code::InvalidArgument => violations_status(&self.violations()),
+                Code::ResourceExhausted | Code::Unavailable => S::SERVICE_UNAVAILABLE,
+                Code::DeadlineExceeded => S::GATEWAY_TIMEOUT,
                 _ => S::BAD_GATEWAY,
             },
             Self::BackendFailed { .. } => S::BAD_GATEWAY,
@@ -201,6 +217,140 @@ impl ServiceError {
             Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
         }
     }
+
+    /// The REST envelope's `code`: a missing field is `MissingParameter` (as the reference).
+    pub fn rest_code(&self) -> &'static str {
+        let status = self.http_status();
+        let missing = self
+            .violations()
+            .iter()
+            .any(|violation| violation.reason == "missing");
+        if status == http::StatusCode::CONFLICT && missing {
+            "MissingParameter"
+        } else {
+            rest_code_for_status(status)
+        }
+    }
+
+    /// The message a REST caller reads: never the name or address of an internal service.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Unauthenticated(_)
+            | Self::RateLimited { .. }
+            | Self::TooManyInFlight { .. }
+            | Self::MessageTooLarge { .. } => self.to_string(),
+            Self::InvalidRequest(violations) | Self::UndecodableImage(violations) => {
+                match violations
+                    .iter()
+                    .find(|violation| violation.reason == "missing")
+                {
+                    // The reference's wording: `"search_mode" is required`.
+                    Some(missing) if missing.description.ends_with("is required") => {
+                        missing.description.clone()
+                    }
+                    _ => format!("invalid request: {}", describe(violations)),
+                }
+            }
+            Self::BackendUnavailable { .. } => {
+                "face verification is temporarily unavailable; retry later".to_owned()
+            }
+            Self::BackendDeadline { .. } => {
+                "the request did not complete within its deadline".to_owned()
+            }
+            Self::BackendRejected { status, .. } => match status.code() {
+                Code::InvalidArgument => {
+                    let violations = self.violations();
+                    if violations.is_empty() {
+                        "an image was refused".to_owned()
+                    } else {
+                        format!("an image was refused: {}", describe(&violations))
+                    }
+                }
+                Code::ResourceExhausted | Code::Unavailable => {
+                    "face verification is overloaded; retry later".to_owned()
+                }
+                Code::DeadlineExceeded => {
+                    "the request did not complete within its deadline".to_owned()
+                }
+                _ => "the request could not be processed".to_owned(),
+            },
+            Self::BackendFailed { .. } => "the request could not be processed".to_owned(),
+            Self::Internal(_) => "internal error".to_owned(),
+        }
+    }
+}
+
+/// The reference API's string `code` for an HTTP status (its own: `UNAUTHORIZED`, `FORBIDDEN`,
+/// `ERROR`, `NotFound`, `InternalServerError`, `MissingParameter`; the others in its style).
+pub fn rest_code_for_status(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 => "BadRequest",
+        401 => "UNAUTHORIZED",
+        403 => "FORBIDDEN",
+        404 => "NotFound",
+        405 => "MethodNotAllowed",
+        409 => "InvalidParameter",
+        412 => "ERROR",
+        413 => "PayloadTooLarge",
+        429 => "TooManyRequests",
+        502 => "BadGateway",
+        503 => "ServiceUnavailable",
+        504 => "GatewayTimeout",
+        _ => "InternalServerError",
+    }
+}
+
+/// 409 when any violation is about a parameter (a missing or mistyped field, a value out of
+/// range, too many images); 412 when every one is about an image's content.
+fn violations_status(violations: &[Violation]) -> http::StatusCode {
+    let image_content = |violation: &Violation| {
+        let image_field = violation.field == "probe" || violation.field.starts_with("gallery[");
+        image_field && !matches!(violation.reason, "missing" | "invalid_type" | "")
+    };
+    if !violations.is_empty() && violations.iter().all(image_content) {
+        http::StatusCode::PRECONDITION_FAILED
+    } else {
+        http::StatusCode::CONFLICT
+    }
+}
+
+/// A backend's request field as the caller named it.
+fn public_field(service: Backend, field: &str) -> String {
+    match (service, field) {
+        (Backend::Liveness, "image") => "probe".to_owned(),
+        _ => field.to_owned(),
+    }
+}
+
+/// Violation reasons are `&'static str`: a backend's reason is kept when it is one of the
+/// shared vocabulary, else reported as `image_refused`.
+fn known_reason(reason: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "image_too_large",
+        "image_bad_aspect_ratio",
+        "image_truncated",
+        "image_undecodable",
+        "unsupported_format",
+        "no_face_detected",
+        "multiple_faces_detected",
+        "face_too_small",
+        "face_cut_off",
+        "face_too_blurry",
+        "face_too_dark",
+        "face_too_bright",
+        "face_not_frontal",
+        "face_close_to_border",
+        "empty_image",
+        "invalid_face_hint",
+        "probe_is_gallery_copy",
+        "missing",
+        "invalid_value",
+    ];
+    KNOWN
+        .iter()
+        .find(|known| known.eq_ignore_ascii_case(reason))
+        .copied()
+        .unwrap_or("image_refused")
 }
 
 impl From<ServiceError> for Status {
@@ -360,8 +510,12 @@ mod tests {
             service: Backend::Matcher,
             status: backend,
         };
-        assert_eq!(error.http_status(), http::StatusCode::CONFLICT);
+        // An image's content refused: 412, with a reason even when the backend gave none.
+        assert_eq!(error.http_status(), http::StatusCode::PRECONDITION_FAILED);
+        assert_eq!(error.rest_code(), "ERROR");
         assert_eq!(error.violations()[0].field, "probe");
+        assert_eq!(error.violations()[0].reason, "image_refused");
+        assert!(!error.public_message().contains("matcher"));
         let status = Status::from(error);
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "no face");

@@ -116,6 +116,7 @@ pub struct Application {
     http_addr: SocketAddr,
     gateway: Arc<Gateway>,
     auth: Arc<Authenticator>,
+    rest_settings: rest::RestSettings,
     shutdown_grace: Duration,
 }
 
@@ -229,6 +230,9 @@ impl Application {
             http_addr,
             gateway: Arc::new(gateway),
             auth,
+            rest_settings: rest::RestSettings {
+                cors_allowed_origins: config.cors_allowed_origins.clone(),
+            },
             shutdown_grace: config.shutdown_grace(),
         })
     }
@@ -304,9 +308,15 @@ impl Application {
                 stopped(stop_receiver.clone()),
             );
         let mut grpc_task = tokio::spawn(grpc_server);
-        let router = rest::router(Arc::clone(&self.gateway), Arc::clone(&self.auth)).merge(
-            readiness::router(Arc::clone(&self.gateway), readiness.subscribe()),
-        );
+        let router = rest::router(
+            Arc::clone(&self.gateway),
+            Arc::clone(&self.auth),
+            self.rest_settings.clone(),
+        )
+        .merge(readiness::router(
+            Arc::clone(&self.gateway),
+            readiness.subscribe(),
+        ));
         let http_server = axum::serve(accept_http_without_nagle(self.http_listener), router)
             .with_graceful_shutdown(stopped(stop_receiver));
         let mut http_task = tokio::spawn(async move { http_server.await });

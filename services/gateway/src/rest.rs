@@ -1,96 +1,133 @@
 //! The REST drop-in for the reference API: `POST /v2/face-recognition/compare-with-liveness`
-//! (reference JSON body and envelope) and `GET /v2/signing-keys`.
+//! (reference JSON body and envelope), `GET /v2/signing-keys` and `GET /healthz`.
+//!
+//! Order of work for a compare request, cheapest refusal first: route and method (404 / 405
+//! before anything else), token, rate limit, `Content-Length` against the body limit, then the
+//! body is streamed into one buffer and cut at the limit (413), then parsed and its base64
+//! decoded on the blocking pool ([`body`]), validated, and handed to the shared orchestration.
+//! Peak memory per request: the body, then the decoded images (3/4 of it) while the body is
+//! still held, then the images alone.
+//!
+//! Every answer carries `x-request-id` (the caller's when it is short and plain, else a new
+//! one); error bodies are the reference envelope `{"message", "code"}` with our `status`,
+//! `reason`, `violations` and `request_id` besides. Requests are counted by route and status in
+//! `faceproof_http_server_handled` and traced in an `http.request` span.
 
+mod body;
+
+use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use base64::Engine as _;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
-use base64::engine::{DecodePaddingMode, general_purpose};
-use faceproof_proto::gateway::v1::CompareWithLivenessRequest;
+use faceproof_telemetry::Metrics;
 use serde_json::{Value, json};
+use tokio_stream::StreamExt as _;
+use tracing::Instrument as _;
 
-use crate::auth::{Authenticator, ClientId};
-use crate::error::{ServiceError, Violation};
+use crate::auth::Authenticator;
+use crate::config::Limits;
+use crate::error::{ServiceError, Violation, rest_code_for_status};
 use crate::service::Gateway;
+use crate::validation::{ValidRequest, validate};
+
+pub use body::decode_image;
 
 /// The reference API's path.
 pub const COMPARE_PATH: &str = "/v2/face-recognition/compare-with-liveness";
 pub const SIGNING_KEYS_PATH: &str = "/v2/signing-keys";
+pub const HEALTHZ_PATH: &str = "/healthz";
 
-/// Standard base64 alphabet, padding optional (clients differ).
-const BASE64: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+/// The request id header, read and echoed.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+/// Longest caller-supplied request id kept; longer or unusual ones are replaced.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Metrics label of a request that matched no route (bounded label values).
+const UNMATCHED_ROUTE: &str = "other";
+
+/// REST-only settings.
+#[derive(Debug, Clone, Default)]
+pub struct RestSettings {
+    /// Origins allowed by CORS (`*` = any); empty = CORS off.
+    pub cors_allowed_origins: Vec<String>,
+}
 
 #[derive(Clone)]
 struct RestState {
     gateway: Arc<Gateway>,
+    auth: Arc<Authenticator>,
 }
 
-pub fn router(gateway: Arc<Gateway>, auth: Arc<Authenticator>) -> Router {
-    let body_limit = gateway.limits.max_rest_body_bytes();
-    let protected = Router::new()
-        .route(COMPARE_PATH, post(compare_with_liveness))
-        .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn_with_state(auth, authenticate));
+tokio::task_local! {
+    /// The current request's id, for error bodies built deep in a handler.
+    static REQUEST_ID: String;
+}
+
+pub fn router(gateway: Arc<Gateway>, auth: Arc<Authenticator>, settings: RestSettings) -> Router {
+    let metrics = gateway.metrics.clone();
+    let cors = Arc::new(Cors::new(&settings.cors_allowed_origins));
     Router::new()
+        .route(COMPARE_PATH, post(compare_with_liveness))
         .route(SIGNING_KEYS_PATH, get(signing_keys))
-        .route("/healthz", get(|| async { "ok" }))
+        .route(HEALTHZ_PATH, get(|| async { "ok" }))
         .route(
             crate::openapi::OPENAPI_PATH,
             get(|| async { axum::Json(crate::openapi::document()) }),
         )
-        .merge(protected)
-        .with_state(RestState { gateway })
+        .method_not_allowed_fallback(method_not_allowed)
+        // Runs for matched routes only (405 included): names the route for the metrics.
+        .route_layer(middleware::from_fn(tag_route))
+        .fallback(not_found)
+        .with_state(RestState { gateway, auth })
+        .layer(middleware::from_fn_with_state(cors, cors_headers))
+        .layer(middleware::from_fn_with_state(metrics, observe))
 }
 
-/// The reference API's error body: `{"message", "code"}` plus `reason` and `violations`.
+// ---------------------------------------------------------------- envelope
+
+/// The reference API's error body plus our details: `{"message", "code", "status", "reason",
+/// "violations"?, "request_id"}`.
 fn error_response(
     status: StatusCode,
+    code: &str,
     message: String,
     reason: &str,
     violations: &[Violation],
 ) -> Response {
-    // The reference API's string codes (the "rest" branch owns the full mapping).
-    let code = match status.as_u16() {
-        400 => "BadRequest",
-        401 => "UNAUTHORIZED",
-        403 => "FORBIDDEN",
-        404 => "NotFound",
-        409 => "InvalidParameter",
-        412 => "ERROR",
-        413 => "PayloadTooLarge",
-        429 => "TooManyRequests",
-        502 => "BadGateway",
-        503 => "ServiceUnavailable",
-        504 => "GatewayTimeout",
-        _ => "InternalServerError",
-    };
-    let mut body =
-        json!({"message": message, "code": code, "status": status.as_u16(), "reason": reason});
+    let mut body = json!({
+        "message": message,
+        "code": code,
+        "status": status.as_u16(),
+        "reason": reason,
+    });
     if !violations.is_empty() {
         body["violations"] = violations
             .iter()
             .map(|violation| {
-                let mut entry =
-                    json!({"field": violation.field, "description": violation.description});
-                if !violation.reason.is_empty() {
-                    entry["reason"] = Value::from(violation.reason);
-                }
-                entry
+                json!({
+                    "field": violation.field,
+                    "reason": violation.reason,
+                    "description": violation.description,
+                })
             })
             .collect();
     }
+    if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
+        body["request_id"] = Value::from(request_id);
+    }
     (status, axum::Json(body)).into_response()
+}
+
+/// A refusal with no violations, its code from the status.
+fn refusal(status: StatusCode, reason: &str, message: String) -> Response {
+    error_response(status, rest_code_for_status(status), message, reason, &[])
 }
 
 impl IntoResponse for ServiceError {
@@ -100,8 +137,13 @@ impl IntoResponse for ServiceError {
         let retry_after = self
             .retry_after()
             .map(|retry_after| retry_after.as_secs_f64().ceil().max(1.0));
-        let mut response =
-            error_response(status, self.to_string(), &self.reason(), &self.violations());
+        let mut response = error_response(
+            status,
+            self.rest_code(),
+            self.public_message(),
+            &self.reason(),
+            &self.violations(),
+        );
         if let Some(seconds) = retry_after
             && let Ok(value) = HeaderValue::from_str(&format!("{seconds:.0}"))
         {
@@ -111,22 +153,182 @@ impl IntoResponse for ServiceError {
     }
 }
 
-async fn authenticate(
-    State(auth): State<Arc<Authenticator>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    match auth.authenticate(request.headers().get(header::AUTHORIZATION)) {
-        Ok(client) => {
-            request.extensions_mut().insert(client);
-            next.run(request).await
-        }
-        Err(error) => {
-            tracing::info!(reason = error.reason(), "rest request not authenticated");
-            ServiceError::Unauthenticated(error).into_response()
+// ---------------------------------------------------------------- edges
+
+/// The route template of a matched request, carried out to [`observe`].
+#[derive(Clone)]
+struct RouteLabel(&'static str);
+
+/// Our routes have no path parameters, so a matched request's path is its route.
+async fn tag_route(request: Request, next: Next) -> Response {
+    let route = known_route(request.uri().path());
+    let mut response = next.run(request).await;
+    response.extensions_mut().insert(RouteLabel(route));
+    response
+}
+
+/// Our routes as `'static` labels (another router's paths fall under `other`).
+fn known_route(path: &str) -> &'static str {
+    [
+        COMPARE_PATH,
+        SIGNING_KEYS_PATH,
+        HEALTHZ_PATH,
+        "/readyz",
+        "/openapi.json",
+    ]
+    .into_iter()
+    .find(|route| *route == path)
+    .unwrap_or(UNMATCHED_ROUTE)
+}
+
+async fn not_found() -> Response {
+    refusal(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such path; the API is POST {COMPARE_PATH}"),
+    )
+}
+
+/// axum adds the `Allow` header.
+async fn method_not_allowed(method: Method) -> Response {
+    refusal(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this path (see the Allow header)"),
+    )
+}
+
+/// The request id, the `http.request` span, the echoed header and the metrics, around
+/// everything else.
+async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .filter(|id| is_acceptable_request_id(id))
+        .map_or_else(new_request_id, str::to_owned);
+    let method = request.method().clone();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format_args!("{method} {}", known_route(request.uri().path())),
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = known_route(request.uri().path()),
+        http.response.status_code = tracing::field::Empty,
+        request_id = %request_id,
+    );
+    faceproof_telemetry::propagation::set_parent_from_headers(&span, request.headers());
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), next.run(request))
+        .instrument(span.clone())
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, value);
+    }
+    let status = response.status().as_u16();
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or(UNMATCHED_ROUTE, |label| label.0);
+    metrics.record_http_request(route, &method, status, started.elapsed());
+    span.record("http.response.status_code", status);
+    tracing::info!(
+        parent: &span,
+        %method,
+        route,
+        status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "rest request answered"
+    );
+    response
+}
+
+/// 1 to 128 bytes of letters, digits and `-_.:` (what log and trace tools take as is).
+fn is_acceptable_request_id(id: &str) -> bool {
+    (1..=MAX_REQUEST_ID_BYTES).contains(&id.len())
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b':'))
+}
+
+fn new_request_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// CORS, off unless origins are configured. A preflight from an allowed origin is answered
+/// here, before authentication (browsers send no token with it); other requests from an
+/// allowed origin get the allow headers added. Other origins get no CORS headers at all.
+struct Cors {
+    any_origin: bool,
+    origins: HashSet<String>,
+}
+
+impl Cors {
+    fn new(origins: &[String]) -> Self {
+        let origins: HashSet<String> = origins
+            .iter()
+            .map(|origin| origin.trim().trim_end_matches('/').to_ascii_lowercase())
+            .filter(|origin| !origin.is_empty())
+            .collect();
+        Self {
+            any_origin: origins.contains("*"),
+            origins,
         }
     }
+
+    fn allows(&self, origin: &HeaderValue) -> bool {
+        self.any_origin
+            || origin
+                .to_str()
+                .is_ok_and(|origin| self.origins.contains(&origin.to_ascii_lowercase()))
+    }
 }
+
+async fn cors_headers(State(cors): State<Arc<Cors>>, request: Request, next: Next) -> Response {
+    let origin = request
+        .headers()
+        .get(header::ORIGIN)
+        .filter(|origin| cors.allows(origin))
+        .cloned();
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type, x-request-id, traceparent"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        response
+    } else {
+        let mut response = next.run(request).await;
+        response.headers_mut().insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-request-id, retry-after"),
+        );
+        response
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.append(header::VARY, HeaderValue::from_static("origin"));
+    response
+}
+
+// ---------------------------------------------------------------- routes
 
 async fn signing_keys(State(state): State<RestState>) -> Response {
     axum::Json(faceproof_signing::signing_keys_to_json(
@@ -135,37 +337,42 @@ async fn signing_keys(State(state): State<RestState>) -> Response {
     .into_response()
 }
 
-async fn compare_with_liveness(
-    State(state): State<RestState>,
-    axum::Extension(client): axum::Extension<ClientId>,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return error_response(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "the request body is larger than {} bytes",
-                    state.gateway.limits.max_rest_body_bytes()
-                ),
-                "body_too_large",
-                &[],
-            );
-        }
-        Err(rejection) => {
-            return error_response(rejection.status(), rejection.body_text(), "bad_body", &[]);
+async fn compare_with_liveness(State(state): State<RestState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    // Token and rate limit before a byte of the body is read.
+    let client = match state
+        .auth
+        .authenticate(parts.headers.get(header::AUTHORIZATION))
+    {
+        Ok(client) => client,
+        Err(error) => {
+            tracing::info!(reason = error.reason(), "rest request not authenticated");
+            return ServiceError::Unauthenticated(error).into_response();
         }
     };
-    let request = match parse_request(&body) {
-        Ok(request) => request,
+    // The in-flight slot also bounds how many bodies one client can have in memory at once.
+    let _in_flight = match state.gateway.admit(&client) {
+        Ok(slot) => slot,
+        Err(error) => return error.into_response(),
+    };
+    let limit = state.gateway.limits.max_rest_body_bytes();
+    let body = match read_body(&parts.headers, body, limit).await {
+        Ok(body) => body,
         Err(response) => return *response,
     };
-    match state
-        .gateway
-        .compare_with_liveness(&client, request, None)
-        .await
-    {
+    let limits = state.gateway.limits;
+    // Parsing and base64 are CPU work proportional to the body: off the async workers.
+    let parsed = tokio::task::spawn_blocking(move || parse_and_validate(body, &limits)).await;
+    let request = match parsed {
+        Ok(Ok(request)) => request,
+        Ok(Err(Refused::Body(error))) => return body_error_response(error),
+        Ok(Err(Refused::Invalid(error))) => return error.into_response(),
+        Err(error) => {
+            return ServiceError::Internal(format!("request parsing stopped: {error}"))
+                .into_response();
+        }
+    };
+    match state.gateway.compare_valid(&client, request, None).await {
         Ok(response) => match faceproof_signing::response_to_json(&response) {
             Ok(envelope) => axum::Json(envelope).into_response(),
             Err(error) => ServiceError::Internal(error.to_string()).into_response(),
@@ -174,144 +381,97 @@ async fn compare_with_liveness(
     }
 }
 
-/// Reads the reference JSON body into the gRPC request, so both front ends share one validation.
-/// Type errors are validation errors (409, all at once); undecodable base64 is 412.
-fn parse_request(body: &[u8]) -> Result<CompareWithLivenessRequest, Box<Response>> {
-    let value: Value = serde_json::from_slice(body).map_err(|error| {
-        Box::new(error_response(
+/// Why a body was refused before orchestration.
+enum Refused {
+    Body(body::BodyError),
+    Invalid(ServiceError),
+}
+
+/// Parses, decodes and validates a body, reporting every violation together. The body is
+/// dropped as soon as the images are decoded out of it.
+fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, Refused> {
+    let parsed = body::parse(&body).map_err(Refused::Body)?;
+    drop(body);
+    let mut violations = parsed.violations;
+    match validate(parsed.request, limits) {
+        Ok(valid) if violations.is_empty() => Ok(valid),
+        Ok(_) => Err(Refused::Invalid(ServiceError::InvalidRequest(violations))),
+        Err(ServiceError::InvalidRequest(found)) => {
+            // A field that failed to parse is not judged again (a missing probe is not also
+            // "empty").
+            let reported: HashSet<String> = violations
+                .iter()
+                .map(|violation| violation.field.clone())
+                .collect();
+            violations.extend(
+                found
+                    .into_iter()
+                    .filter(|violation| !reported.contains(&violation.field)),
+            );
+            Err(Refused::Invalid(ServiceError::InvalidRequest(violations)))
+        }
+        Err(other) => Err(Refused::Invalid(other)),
+    }
+}
+
+fn body_error_response(error: body::BodyError) -> Response {
+    match error {
+        body::BodyError::Malformed(detail) => refusal(
             StatusCode::BAD_REQUEST,
+            "malformed_request",
+            format!("the body is not one valid JSON object: {detail}"),
+        ),
+        body::BodyError::DuplicateKey(key) => error_response(
+            StatusCode::CONFLICT,
+            rest_code_for_status(StatusCode::CONFLICT),
+            format!("duplicate key \"{key}\": each member name may appear once per object"),
+            "duplicate_key",
+            &[Violation::new(
+                key,
+                "duplicate_key",
+                "appears more than once in its object",
+            )],
+        ),
+    }
+}
+
+/// The body in one buffer: refused from `Content-Length` when it declares too much, cut while
+/// streaming when it sends too much (chunked or lying).
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Vec<u8>, Box<Response>> {
+    let too_large = || {
+        Box::new(refusal(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_body_too_large",
             format!(
-                "the body is not valid JSON: line {}, column {}: {error}",
-                error.line(),
-                error.column()
+                "the request body is larger than {limit} bytes (the image limits, base64-encoded)"
             ),
-            "malformed_json",
-            &[],
         ))
-    })?;
-    let Some(object) = value.as_object() else {
-        return Err(Box::new(
-            ServiceError::InvalidRequest(vec![Violation::new(
-                "body",
-                "invalid_type",
-                "must be a JSON object",
-            )])
-            .into_response(),
-        ));
     };
-    let mut violations = Vec::new();
-    let mut undecodable = Vec::new();
-    let mut text = |name: &str| match object.get(name) {
-        None | Some(Value::Null) => String::new(),
-        Some(Value::String(text)) => text.clone(),
-        Some(_) => {
-            violations.push(Violation::new(name, "invalid_type", "must be a string"));
-            String::new()
-        }
-    };
-    let os = text("os");
-    let search_mode = text("search_mode");
-    let mut number = |name: &str| match object.get(name) {
-        None | Some(Value::Null) => None,
-        Some(Value::Number(number)) => number.as_f64(),
-        Some(_) => {
-            violations.push(Violation::new(name, "invalid_type", "must be a number"));
-            None
-        }
-    };
-    let compare_min_score = number("compare_min_score");
-    let liveness_min_score = number("liveness_min_score");
-    let mut image = |field: String, value: Option<&Value>| match value {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(text)) => match decode_image(text) {
-            Ok(bytes) => bytes,
-            Err(description) => {
-                undecodable.push(Violation::new(field, "undecodable_base64", description));
-                Vec::new()
-            }
-        },
-        Some(_) => {
-            violations.push(Violation::new(
-                field,
-                "invalid_type",
-                "must be a base64 string or a data:image/...;base64, URL",
-            ));
-            Vec::new()
-        }
-    };
-    let probe = image("probe".to_owned(), object.get("probe"));
-    let gallery = match object.get("gallery") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .enumerate()
-            .map(|(index, item)| image(format!("gallery[{index}]"), Some(item)))
-            .collect(),
-        Some(_) => {
-            violations.push(Violation::new(
-                "gallery",
-                "invalid_type",
-                "must be an array of images",
-            ));
-            Vec::new()
-        }
-    };
-    if !undecodable.is_empty() {
-        return Err(Box::new(
-            ServiceError::UndecodableImage(undecodable).into_response(),
-        ));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
     }
-    if !violations.is_empty() {
-        return Err(Box::new(
-            ServiceError::InvalidRequest(violations).into_response(),
-        ));
-    }
-    Ok(CompareWithLivenessRequest {
-        os,
-        probe,
-        gallery,
-        search_mode,
-        compare_min_score,
-        liveness_min_score,
-    })
-}
-
-/// Plain base64 or a `data:image/...;base64,` URL.
-fn decode_image(text: &str) -> Result<Vec<u8>, String> {
-    let payload = if let Some(rest) = text.strip_prefix("data:") {
-        let (media, payload) = rest
-            .split_once(',')
-            .ok_or("a data URL needs a comma before its payload")?;
-        if !media.ends_with(";base64") {
-            return Err("only base64 data URLs are accepted (`data:image/jpeg;base64,...`)".into());
+    let mut buffer = Vec::with_capacity(declared.map_or(0, |length| length as usize));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|error| {
+            Box::new(refusal(
+                StatusCode::BAD_REQUEST,
+                "malformed_request",
+                format!("the request body could not be read: {error}"),
+            ))
+        })?;
+        if buffer.len() + chunk.len() > limit {
+            return Err(too_large());
         }
-        payload
-    } else {
-        text
-    };
-    let compact: String = payload
-        .chars()
-        .filter(|c| !c.is_ascii_whitespace())
-        .collect();
-    BASE64
-        .decode(compact.as_bytes())
-        .or_else(|_| general_purpose::URL_SAFE_NO_PAD.decode(compact.trim_end_matches('=')))
-        .map_err(|error| format!("not valid base64: {error}"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn images_decode_from_base64_and_data_urls() {
-        assert_eq!(decode_image("aGk=").expect("padded"), b"hi");
-        assert_eq!(decode_image("aGk").expect("unpadded"), b"hi");
-        assert_eq!(
-            decode_image("data:image/png;base64,aGk=").expect("data url"),
-            b"hi"
-        );
-        assert!(decode_image("data:image/png,aGk=").is_err());
-        assert!(decode_image("not base64!").is_err());
+        buffer.extend_from_slice(&chunk);
     }
+    Ok(buffer)
 }

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use faceproof_proto::common::v1::FaceIssue;
 use faceproof_proto::gateway::v1 as pb;
 use faceproof_proto::liveness::v1 as liveness_pb;
 use faceproof_proto::liveness::v1::liveness_client::LivenessClient;
@@ -71,20 +72,36 @@ impl Gateway {
         request: pb::CompareWithLivenessRequest,
         caller_timeout: Option<Duration>,
     ) -> Result<pb::CompareWithLivenessResponse, ServiceError> {
-        let started = Instant::now();
-        let created_at = Utc::now();
+        let _in_flight = self.admit(client)?;
+        let request = validate(request, &self.limits)?;
+        self.compare_valid(client, request, caller_timeout).await
+    }
+
+    /// The per-client admission of a request, before any of its work: the rate limit, then a
+    /// place among the client's requests in flight. The returned slot is held until it is
+    /// dropped, however the request ends (the caller going away included).
+    pub fn admit(&self, client: &ClientId) -> Result<crate::in_flight::Slot, ServiceError> {
         self.rate_limiter
             .check(&client.0)
             .map_err(|retry_after| ServiceError::RateLimited { retry_after })?;
-        // Held until this future ends in any way, the caller going away included (dropped).
-        let _in_flight =
-            self.in_flight
-                .try_acquire(&client.0)
-                .ok_or_else(|| ServiceError::TooManyInFlight {
-                    limit: self.in_flight.limit(),
-                    retry_after: crate::in_flight::RETRY_AFTER,
-                })?;
-        let request = validate(request, &self.limits)?;
+        self.in_flight
+            .try_acquire(&client.0)
+            .ok_or_else(|| ServiceError::TooManyInFlight {
+                limit: self.in_flight.limit(),
+                retry_after: crate::in_flight::RETRY_AFTER,
+            })
+    }
+
+    /// Handles a request that was already admitted and validated (the REST front end does
+    /// both before and while it reads the body).
+    pub async fn compare_valid(
+        &self,
+        client: &ClientId,
+        request: ValidRequest,
+        caller_timeout: Option<Duration>,
+    ) -> Result<pb::CompareWithLivenessResponse, ServiceError> {
+        let started = Instant::now();
+        let created_at = Utc::now();
         let budget = match request.search_mode {
             SearchMode::Fast => self.deadlines.fast,
             SearchMode::Accurate => self.deadlines.accurate,
@@ -396,7 +413,11 @@ fn liveness_result(
             passed: false,
             min_score,
             attack: None,
-            issue: Some(issue),
+            // The liveness service names its own field (`image`): the caller sent `probe`.
+            issue: Some(FaceIssue {
+                field: "probe".to_owned(),
+                ..issue
+            }),
             reason: String::new(),
             comparison_score: None,
         }),
@@ -453,7 +474,7 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use faceproof_proto::common::v1::{FaceIssue, FaceIssueReason};
+    use faceproof_proto::common::v1::FaceIssueReason;
 
     fn score(value: f64) -> liveness_pb::CheckResponse {
         liveness_pb::CheckResponse {
@@ -484,14 +505,17 @@ mod tests {
         let checked = liveness_pb::CheckResponse {
             outcome: Some(liveness_pb::check_response::Outcome::Issue(FaceIssue {
                 reason: FaceIssueReason::FaceTooSmall.into(),
-                field: "probe".into(),
+                field: "image".into(),
                 detail: "small".into(),
             })),
             face: None,
         };
         let result = liveness_result(checked, 0.6).expect("issue is a result");
         assert!(!result.passed);
-        assert!(result.issue.is_some());
+        assert_eq!(
+            result.issue.map(|issue| issue.field),
+            Some("probe".to_owned())
+        );
     }
 
     #[test]

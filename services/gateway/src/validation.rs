@@ -1,4 +1,9 @@
 //! Request validation: every rule is checked and all violations are reported together.
+//!
+//! `os` and `search_mode` are matched without regard to case and default to DESKTOP and FAST
+//! when empty (unset); records echo them in upper case.
+
+use bytes::Bytes;
 
 use faceproof_proto::common::v1::SearchMode as ProtoSearchMode;
 use faceproof_proto::gateway::v1::CompareWithLivenessRequest;
@@ -13,7 +18,7 @@ pub const LIVENESS_MIN_SCORE_RANGE: (f64, f64) = (0.52, 1.0);
 /// `liveness_min_score` when the caller gives none (as the reference API).
 pub const DEFAULT_LIVENESS_MIN_SCORE: f64 = 0.6;
 
-/// Where the capture was made. Spellings are exactly the reference API's (case-sensitive).
+/// Where the capture was made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Os {
     Desktop,
@@ -22,13 +27,12 @@ pub enum Os {
 }
 
 impl Os {
+    /// Any case; an empty (unset) value is the default, DESKTOP.
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "DESKTOP" => Some(Self::Desktop),
-            "IOS" => Some(Self::Ios),
-            "ANDROID" => Some(Self::Android),
-            _ => None,
-        }
+        [Self::Desktop, Self::Ios, Self::Android]
+            .into_iter()
+            .find(|os| text.eq_ignore_ascii_case(os.as_str()))
+            .or(text.is_empty().then_some(Self::Desktop))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -40,7 +44,7 @@ impl Os {
     }
 }
 
-/// FAST or ACCURATE (case-sensitive, as the reference API).
+/// FAST or ACCURATE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SearchMode {
     Fast,
@@ -48,12 +52,12 @@ pub enum SearchMode {
 }
 
 impl SearchMode {
+    /// Any case; an empty (unset) value is the default, FAST.
     pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "FAST" => Some(Self::Fast),
-            "ACCURATE" => Some(Self::Accurate),
-            _ => None,
-        }
+        [Self::Fast, Self::Accurate]
+            .into_iter()
+            .find(|mode| text.eq_ignore_ascii_case(mode.as_str()))
+            .or(text.is_empty().then_some(Self::Fast))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -78,8 +82,8 @@ pub struct ValidRequest {
     pub search_mode: SearchMode,
     pub compare_min_score: Option<f64>,
     pub liveness_min_score: f64,
-    pub probe: Vec<u8>,
-    pub gallery: Vec<Vec<u8>>,
+    pub probe: Bytes,
+    pub gallery: Vec<Bytes>,
 }
 
 /// Checks every rule of the public contract and reports all violations at once.
@@ -94,8 +98,8 @@ pub fn validate(
             "os",
             "invalid_value",
             format!(
-                "must be DESKTOP, IOS or ANDROID (upper case), got {:?}",
-                request.os
+                "must be DESKTOP, IOS or ANDROID (any case), got {:?}",
+                truncated(&request.os)
             ),
         ));
     }
@@ -105,8 +109,8 @@ pub fn validate(
             "search_mode",
             "invalid_value",
             format!(
-                "must be FAST or ACCURATE (upper case), got {:?}",
-                request.search_mode
+                "must be FAST or ACCURATE (any case), got {:?}",
+                truncated(&request.search_mode)
             ),
         ));
     }
@@ -160,6 +164,14 @@ pub fn validate(
         }),
         _ => Err(ServiceError::InvalidRequest(violations)),
     }
+}
+
+/// A caller's value quoted in a message, cut so that a huge string cannot blow up the answer.
+fn truncated(text: &str) -> &str {
+    const QUOTED_CHARS: usize = 40;
+    text.char_indices()
+        .nth(QUOTED_CHARS)
+        .map_or(text, |(end, _)| &text[..end])
 }
 
 fn check_range(field: &str, value: f64, (low, high): (f64, f64), violations: &mut Vec<Violation>) {
@@ -277,8 +289,8 @@ mod tests {
     fn request() -> CompareWithLivenessRequest {
         CompareWithLivenessRequest {
             os: "IOS".into(),
-            probe: png(10, 10),
-            gallery: vec![png(10, 10)],
+            probe: png(10, 10).into(),
+            gallery: vec![png(10, 10).into()],
             search_mode: "FAST".into(),
             compare_min_score: None,
             liveness_min_score: None,
@@ -300,6 +312,28 @@ mod tests {
         let valid = validate(request(), &limits()).expect("valid");
         assert_eq!(valid.liveness_min_score, DEFAULT_LIVENESS_MIN_SCORE);
         assert_eq!(valid.compare_min_score, None);
+    }
+
+    #[test]
+    fn enums_match_any_case_and_default_when_unset() {
+        let mut candidate = request();
+        candidate.os = "android".into();
+        candidate.search_mode = "Accurate".into();
+        let valid = validate(candidate, &limits()).expect("valid");
+        assert_eq!(
+            (valid.os, valid.search_mode),
+            (Os::Android, SearchMode::Accurate)
+        );
+        let mut unset = request();
+        unset.os.clear();
+        unset.search_mode.clear();
+        let valid = validate(unset, &limits()).expect("defaults");
+        assert_eq!(
+            (valid.os, valid.search_mode),
+            (Os::Desktop, SearchMode::Fast)
+        );
+        assert_eq!(SearchMode::parse(" FAST"), None);
+        assert_eq!(Os::parse("iOS"), Some(Os::Ios));
     }
 
     #[test]
@@ -328,11 +362,15 @@ mod tests {
     #[test]
     fn all_violations_are_reported_together() {
         let mut candidate = request();
-        candidate.os = "ios".into();
-        candidate.search_mode = "fast".into();
+        candidate.os = "windows".into();
+        candidate.search_mode = "quick".into();
         candidate.compare_min_score = Some(2.0);
-        candidate.probe = Vec::new();
-        candidate.gallery = vec![b"GIF89a....".to_vec(), png(200, 200), vec![0xFF; 2000]];
+        candidate.probe = Bytes::new();
+        candidate.gallery = vec![
+            Bytes::from_static(b"GIF89a...."),
+            png(200, 200).into(),
+            vec![0xFF; 2000].into(),
+        ];
         assert_eq!(
             fields(validate(candidate, &limits())),
             [
@@ -350,8 +388,8 @@ mod tests {
     #[test]
     fn image_rules_name_the_field() {
         let mut candidate = request();
-        candidate.gallery = vec![png(10, 10), vec![0xFF; 2000]];
-        candidate.probe = b"\xFF\xD8\xFFtruncated".to_vec();
+        candidate.gallery = vec![png(10, 10).into(), vec![0xFF; 2000].into()];
+        candidate.probe = Bytes::from_static(b"\xFF\xD8\xFFtruncated");
         assert_eq!(
             fields(validate(candidate, &limits())),
             ["probe", "gallery[1]"]

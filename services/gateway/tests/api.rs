@@ -389,8 +389,8 @@ impl TestApp {
 fn request() -> pb::CompareWithLivenessRequest {
     pb::CompareWithLivenessRequest {
         os: "IOS".into(),
-        probe: probe(),
-        gallery: vec![gallery_image()],
+        probe: probe().into(),
+        gallery: vec![gallery_image().into()],
         search_mode: "FAST".into(),
         compare_min_score: None,
         liveness_min_score: None,
@@ -661,11 +661,11 @@ async fn a_liveness_issue_fails_the_liveness_record() {
 async fn validation_reports_every_violation_together() {
     let app = spawn_app(Options::default()).await;
     let bad = pb::CompareWithLivenessRequest {
-        os: "ios".into(),
-        probe: Vec::new(),
+        os: "WINDOWS".into(),
+        probe: Default::default(),
         gallery: vec![
-            b"GIF89a not supported".to_vec(),
-            b"\xFF\xD8\xFF broken jpeg".to_vec(),
+            b"GIF89a not supported".to_vec().into(),
+            b"\xFF\xD8\xFF broken jpeg".to_vec().into(),
         ],
         search_mode: "SLOW".into(),
         compare_min_score: Some(0.5),
@@ -715,7 +715,7 @@ async fn size_count_and_pixel_limits_are_enforced() {
     })
     .await;
     let too_many = pb::CompareWithLivenessRequest {
-        gallery: vec![gallery_image(), gallery_image(), gallery_image()],
+        gallery: vec![gallery_image().into(); 3],
         ..request()
     };
     let status = app.compare(too_many).await.unwrap_err();
@@ -730,7 +730,7 @@ async fn size_count_and_pixel_limits_are_enforced() {
             .any(|v| v.field == "probe" && v.reason == "image_too_large")
     );
     let big = pb::CompareWithLivenessRequest {
-        gallery: vec![vec![0xFF; probe_len + 11]],
+        gallery: vec![vec![0xFF; probe_len + 11].into()],
         ..request()
     };
     let status = app.compare(big).await.unwrap_err();

@@ -132,7 +132,7 @@ fn validate(request: CheckRequest, limits: RequestLimits) -> Result<CheckJob, Se
         check_hint(hint)?;
     }
     Ok(CheckJob {
-        image: request.image,
+        image: request.image.into(),
         mode,
         face_hint: request.face_hint,
         os: request.os,
@@ -212,7 +212,7 @@ mod tests {
 
     fn request() -> CheckRequest {
         CheckRequest {
-            image: b"img".to_vec(),
+            image: b"img".to_vec().into(),
             search_mode: SearchMode::Fast.into(),
             face_hint: None,
             os: "IOS".into(),
@@ -237,7 +237,7 @@ mod tests {
         let cases = [
             (
                 CheckRequest {
-                    image: vec![],
+                    image: Default::default(),
                     ..request()
                 },
                 "image",
@@ -245,7 +245,7 @@ mod tests {
             ),
             (
                 CheckRequest {
-                    image: vec![0; 11],
+                    image: vec![0; 11].into(),
                     ..request()
                 },
                 "image",

@@ -200,7 +200,7 @@ impl TestApp {
 
 fn request(image: &[u8]) -> CheckRequest {
     CheckRequest {
-        image: image.to_vec(),
+        image: image.to_vec().into(),
         search_mode: SearchMode::Accurate.into(),
         face_hint: None,
         os: "ANDROID".into(),
@@ -528,7 +528,7 @@ mod real_models {
             let response = tokio::time::timeout(
                 Duration::from_secs(120),
                 client.check(CheckRequest {
-                    image: image.clone(),
+                    image: image.clone().into(),
                     search_mode: mode.into(),
                     face_hint: None,
                     os: "DESKTOP".into(),

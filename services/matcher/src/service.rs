@@ -128,9 +128,10 @@ fn validate(request: CompareRequest, limits: RequestLimits) -> Result<CompareJob
     for (index, image) in request.gallery.iter().enumerate() {
         check_image_bytes(image, &format!("gallery[{index}]"), limits.max_image_bytes)?;
     }
+    // The engine owns plain buffers (one copy of bytes the decoder reads many times over).
     Ok(CompareJob {
-        probe: request.probe,
-        gallery: request.gallery,
+        probe: request.probe.into(),
+        gallery: request.gallery.into_iter().map(Vec::from).collect(),
         mode,
     })
 }
@@ -232,8 +233,8 @@ mod tests {
 
     fn request(probe: &[u8], gallery: &[&[u8]]) -> CompareRequest {
         CompareRequest {
-            probe: probe.to_vec(),
-            gallery: gallery.iter().map(|g| g.to_vec()).collect(),
+            probe: probe.to_vec().into(),
+            gallery: gallery.iter().map(|g| g.to_vec().into()).collect(),
             search_mode: SearchMode::Accurate.into(),
         }
     }

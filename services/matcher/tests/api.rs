@@ -246,8 +246,8 @@ impl TestApp {
 
 fn request(probe: &[u8], gallery: &[&[u8]]) -> CompareRequest {
     CompareRequest {
-        probe: probe.to_vec(),
-        gallery: gallery.iter().map(|item| item.to_vec()).collect(),
+        probe: probe.to_vec().into(),
+        gallery: gallery.iter().map(|item| item.to_vec().into()).collect(),
         search_mode: SearchMode::Fast.into(),
     }
 }
@@ -779,8 +779,8 @@ mod real_models {
             let response = tokio::time::timeout(
                 Duration::from_secs(120),
                 client.compare(CompareRequest {
-                    probe: job.probe,
-                    gallery: job.gallery,
+                    probe: job.probe.into(),
+                    gallery: job.gallery.into_iter().map(Into::into).collect(),
                     search_mode: mode.into(),
                 }),
             )
