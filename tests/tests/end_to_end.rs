@@ -335,7 +335,7 @@ async fn missing_faces_and_bad_images_are_reported_per_field() {
 
     // A faceless probe: the matcher's verdict travels through the gateway unchanged.
     let mut faceless = request(OBAMA_2012, OBAMA_2009, "FAST");
-    faceless.probe = grey_png(320, 240);
+    faceless.probe = grey_png(320, 240).into();
     let status = stack.compare(faceless).await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(reason(&status), "no_face_detected", "{status:?}");
@@ -351,7 +351,7 @@ async fn missing_faces_and_bad_images_are_reported_per_field() {
 
     // One good and one faceless gallery item: the faceless one gets its issue, the match stands.
     let mut mixed = request(OBAMA_2012, OBAMA_2009, "FAST");
-    mixed.gallery.push(grey_png(320, 240));
+    mixed.gallery.push(grey_png(320, 240).into());
     let response = stack.compare(mixed).await.unwrap().unwrap();
     let result = response
         .data
@@ -425,8 +425,9 @@ async fn image_size_limits_hold_and_a_6_mb_probe_goes_through_every_hop() {
     let limit = 8 * 1024 * 1024; // the gateway's default --max-image-bytes
 
     let mut oversized = request(OBAMA_2012, OBAMA_2009, "FAST");
-    oversized.probe = fixture(OBAMA_2012).unwrap();
-    oversized.probe.resize(limit + 1, 0);
+    let mut padded = fixture(OBAMA_2012).unwrap();
+    padded.resize(limit + 1, 0);
+    oversized.probe = padded.into();
     let status = stack.compare(oversized).await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(violation_fields(&status), ["probe"], "{status:?}");
@@ -449,8 +450,8 @@ async fn image_size_limits_hold_and_a_6_mb_probe_goes_through_every_hop() {
         big.len()
     );
     let mut large = request(OBAMA_2012, OBAMA_2009, "ACCURATE");
-    large.probe = big;
-    large.gallery = vec![fixture("astronaut.png").unwrap()];
+    large.probe = big.into();
+    large.gallery = vec![fixture("astronaut.png").unwrap().into()];
     large.compare_min_score = None;
     let response = stack
         .compare(large)

@@ -304,8 +304,8 @@ async fn spawn_gateway(matcher: SocketAddr, max_in_flight: usize) -> TestGateway
 fn request() -> pb::CompareWithLivenessRequest {
     pb::CompareWithLivenessRequest {
         os: "IOS".into(),
-        probe: fixture("obama_2012_official_portrait.jpg"),
-        gallery: vec![fixture("obama_2009_congress.jpg")],
+        probe: fixture("obama_2012_official_portrait.jpg").into(),
+        gallery: vec![fixture("obama_2009_congress.jpg").into()],
         search_mode: "FAST".into(),
         compare_min_score: None,
         liveness_min_score: None,

@@ -101,6 +101,7 @@ impl Matcher for FakeMatcher {
                         face: Some(face()),
                         similarity: 0.5,
                         score: 0.9,
+                        near_identical: false,
                     },
                 )),
             })
