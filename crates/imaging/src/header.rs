@@ -458,3 +458,202 @@ fn walk_webp(bytes: &[u8]) -> Result<ImageHeader, ImageError> {
         interlaced: false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use image::{ImageEncoder, RgbImage};
+
+    use super::*;
+    use crate::{DecodeOptions, decode};
+
+    fn png_header(width: u32, height: u32, bit_depth: u8, colour_type: u8) -> Vec<u8> {
+        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = width.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&height.to_be_bytes());
+        ihdr.extend_from_slice(&[bit_depth, colour_type, 0, 0, 0]);
+        for (kind, data) in [(&b"IHDR"[..], ihdr), (b"IDAT", vec![0; 16]), (b"IEND", vec![])] {
+            bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(kind);
+            bytes.extend_from_slice(&data);
+            bytes.extend_from_slice(&[0; 4]); // CRC: not checked by the walk
+        }
+        bytes
+    }
+
+    fn encode_jpeg(width: u32, height: u32) -> Vec<u8> {
+        let image = RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 7) as u8, (y * 5) as u8, ((x + y) * 3) as u8])
+        });
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90)
+            .write_image(&image, width, height, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        out
+    }
+
+    fn with_sof_size(mut jpeg: Vec<u8>, width: u16, height: u16) -> Vec<u8> {
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        jpeg
+    }
+
+    #[test]
+    fn a_tall_line_is_refused_by_its_aspect_ratio() {
+        let png = png_header(1, 39_999_999, 8, 2);
+        let limits = ImageLimits {
+            max_side: u32::MAX,
+            ..ImageLimits::default()
+        };
+        assert!(matches!(
+            check_header(&png, &limits),
+            Err(ImageError::BadAspectRatio { max_ratio: 8, .. })
+        ));
+        // With the default side limit the side is what is over.
+        assert!(matches!(
+            check_header(&png, &ImageLimits::default()),
+            Err(ImageError::SideTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn sixteen_bit_rgba_counts_eight_bytes_per_pixel_and_is_streamed() {
+        let png = png_header(6300, 6300, 16, 6);
+        let header = check_header(&png, &ImageLimits::default()).unwrap();
+        assert_eq!(header.bytes_per_pixel, 8);
+        assert_eq!(header.full_decode_bytes(), 6300 * 6300 * 11);
+        let plan = crate::decode::plan(&header, &ImageLimits::default(), None).unwrap();
+        let crate::decode::Plan::PngStreamed(factor) = plan else {
+            panic!("{plan:?}");
+        };
+        assert!(header.streamed_png_bytes(factor) <= ImageLimits::DEFAULT_MAX_DECODED_BYTES);
+        // Interlaced cannot be streamed: refused from the header.
+        let mut interlaced = png.clone();
+        interlaced[28] = 1;
+        assert!(matches!(
+            check_budget(&interlaced, &ImageLimits::default()),
+            Err(ImageError::OverBudget { .. })
+        ));
+    }
+
+    #[test]
+    fn jpeg_headers_claiming_huge_sizes_are_refused_before_decoding() {
+        let small = encode_jpeg(64, 48);
+        let claims_6000x6600 = with_sof_size(small.clone(), 6000, 6600);
+        assert!(matches!(
+            decode(&claims_6000x6600, &DecodeOptions::default()),
+            Err(ImageError::Truncated(_))
+        ));
+        let claims_65500 = with_sof_size(small, 65_500, 65_500);
+        assert!(matches!(
+            decode(&claims_65500, &DecodeOptions::default()),
+            Err(ImageError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn a_large_progressive_jpeg_is_bounded_by_its_coefficients() {
+        // A progressive frame (SOF2) of 7000 x 5000, 3 components at 4:4:4: its coefficients
+        // alone (7000 * 5000 * 3 * 2 bytes) exceed the default budget at any output scale.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xC2, 0, 17, 8];
+        jpeg.extend_from_slice(&5000u16.to_be_bytes());
+        jpeg.extend_from_slice(&7000u16.to_be_bytes());
+        jpeg.extend_from_slice(&[3, 1, 0x11, 0, 2, 0x11, 1, 3, 0x11, 1]);
+        jpeg.extend_from_slice(&[0xFF, 0xDA, 0, 8, 1, 1, 0, 0, 0, 0]);
+        jpeg.extend(std::iter::repeat_n(0x55, 300_000));
+        jpeg.extend_from_slice(&[0xFF, 0xD9]);
+        let header = check_header(&jpeg, &ImageLimits::default()).unwrap();
+        assert_eq!(header.coefficient_bytes, 7000 * 5000 * 3 * 2);
+        assert!(matches!(
+            check_budget(&jpeg, &ImageLimits::default()),
+            Err(ImageError::OverBudget { .. })
+        ));
+    }
+
+    #[test]
+    fn cut_files_are_truncated_and_trailing_bytes_after_eoi_are_fine() {
+        let jpeg = encode_jpeg(200, 150);
+        for percent in [30, 50, 70] {
+            let cut = &jpeg[..jpeg.len() * percent / 100];
+            assert!(
+                matches!(decode(cut, &DecodeOptions::default()), Err(ImageError::Truncated(_))),
+                "{percent}%"
+            );
+        }
+        let mut trailing = jpeg.clone();
+        trailing.extend_from_slice(b"camera maker trailer \xFF\x00\xFF");
+        assert_eq!(
+            decode(&trailing, &DecodeOptions::default()).unwrap().image.dimensions(),
+            (200, 150)
+        );
+
+        let image = RgbImage::from_pixel(64, 64, image::Rgb([10, 200, 30]));
+        let mut png = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(&image, 64, 64, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let without_iend = &png[..png.len() - 12];
+        assert!(matches!(
+            decode(without_iend, &DecodeOptions::default()),
+            Err(ImageError::Truncated(_))
+        ));
+        let idat = png.windows(4).position(|w| w == b"IDAT").unwrap();
+        let cut_idat = &png[..idat + 8];
+        assert!(matches!(
+            decode(cut_idat, &DecodeOptions::default()),
+            Err(ImageError::Truncated(_))
+        ));
+
+        let mut webp = Vec::new();
+        image::codecs::webp::WebPEncoder::new_lossless(&mut webp)
+            .write_image(&image, 64, 64, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let cut_webp = &webp[..webp.len() - 5];
+        assert!(matches!(
+            decode(cut_webp, &DecodeOptions::default()),
+            Err(ImageError::Truncated(_))
+        ));
+    }
+
+    #[test]
+    fn a_big_png_is_streamed_within_the_budget_and_keeps_its_content() {
+        // 3000 x 2000 RGB with a budget that only fits a reduced copy: left half red, right
+        // half blue survive the area averaging.
+        let image = RgbImage::from_fn(3000, 2000, |x, _| {
+            if x < 1500 {
+                image::Rgb([250, 0, 0])
+            } else {
+                image::Rgb([0, 0, 250])
+            }
+        });
+        let mut png = Vec::new();
+        image::codecs::png::PngEncoder::new(&mut png)
+            .write_image(&image, 3000, 2000, image::ExtendedColorType::Rgb8)
+            .unwrap();
+        let options = DecodeOptions {
+            limits: ImageLimits {
+                max_decoded_bytes: 8 << 20,
+                ..ImageLimits::default()
+            },
+            min_long_side: None,
+        };
+        let decoded = decode(&png, &options).unwrap();
+        assert!(decoded.scale < 1.0);
+        assert_eq!((decoded.full_width, decoded.full_height), (3000, 2000));
+        let (w, h) = decoded.image.dimensions();
+        assert!((w * h * 3) as u64 <= 8 << 20);
+        assert_eq!(decoded.image.get_pixel(w / 4, h / 2).0, [250, 0, 0]);
+        assert_eq!(decoded.image.get_pixel(3 * w / 4, h / 2).0, [0, 0, 250]);
+    }
+
+    #[test]
+    fn cancellation_stops_decoding() {
+        let jpeg = encode_jpeg(64, 64);
+        let cancel = crate::Cancellation::never();
+        cancel.cancel();
+        assert!(matches!(
+            crate::decode_cancellable(&jpeg, &DecodeOptions::default(), &cancel),
+            Err(ImageError::Cancelled(_))
+        ));
+    }
+}
