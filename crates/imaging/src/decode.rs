@@ -271,12 +271,7 @@ fn decode_full(
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
     let stored = DynamicImage::from_decoder(decoder).map_err(ImageError::from_image)?;
     cancel.check()?;
-    Ok(finish(
-        stored.into_rgb8(),
-        header,
-        orientation,
-        1,
-    ))
+    Ok(finish(stored.into_rgb8(), header, orientation, 1))
 }
 
 /// Applies the orientation and records the geometry. `denominator` is the scale divisor; the
@@ -769,7 +764,10 @@ mod tests {
         let crc = crc32(&huge[12..29]);
         huge[29..33].copy_from_slice(&crc.to_be_bytes());
         let options = DecodeOptions {
-            limits: ImageLimits { max_pixels: 1_000_000, ..ImageLimits::default() },
+            limits: ImageLimits {
+                max_pixels: 1_000_000,
+                ..ImageLimits::default()
+            },
             min_long_side: None,
         };
         match decode(&huge, &options) {
@@ -791,7 +789,10 @@ mod tests {
         jpeg[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes());
         for min_long_side in [None, Some(100)] {
             let options = DecodeOptions {
-                limits: ImageLimits { max_pixels: 1_000_000, ..ImageLimits::default() },
+                limits: ImageLimits {
+                    max_pixels: 1_000_000,
+                    ..ImageLimits::default()
+                },
                 min_long_side,
             };
             assert!(
@@ -805,12 +806,18 @@ mod tests {
         // At exactly the limit the image is accepted.
         let small = encode_png(&RgbImage::new(10, 10));
         let options = DecodeOptions {
-            limits: ImageLimits { max_pixels: 100, ..ImageLimits::default() },
+            limits: ImageLimits {
+                max_pixels: 100,
+                ..ImageLimits::default()
+            },
             min_long_side: None,
         };
         assert!(decode(&small, &options).is_ok());
         let options = DecodeOptions {
-            limits: ImageLimits { max_pixels: 99, ..ImageLimits::default() },
+            limits: ImageLimits {
+                max_pixels: 99,
+                ..ImageLimits::default()
+            },
             min_long_side: None,
         };
         assert!(matches!(

@@ -217,7 +217,10 @@ impl JpegFrame {
         let sampling = (0..count)
             .map(|i| {
                 let factors = segment[6 + 3 * i + 1];
-                (u32::from(factors >> 4).max(1), u32::from(factors & 15).max(1))
+                (
+                    u32::from(factors >> 4).max(1),
+                    u32::from(factors & 15).max(1),
+                )
             })
             .collect();
         Ok(Self {
@@ -292,7 +295,9 @@ fn walk_jpeg(bytes: &[u8]) -> Result<(ImageHeader, Option<ImageError>), ImageErr
             }
             0xDA => {
                 if frame.is_none() {
-                    return Err(ImageError::Corrupt("JPEG scan before its frame header".into()));
+                    return Err(ImageError::Corrupt(
+                        "JPEG scan before its frame header".into(),
+                    ));
                 }
                 scans += 1;
                 let start = pos;
@@ -324,7 +329,11 @@ fn walk_jpeg(bytes: &[u8]) -> Result<(ImageHeader, Option<ImageError>), ImageErr
         width: frame.width,
         height: frame.height,
         // Decoders emit grey as 1 byte, colour as RGB (CMYK is converted from 4 bytes).
-        bytes_per_pixel: if components == 1 { 1 } else { components.max(3) },
+        bytes_per_pixel: if components == 1 {
+            1
+        } else {
+            components.max(3)
+        },
         components,
         coefficient_bytes: if frame.progressive { blocks * 128 } else { 0 },
         interlaced: false,
@@ -379,7 +388,13 @@ fn walk_png(bytes: &[u8]) -> Result<ImageHeader, ImageError> {
                 if ihdr.is_some() || pos != 8 || length != 13 {
                     return Err(ImageError::Corrupt("misplaced or bad PNG IHDR".into()));
                 }
-                ihdr = Some((be32(data, 0), be32(data, 4), data[8], data[9], data[12] != 0));
+                ihdr = Some((
+                    be32(data, 0),
+                    be32(data, 4),
+                    data[8],
+                    data[9],
+                    data[12] != 0,
+                ));
             }
             _ if ihdr.is_none() => {
                 return Err(ImageError::Corrupt("PNG does not start with IHDR".into()));
@@ -471,7 +486,11 @@ mod tests {
         let mut ihdr = width.to_be_bytes().to_vec();
         ihdr.extend_from_slice(&height.to_be_bytes());
         ihdr.extend_from_slice(&[bit_depth, colour_type, 0, 0, 0]);
-        for (kind, data) in [(&b"IHDR"[..], ihdr), (b"IDAT", vec![0; 16]), (b"IEND", vec![])] {
+        for (kind, data) in [
+            (&b"IHDR"[..], ihdr),
+            (b"IDAT", vec![0; 16]),
+            (b"IEND", vec![]),
+        ] {
             bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
             bytes.extend_from_slice(kind);
             bytes.extend_from_slice(&data);
@@ -576,14 +595,20 @@ mod tests {
         for percent in [30, 50, 70] {
             let cut = &jpeg[..jpeg.len() * percent / 100];
             assert!(
-                matches!(decode(cut, &DecodeOptions::default()), Err(ImageError::Truncated(_))),
+                matches!(
+                    decode(cut, &DecodeOptions::default()),
+                    Err(ImageError::Truncated(_))
+                ),
                 "{percent}%"
             );
         }
         let mut trailing = jpeg.clone();
         trailing.extend_from_slice(b"camera maker trailer \xFF\x00\xFF");
         assert_eq!(
-            decode(&trailing, &DecodeOptions::default()).unwrap().image.dimensions(),
+            decode(&trailing, &DecodeOptions::default())
+                .unwrap()
+                .image
+                .dimensions(),
             (200, 150)
         );
 

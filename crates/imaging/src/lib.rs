@@ -47,7 +47,11 @@ pub enum ImageError {
     },
     /// The header declares a side longer than allowed.
     #[error("image is {width}x{height} pixels, a side is longer than the limit of {max_side}")]
-    SideTooLong { width: u32, height: u32, max_side: u32 },
+    SideTooLong {
+        width: u32,
+        height: u32,
+        max_side: u32,
+    },
     /// Long side / short side is over the limit (e.g. a 1 x 40 000 000 "line").
     #[error("image is {width}x{height} pixels, more elongated than the limit of {max_ratio}:1")]
     BadAspectRatio {

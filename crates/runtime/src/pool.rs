@@ -465,7 +465,10 @@ mod tests {
             .await;
         // The job may stop and answer just before the waiting side times out: either is fine,
         // what matters is that it stopped at the deadline instead of running on.
-        assert!(matches!(result, Err(RuntimeError::DeadlineExceeded) | Ok(())));
+        assert!(matches!(
+            result,
+            Err(RuntimeError::DeadlineExceeded) | Ok(())
+        ));
         let stopped = stopped_rx
             .recv_timeout(Duration::from_secs(5))
             .expect("the job stops at the deadline");

@@ -1,8 +1,8 @@
 //! The contract between the gRPC service and the anti-spoofing model code. Engines run on the
 //! inference pool's threads, never on the async runtime.
 
-use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
 use faceproof_imaging::{Cancellation, Cancelled};
+use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
 use faceproof_runtime::DeadlineExceeded;
 
 /// A validated liveness request, owned so it can move to a worker thread.
@@ -100,8 +100,7 @@ pub trait LivenessEngine: Send + Sync + 'static {
     /// Scores the subject face of the frame (or the hinted face). Implementations call
     /// `cancel.check()?` inside their long stages (decode, inference) so abandoned work stops
     /// within milliseconds of the deadline or of the caller going away.
-    fn check(&self, job: CheckJob, cancel: &Cancellation)
-    -> Result<LivenessVerdict, EngineError>;
+    fn check(&self, job: CheckJob, cancel: &Cancellation) -> Result<LivenessVerdict, EngineError>;
 
     /// Runs the whole pipeline once; the service reports SERVING only after this succeeds.
     fn warm_up(&self) -> Result<(), EngineError>;

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
+use faceproof_imaging::Cancellation;
 use faceproof_proto::common::v1::{Face, FaceIssue, SearchMode};
 use faceproof_proto::liveness::v1::liveness_server::Liveness;
 use faceproof_proto::liveness::v1::{
     AttackEvidence, CheckRequest, CheckResponse, LivenessScore, ModelScore, check_response,
 };
-use faceproof_imaging::Cancellation;
 use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError, check_image_bytes};
 use tonic::{Request, Response, Status};
 
@@ -89,7 +89,9 @@ impl LivenessService {
                 rejection.detail,
             )),
             Err(EngineError::DeadlineExceeded(_)) => Err(ServiceError::deadline_exceeded()),
-            Err(EngineError::Cancelled(_)) if cancel.caller_gone() => Err(ServiceError::cancelled()),
+            Err(EngineError::Cancelled(_)) if cancel.caller_gone() => {
+                Err(ServiceError::cancelled())
+            }
             Err(EngineError::Cancelled(_)) => Err(ServiceError::deadline_exceeded()),
             Err(EngineError::Internal(detail)) => Err(ServiceError::internal(detail)),
         }

@@ -219,11 +219,7 @@ impl VisionLivenessEngine {
 }
 
 impl LivenessEngine for VisionLivenessEngine {
-    fn check(
-        &self,
-        job: CheckJob,
-        cancel: &Cancellation,
-    ) -> Result<LivenessVerdict, EngineError> {
+    fn check(&self, job: CheckJob, cancel: &Cancellation) -> Result<LivenessVerdict, EngineError> {
         let decoded = self
             .timed(Stage::Decode, || {
                 decode_cancellable(&job.image, &self.decode_options, cancel)
@@ -242,8 +238,13 @@ impl LivenessEngine for VisionLivenessEngine {
             .find_face(&image, hint, cancel)
             .map_err(|error| rescale_rejection(error, 1.0 / scale))?;
         let face = rescale_face(face, 1.0 / scale);
-        gate_quality(bbox, image.width(), image.height(), self.min_face_side * scale)
-            .map_err(|(reason, detail)| rejection(reason, detail, Some(face.clone())))?;
+        gate_quality(
+            bbox,
+            image.width(),
+            image.height(),
+            self.min_face_side * scale,
+        )
+        .map_err(|(reason, detail)| rejection(reason, detail, Some(face.clone())))?;
         cancel.check()?;
 
         let nets: &[&MiniFasNet] = match job.mode {

@@ -2,8 +2,8 @@
 //! and maps errors; an engine turns image bytes into faces and cosine similarities. Engines run
 //! on the inference pool's threads, never on the async runtime.
 
-use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
 use faceproof_imaging::{Cancellation, Cancelled};
+use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
 use faceproof_runtime::DeadlineExceeded;
 
 /// A validated comparison request, owned so it can move to a worker thread.
@@ -68,8 +68,11 @@ pub trait MatchEngine: Send + Sync + 'static {
     /// Compares the probe's subject face with every gallery image. Implementations call
     /// `cancel.check()?` inside their long stages (decode, inference) so abandoned work stops
     /// within milliseconds of the deadline or of the caller going away.
-    fn compare(&self, job: CompareJob, cancel: &Cancellation)
-    -> Result<CompareOutcome, EngineError>;
+    fn compare(
+        &self,
+        job: CompareJob,
+        cancel: &Cancellation,
+    ) -> Result<CompareOutcome, EngineError>;
 
     /// Runs the whole pipeline once so the first real request is not slow; the service reports
     /// SERVING only after this succeeds.

@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
+use faceproof_imaging::Cancellation;
 use faceproof_proto::common::v1::{FaceIssue, SearchMode};
 use faceproof_proto::matcher::v1::matcher_server::Matcher;
 use faceproof_proto::matcher::v1::{
     CompareRequest, CompareResponse, GalleryItemResult, Match, gallery_item_result,
 };
-use faceproof_imaging::Cancellation;
 use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError, check_image_bytes};
 use tonic::{Request, Response, Status};
 

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use faceproof_imaging::Cancellation;
 use faceproof_matcher::{
     Application, Calibration, CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch,
     MatchEngine, MatcherConfig, MatcherError,
@@ -17,7 +18,6 @@ use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode
 use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_proto::matcher::v1::matcher_server::SERVICE_NAME;
 use faceproof_proto::matcher::v1::{CompareRequest, CompareResponse, gallery_item_result};
-use faceproof_imaging::Cancellation;
 use faceproof_runtime::{PoolStats, ServingArgs};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -639,7 +639,11 @@ mod real_models {
             };
             match engine.compare(job, &Cancellation::never()) {
                 Err(EngineError::Probe(rejection)) => {
-                    assert_eq!(rejection.reason, FaceIssueReason::ImageTruncated, "{percent}%");
+                    assert_eq!(
+                        rejection.reason,
+                        FaceIssueReason::ImageTruncated,
+                        "{percent}%"
+                    );
                     assert_eq!(rejection.reason.code(), "image_truncated");
                 }
                 other => panic!("cut at {percent}%: {other:?}"),
@@ -809,10 +813,7 @@ mod real_models {
     fn detector_at_640_reproduces_the_reference_cosines() {
         let engine = engine(640);
         let outcome = engine
-            .compare(
-                job(SearchMode::Fast),
-                &Cancellation::never(),
-            )
+            .compare(job(SearchMode::Fast), &Cancellation::never())
             .unwrap();
         let [same, other] = similarities(&CompareOutcome {
             gallery: outcome.gallery[..2].to_vec(),
