@@ -455,7 +455,7 @@ impl VisionMatchEngine {
             Err(rejection) => return Ok(Err(rejection)),
         };
         let embedding = self
-            .embed(std::slice::from_ref(&aligned), mode)?
+            .embed(std::slice::from_ref(&aligned), mode, &never)?
             .into_iter()
             .next()
             .ok_or_else(|| EngineError::Internal("embedder returned no rows".into()))?;
