@@ -47,6 +47,11 @@ impl Cancellation {
         self.deadline
     }
 
+    /// True once [`Cancellation::cancel`] was called (as opposed to the deadline passing).
+    pub fn caller_gone(&self) -> bool {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
     /// True once cancelled or past the deadline.
     pub fn is_cancelled(&self) -> bool {
         self.cancelled.load(Ordering::Relaxed)

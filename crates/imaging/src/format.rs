@@ -90,7 +90,7 @@ mod tests {
         ));
         assert!(matches!(
             inspect(b"\x89PNG\r\n\x1a\n\0\0"),
-            Err(ImageError::Corrupt(_))
+            Err(ImageError::Truncated(_))
         ));
     }
 }

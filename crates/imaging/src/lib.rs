@@ -1,6 +1,7 @@
-//! Safe image handling for faceproof: format sniffing by magic bytes, header inspection without
-//! decoding pixels, decoding with EXIF orientation and pixel limits (with reduced-scale JPEG
-//! decoding for large photos), OpenCV-compatible area/bilinear resizing, affine warps for face
+//! Safe image handling for faceproof: format sniffing by magic bytes, header inspection and
+//! structural checks without decoding pixels ([`check_header`]: complete file, pixel count,
+//! side, aspect ratio), decoding with EXIF orientation within a fixed memory budget (reduced-scale
+//! JPEG, streamed PNG) and cooperative [`Cancellation`], OpenCV-compatible area/bilinear resizing, affine warps for face
 //! alignment, and conversion to planar `f32` network inputs.
 //!
 //! Every function that reads untrusted bytes returns a typed [`ImageError`] and never panics.
@@ -8,13 +9,15 @@
 mod cancel;
 mod decode;
 mod format;
+mod header;
 mod resize;
 mod tensor;
 mod warp;
 
 pub use cancel::{Cancellation, Cancelled};
-pub use decode::{DecodeOptions, Decoded, decode};
+pub use decode::{DecodeOptions, Decoded, decode, decode_cancellable};
 pub use format::{ImageFormat, ImageInfo, inspect, sniff_format};
+pub use header::{ImageHeader, ImageLimits, check_budget, check_header};
 /// The 8-bit RGB image type used throughout faceproof (re-exported so users need not depend on
 /// `image`).
 pub use image::RgbImage;
@@ -42,9 +45,55 @@ pub enum ImageError {
         height: u32,
         max_pixels: u64,
     },
+    /// The header declares a side longer than allowed.
+    #[error("image is {width}x{height} pixels, a side is longer than the limit of {max_side}")]
+    SideTooLong {
+        width: u32,
+        height: u32,
+        max_side: u32,
+    },
+    /// Long side / short side is over the limit (e.g. a 1 x 40 000 000 "line").
+    #[error("image is {width}x{height} pixels, more elongated than the limit of {max_ratio}:1")]
+    BadAspectRatio {
+        width: u32,
+        height: u32,
+        max_ratio: u32,
+    },
+    /// Decoding would need more memory than the budget and no reduced-scale decoding fits.
+    #[error(
+        "decoding the {width}x{height} image needs {bytes} bytes, over the budget of {budget} \
+         (and it cannot be decoded at reduced scale)"
+    )]
+    OverBudget {
+        width: u32,
+        height: u32,
+        bytes: u64,
+        budget: u64,
+    },
+    /// The data ends early: a cut file, a missing end marker (JPEG EOI, PNG IEND) or a RIFF
+    /// size larger than the file.
+    #[error("image is truncated: {0}")]
+    Truncated(String),
     /// A decoder needed more memory than its limit allows (a hostile or unusual file).
     #[error("image decoder memory limit exceeded: {0}")]
     MemoryLimit(String),
+    /// The request's deadline passed or its caller went away while decoding.
+    #[error("image decoding stopped: {0}")]
+    Cancelled(#[from] Cancelled),
+}
+
+impl ImageError {
+    /// True for the size, side, aspect and memory refusals (`image_too_large` or
+    /// `image_bad_aspect_ratio` for clients).
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            Self::TooLarge { .. }
+                | Self::SideTooLong { .. }
+                | Self::OverBudget { .. }
+                | Self::MemoryLimit(_)
+        )
+    }
 }
 
 impl ImageError {
@@ -55,7 +104,7 @@ impl ImageError {
             image::ImageError::Unsupported(e) => Self::UnsupportedEncoding(e.to_string()),
             image::ImageError::Limits(e) => Self::MemoryLimit(e.to_string()),
             image::ImageError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                Self::Corrupt("unexpected end of file".to_owned())
+                Self::Truncated("unexpected end of file".to_owned())
             }
             other => Self::Corrupt(other.to_string()),
         }

@@ -45,6 +45,8 @@ impl common::v1::FaceIssueReason {
             R::ImageUndecodable => "image_undecodable",
             R::ImageTooLarge => "image_too_large",
             R::UnsupportedFormat => "unsupported_format",
+            R::ImageTruncated => "image_truncated",
+            R::ImageBadAspectRatio => "image_bad_aspect_ratio",
         }
     }
 }

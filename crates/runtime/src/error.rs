@@ -22,6 +22,8 @@ pub enum ErrorCode {
     /// The inference queue is full: retry later or elsewhere.
     Overloaded,
     DeadlineExceeded,
+    /// The caller went away before the result was ready (nobody reads the answer).
+    Cancelled,
     /// The service is starting or stopping.
     Unavailable,
     /// A bug or a broken model: details are logged, not returned.
@@ -34,6 +36,7 @@ impl ErrorCode {
             Self::InvalidArgument => Code::InvalidArgument,
             Self::Overloaded => Code::ResourceExhausted,
             Self::DeadlineExceeded => Code::DeadlineExceeded,
+            Self::Cancelled => Code::Cancelled,
             Self::Unavailable => Code::Unavailable,
             Self::Internal => Code::Internal,
         }
@@ -108,6 +111,14 @@ impl ServiceError {
             ErrorCode::DeadlineExceeded,
             "deadline_exceeded",
             "the request deadline passed before the result was ready",
+        )
+    }
+
+    pub fn cancelled() -> Self {
+        Self::new(
+            ErrorCode::Cancelled,
+            "cancelled",
+            "the caller went away before the result was ready",
         )
     }
 

@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
+use faceproof_imaging::Cancellation;
 use faceproof_telemetry::Metrics;
 use tokio::sync::oneshot;
 use tracing::Span;
@@ -184,6 +185,38 @@ impl InferencePool {
     }
 }
 
+/// Cancels its token when dropped: when the future awaiting a job is dropped (the caller went
+/// away, the transport gave up) or returns (at the deadline), the job stops at its next check.
+struct CancelOnDrop(Cancellation);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl InferencePool {
+    /// As [`Self::run`], handing the job a [`Cancellation`] that expires at `deadline` and is
+    /// cancelled as soon as this future is dropped or gives up: long stages inside the job check
+    /// it (per row band, per network layer) so abandoned work stops within milliseconds.
+    /// [`Cancellation::caller_gone`] tells the two causes apart afterwards.
+    pub async fn run_cancellable<T, F>(
+        &self,
+        deadline: Deadline,
+        cancel: Cancellation,
+        work: F,
+    ) -> Result<T, RuntimeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Cancellation) -> T + Send + 'static,
+    {
+        let guard = CancelOnDrop(cancel.clone());
+        let result = self.run(deadline, move |_| work(&cancel)).await;
+        drop(guard);
+        result
+    }
+}
+
 /// Copies the queue depth into the gauge. Submitters and workers race to publish; re-reading
 /// after the write means whoever published last saw the final value, so at rest the gauge
 /// equals the counter.
@@ -269,7 +302,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
     use std::sync::mpsc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use super::*;
 
@@ -390,6 +423,56 @@ mod tests {
             .run(Deadline::after(Duration::from_millis(20)), |_| ())
             .await;
         assert!(matches!(result, Err(RuntimeError::DeadlineExceeded)));
+    }
+
+    #[tokio::test]
+    async fn dropping_the_caller_cancels_the_running_job() {
+        let pool = pool(1, 1);
+        let (started_tx, started_rx) = oneshot::channel();
+        let (stopped_tx, stopped_rx) = mpsc::channel();
+        let cancel = Cancellation::with_deadline(later().instant());
+        let run = pool.run_cancellable(later(), cancel.clone(), move |cancel| {
+            let _ = started_tx.send(());
+            while cancel.check().is_ok() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let _ = stopped_tx.send(());
+        });
+        tokio::select! {
+            _ = run => panic!("the job cannot finish before its caller goes away"),
+            _ = started_rx => {}
+        }
+        // `run` is dropped here: the job sees the cancellation at its next check.
+        stopped_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the job stops once its caller is gone");
+        assert!(cancel.caller_gone());
+    }
+
+    #[tokio::test]
+    async fn the_deadline_reaches_a_running_job() {
+        let pool = pool(1, 1);
+        let deadline = Deadline::after(Duration::from_millis(30));
+        let cancel = Cancellation::with_deadline(deadline.instant());
+        let (stopped_tx, stopped_rx) = mpsc::channel();
+        let result = pool
+            .run_cancellable(deadline, cancel, move |cancel| {
+                while cancel.check().is_ok() {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                let _ = stopped_tx.send(Instant::now());
+            })
+            .await;
+        // The job may stop and answer just before the waiting side times out: either is fine,
+        // what matters is that it stopped at the deadline instead of running on.
+        assert!(matches!(
+            result,
+            Err(RuntimeError::DeadlineExceeded) | Ok(())
+        ));
+        let stopped = stopped_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the job stops at the deadline");
+        assert!(stopped >= deadline.instant());
     }
 
     #[tokio::test]

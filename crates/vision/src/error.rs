@@ -15,6 +15,9 @@ pub enum VisionError {
     /// An input that the caller must fix (wrong size, empty image, empty batch).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The request's deadline passed or its caller went away (checked between layers).
+    #[error(transparent)]
+    Cancelled(#[from] faceproof_imaging::Cancelled),
     /// An image operation from faceproof-imaging failed.
     #[error("image operation failed: {0}")]
     Imaging(String),

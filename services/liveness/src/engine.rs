@@ -1,8 +1,9 @@
 //! The contract between the gRPC service and the anti-spoofing model code. Engines run on the
 //! inference pool's threads, never on the async runtime.
 
+use faceproof_imaging::{Cancellation, Cancelled};
 use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
-use faceproof_runtime::{Deadline, DeadlineExceeded};
+use faceproof_runtime::DeadlineExceeded;
 
 /// A validated liveness request, owned so it can move to a worker thread.
 #[derive(Debug, Clone)]
@@ -69,6 +70,8 @@ impl FaceRejection {
             FaceIssueReason::ImageUndecodable
                 | FaceIssueReason::ImageTooLarge
                 | FaceIssueReason::UnsupportedFormat
+                | FaceIssueReason::ImageTruncated
+                | FaceIssueReason::ImageBadAspectRatio
                 | FaceIssueReason::Unspecified
         )
     }
@@ -83,6 +86,10 @@ pub enum EngineError {
     Rejected(FaceRejection),
     #[error(transparent)]
     DeadlineExceeded(#[from] DeadlineExceeded),
+    /// Stopped inside a stage: the deadline passed or the caller went away (the service tells
+    /// which from its [`Cancellation`]).
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
     /// A model or bug failure; logged, answered INTERNAL.
     #[error("engine failure: {0}")]
     Internal(String),
@@ -90,9 +97,10 @@ pub enum EngineError {
 
 /// Passive anti-spoofing, run inside the inference pool.
 pub trait LivenessEngine: Send + Sync + 'static {
-    /// Scores the subject face of the frame (or the hinted face). Implementations should call
-    /// `deadline.check()?` between stages.
-    fn check(&self, job: CheckJob, deadline: &Deadline) -> Result<LivenessVerdict, EngineError>;
+    /// Scores the subject face of the frame (or the hinted face). Implementations call
+    /// `cancel.check()?` inside their long stages (decode, inference) so abandoned work stops
+    /// within milliseconds of the deadline or of the caller going away.
+    fn check(&self, job: CheckJob, cancel: &Cancellation) -> Result<LivenessVerdict, EngineError>;
 
     /// Runs the whole pipeline once; the service reports SERVING only after this succeeds.
     fn warm_up(&self) -> Result<(), EngineError>;

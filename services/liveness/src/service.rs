@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use faceproof_imaging::Cancellation;
 use faceproof_proto::common::v1::{Face, FaceIssue, SearchMode};
 use faceproof_proto::liveness::v1::liveness_server::Liveness;
 use faceproof_proto::liveness::v1::{
@@ -61,9 +62,13 @@ impl LivenessService {
         let deadline = self.deadlines.deadline_for(request.metadata());
         let job = validate(request.into_inner(), self.limits)?;
         let engine = Arc::clone(&self.engine);
+        // Expires at the deadline; cancelled when this future is dropped (the caller went away).
+        let cancel = Cancellation::with_deadline(deadline.instant());
         let verdict = self
             .pool
-            .run(deadline, move |deadline| engine.check(job, deadline))
+            .run_cancellable(deadline, cancel.clone(), move |cancel| {
+                engine.check(job, cancel)
+            })
             .await?;
         match verdict {
             Ok(verdict) => scored_response(verdict),
@@ -84,6 +89,10 @@ impl LivenessService {
                 rejection.detail,
             )),
             Err(EngineError::DeadlineExceeded(_)) => Err(ServiceError::deadline_exceeded()),
+            Err(EngineError::Cancelled(_)) if cancel.caller_gone() => {
+                Err(ServiceError::cancelled())
+            }
+            Err(EngineError::Cancelled(_)) => Err(ServiceError::deadline_exceeded()),
             Err(EngineError::Internal(detail)) => Err(ServiceError::internal(detail)),
         }
     }

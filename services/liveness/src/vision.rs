@@ -4,10 +4,12 @@
 //! MiniFASNetV2 (FAST) or MiniFASNetV2 + MiniFASNetV1SE weighted 3:1 (ACCURATE) -> softmax.
 
 use candle_core::{Device, Tensor};
-use faceproof_imaging::{DecodeOptions, ImageError, RgbImage, decode};
+use faceproof_imaging::{
+    Cancellation, DecodeOptions, ImageError, ImageLimits, RgbImage, decode_cancellable,
+};
 use faceproof_models::{ModelName, ModelStore};
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, Point, SearchMode};
-use faceproof_runtime::{Deadline, time_stage};
+use faceproof_runtime::time_stage;
 use faceproof_telemetry::{Metrics, Stage};
 use faceproof_vision::face::liveness_crop::liveness_crop;
 use faceproof_vision::face::subject::{DEFAULT_RIVAL_AREA_RATIO, choose_subject, has_rival_face};
@@ -46,7 +48,8 @@ const MIN_BOX_SHARE_INSIDE: f32 = 0.9;
 /// Settings of the liveness pipeline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LivenessSettings {
-    pub max_image_pixels: u64,
+    /// Header bounds and the decoded-bytes budget of one image.
+    pub image_limits: ImageLimits,
     /// Faces whose box is narrower (or shorter) than this are too small for a meaningful
     /// anti-spoofing crop: `face_too_small`.
     pub min_face_px: u32,
@@ -55,7 +58,7 @@ pub struct LivenessSettings {
 impl LivenessSettings {
     pub fn from_config(config: &LivenessConfig) -> Self {
         Self {
-            max_image_pixels: config.max_image_pixels,
+            image_limits: config.image_limits(),
             min_face_px: config.min_face_px,
         }
     }
@@ -130,7 +133,7 @@ impl VisionLivenessEngine {
                 .map_err(model_error)?,
             device,
             decode_options: DecodeOptions {
-                max_pixels: settings.max_image_pixels,
+                limits: settings.image_limits,
                 min_long_side: None,
             },
             min_face_side: settings.min_face_px as f32,
@@ -153,6 +156,7 @@ impl VisionLivenessEngine {
         &self,
         image: &RgbImage,
         hint: Option<Face>,
+        cancel: &Cancellation,
     ) -> Result<([f32; 4], Face), EngineError> {
         if let Some(hint) = hint {
             let Some(bbox) = hint.r#box else {
@@ -165,8 +169,10 @@ impl VisionLivenessEngine {
             return Ok(([bbox.x, bbox.y, bbox.width, bbox.height], hint));
         }
         let faces = self
-            .timed(Stage::Detect, || self.detector.detect(image))
-            .map_err(internal)?;
+            .timed(Stage::Detect, || {
+                self.detector.detect_cancellable(image, cancel)
+            })
+            .map_err(vision_error)?;
         let (width, height) = image.dimensions();
         let Some(subject) = choose_subject(&faces, width, height) else {
             return Err(rejection(
@@ -197,10 +203,13 @@ impl VisionLivenessEngine {
         net: &MiniFasNet,
         image: &RgbImage,
         bbox: [f32; 4],
+        cancel: &Cancellation,
     ) -> Result<LivenessProbabilities, EngineError> {
         let crop = liveness_crop(image, bbox, net.variant(), &self.device).map_err(internal)?;
         let batch = Tensor::stack(&[crop], 0).map_err(internal)?;
-        let logits = net.forward(&batch).map_err(internal)?;
+        let logits = net
+            .forward_cancellable(&batch, cancel)
+            .map_err(vision_error)?;
         softmax_probabilities(&logits)
             .map_err(internal)?
             .into_iter()
@@ -210,16 +219,33 @@ impl VisionLivenessEngine {
 }
 
 impl LivenessEngine for VisionLivenessEngine {
-    fn check(&self, job: CheckJob, deadline: &Deadline) -> Result<LivenessVerdict, EngineError> {
-        let image = self
-            .timed(Stage::Decode, || decode(&job.image, &self.decode_options))
-            .map_err(|error| rejection(decode_reason(&error), error.to_string(), None))?
-            .image;
-        deadline.check()?;
-        let (bbox, face) = self.find_face(&image, job.face_hint)?;
-        gate_quality(bbox, image.width(), image.height(), self.min_face_side)
-            .map_err(|(reason, detail)| rejection(reason, detail, Some(face.clone())))?;
-        deadline.check()?;
+    fn check(&self, job: CheckJob, cancel: &Cancellation) -> Result<LivenessVerdict, EngineError> {
+        let decoded = self
+            .timed(Stage::Decode, || {
+                decode_cancellable(&job.image, &self.decode_options, cancel)
+            })
+            .map_err(|error| match error {
+                ImageError::Cancelled(cancelled) => EngineError::Cancelled(cancelled),
+                error => rejection(decode_reason(&error), error.to_string(), None),
+            })?;
+        cancel.check()?;
+        // An image over the decoded-bytes budget arrives at reduced scale: hints come in and
+        // faces go out in full-resolution pixels, the size gate applies at full resolution.
+        let scale = decoded.scale;
+        let image = decoded.image;
+        let hint = job.face_hint.map(|hint| rescale_face(hint, scale));
+        let (bbox, face) = self
+            .find_face(&image, hint, cancel)
+            .map_err(|error| rescale_rejection(error, 1.0 / scale))?;
+        let face = rescale_face(face, 1.0 / scale);
+        gate_quality(
+            bbox,
+            image.width(),
+            image.height(),
+            self.min_face_side * scale,
+        )
+        .map_err(|(reason, detail)| rejection(reason, detail, Some(face.clone())))?;
+        cancel.check()?;
 
         let nets: &[&MiniFasNet] = match job.mode {
             SearchMode::Accurate => &[&self.v2, &self.v1se],
@@ -228,8 +254,9 @@ impl LivenessEngine for VisionLivenessEngine {
         let mut per_model = Vec::with_capacity(nets.len());
         let mut verdicts = Vec::with_capacity(nets.len());
         for net in nets {
-            deadline.check()?;
-            let probabilities = self.timed(Stage::Antispoof, || self.run(net, &image, bbox))?;
+            cancel.check()?;
+            let probabilities =
+                self.timed(Stage::Antispoof, || self.run(net, &image, bbox, cancel))?;
             verdicts.push(ModelVerdict {
                 model: model_label(net.variant()),
                 liveness_score: f64::from(probabilities.real),
@@ -254,7 +281,12 @@ impl LivenessEngine for VisionLivenessEngine {
             .ok_or_else(|| internal("warm-up frame"))?;
         self.detector.detect(&frame).map_err(internal)?;
         for net in [&self.v2, &self.v1se] {
-            self.run(net, &frame, [270.0, 190.0, 100.0, 120.0])?;
+            self.run(
+                net,
+                &frame,
+                [270.0, 190.0, 100.0, 120.0],
+                &Cancellation::never(),
+            )?;
         }
         Ok(())
     }
@@ -299,10 +331,47 @@ fn model_label(variant: MiniFasNetVariant) -> String {
 fn decode_reason(error: &ImageError) -> FaceIssueReason {
     match error {
         ImageError::UnsupportedFormat => FaceIssueReason::UnsupportedFormat,
-        ImageError::TooLarge { .. } | ImageError::MemoryLimit(_) => FaceIssueReason::ImageTooLarge,
-        ImageError::Corrupt(_) | ImageError::UnsupportedEncoding(_) => {
-            FaceIssueReason::ImageUndecodable
+        error if error.is_too_large() => FaceIssueReason::ImageTooLarge,
+        ImageError::BadAspectRatio { .. } => FaceIssueReason::ImageBadAspectRatio,
+        ImageError::Truncated(_) => FaceIssueReason::ImageTruncated,
+        _ => FaceIssueReason::ImageUndecodable,
+    }
+}
+
+/// A stop from the cancellation stays a stop; any other vision failure is internal.
+fn vision_error(error: faceproof_vision::VisionError) -> EngineError {
+    match error {
+        faceproof_vision::VisionError::Cancelled(cancelled) => EngineError::Cancelled(cancelled),
+        other => internal(other),
+    }
+}
+
+/// `face` with its box and landmarks multiplied by `factor` (between full-resolution and
+/// reduced-scale pixels; 1 leaves it as is).
+fn rescale_face(mut face: Face, factor: f32) -> Face {
+    if factor == 1.0 {
+        return face;
+    }
+    if let Some(bbox) = face.r#box.as_mut() {
+        bbox.x *= factor;
+        bbox.y *= factor;
+        bbox.width *= factor;
+        bbox.height *= factor;
+    }
+    for point in &mut face.landmarks {
+        point.x *= factor;
+        point.y *= factor;
+    }
+    face
+}
+
+fn rescale_rejection(error: EngineError, factor: f32) -> EngineError {
+    match error {
+        EngineError::Rejected(mut rejection) => {
+            rejection.face = rejection.face.map(|face| rescale_face(face, factor));
+            EngineError::Rejected(rejection)
         }
+        other => other,
     }
 }
 

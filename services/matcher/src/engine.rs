@@ -2,8 +2,9 @@
 //! and maps errors; an engine turns image bytes into faces and cosine similarities. Engines run
 //! on the inference pool's threads, never on the async runtime.
 
+use faceproof_imaging::{Cancellation, Cancelled};
 use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
-use faceproof_runtime::{Deadline, DeadlineExceeded};
+use faceproof_runtime::DeadlineExceeded;
 
 /// A validated comparison request, owned so it can move to a worker thread.
 #[derive(Debug, Clone)]
@@ -53,6 +54,10 @@ pub enum EngineError {
     Probe(FaceRejection),
     #[error(transparent)]
     DeadlineExceeded(#[from] DeadlineExceeded),
+    /// Stopped inside a stage: the deadline passed or the caller went away (the service tells
+    /// which from its [`Cancellation`]).
+    #[error(transparent)]
+    Cancelled(#[from] Cancelled),
     /// A model or bug failure; logged, answered INTERNAL.
     #[error("engine failure: {0}")]
     Internal(String),
@@ -60,9 +65,14 @@ pub enum EngineError {
 
 /// Face comparison, run inside the inference pool.
 pub trait MatchEngine: Send + Sync + 'static {
-    /// Compares the probe's subject face with every gallery image. Implementations should call
-    /// `deadline.check()?` between stages so abandoned work stops early.
-    fn compare(&self, job: CompareJob, deadline: &Deadline) -> Result<CompareOutcome, EngineError>;
+    /// Compares the probe's subject face with every gallery image. Implementations call
+    /// `cancel.check()?` inside their long stages (decode, inference) so abandoned work stops
+    /// within milliseconds of the deadline or of the caller going away.
+    fn compare(
+        &self,
+        job: CompareJob,
+        cancel: &Cancellation,
+    ) -> Result<CompareOutcome, EngineError>;
 
     /// Runs the whole pipeline once so the first real request is not slow; the service reports
     /// SERVING only after this succeeds.

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use faceproof_imaging::Cancellation;
 use faceproof_proto::common::v1::{FaceIssue, SearchMode};
 use faceproof_proto::matcher::v1::matcher_server::Matcher;
 use faceproof_proto::matcher::v1::{
@@ -66,11 +67,15 @@ impl MatcherService {
         let gallery_len = job.gallery.len();
         let mode = job.mode;
         let engine = Arc::clone(&self.engine);
+        // Expires at the deadline; cancelled when this future is dropped (the caller went away).
+        let cancel = Cancellation::with_deadline(deadline.instant());
         let outcome = self
             .pool
-            .run(deadline, move |deadline| engine.compare(job, deadline))
+            .run_cancellable(deadline, cancel.clone(), move |cancel| {
+                engine.compare(job, cancel)
+            })
             .await?
-            .map_err(engine_error)?;
+            .map_err(|error| engine_error(error, &cancel))?;
         build_response(outcome, gallery_len, &self.calibration, mode)
     }
 }
@@ -136,12 +141,14 @@ fn validate(request: CompareRequest, limits: RequestLimits) -> Result<CompareJob
     })
 }
 
-fn engine_error(error: EngineError) -> ServiceError {
+fn engine_error(error: EngineError, cancel: &Cancellation) -> ServiceError {
     match error {
         EngineError::Probe(rejection) => {
             ServiceError::invalid_field(rejection.reason.code(), "probe", rejection.detail)
         }
         EngineError::DeadlineExceeded(_) => ServiceError::deadline_exceeded(),
+        EngineError::Cancelled(_) if cancel.caller_gone() => ServiceError::cancelled(),
+        EngineError::Cancelled(_) => ServiceError::deadline_exceeded(),
         EngineError::Internal(detail) => ServiceError::internal(detail),
     }
 }

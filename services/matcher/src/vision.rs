@@ -7,10 +7,12 @@
 //! (flip fusion), a standard test-time augmentation for face embedders.
 
 use candle_core::Device;
-use faceproof_imaging::{DecodeOptions, Decoded, ImageError, RgbImage, decode};
+use faceproof_imaging::{
+    Cancellation, DecodeOptions, Decoded, ImageError, ImageLimits, RgbImage, decode_cancellable,
+};
 use faceproof_models::{ModelName, ModelStore};
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, Point, SearchMode};
-use faceproof_runtime::{Deadline, time_stage};
+use faceproof_runtime::time_stage;
 use faceproof_telemetry::{Metrics, Stage};
 use faceproof_vision::face::align::align_face;
 use faceproof_vision::face::subject::{DEFAULT_RIVAL_AREA_RATIO, choose_subject, has_rival_face};
@@ -38,7 +40,8 @@ const TIGHT_CROP_AREA_SHARE: f32 = 0.5;
 /// Settings of the vision pipeline.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VisionMatchSettings {
-    pub max_image_pixels: u64,
+    /// Header bounds and the decoded-bytes budget of one image.
+    pub image_limits: ImageLimits,
     pub fast_detector_side: u32,
     pub accurate_detector_side: u32,
     /// Faces narrower (or shorter) than this, in full-resolution pixels, carry too little detail
@@ -49,7 +52,7 @@ pub struct VisionMatchSettings {
 impl VisionMatchSettings {
     pub fn from_config(config: &MatcherConfig) -> Self {
         Self {
-            max_image_pixels: config.max_image_pixels,
+            image_limits: config.image_limits(),
             fast_detector_side: config.fast_detector_side,
             accurate_detector_side: config.accurate_detector_side,
             min_face_px: config.min_face_px,
@@ -104,7 +107,7 @@ impl VisionMatchEngine {
             embedder: SFace::from_safetensors(sface, &device).map_err(model_error)?,
             device,
             decode_options: DecodeOptions {
-                max_pixels: settings.max_image_pixels,
+                limits: settings.image_limits,
                 min_long_side: Some(DECODE_MIN_LONG_SIDE),
             },
             min_face_side: settings.min_face_px as f32,
@@ -135,14 +138,21 @@ impl VisionMatchEngine {
         bytes: &[u8],
         mode: SearchMode,
         refuse_rivals: bool,
+        cancel: &Cancellation,
     ) -> Result<Result<(RgbImage, DetectedFace), FaceRejection>, EngineError> {
-        let mut decoded = match self.timed(Stage::Decode, || decode(bytes, &self.decode_options)) {
+        let decoded = self.timed(Stage::Decode, || {
+            decode_cancellable(bytes, &self.decode_options, cancel)
+        });
+        let mut decoded = match decoded {
             Ok(decoded) => decoded,
+            Err(ImageError::Cancelled(cancelled)) => return Err(cancelled.into()),
             Err(error) => return Ok(Err(decode_rejection(&error))),
         };
         let image = std::mem::take(&mut decoded.image);
         let detector = self.detector(mode);
-        let faces = self.timed(Stage::Detect, || detect_with_context(detector, &image))?;
+        let faces = self.timed(Stage::Detect, || {
+            detect_with_context(detector, &image, cancel)
+        })?;
         let (width, height) = image.dimensions();
         let Some(subject) = choose_subject(&faces, width, height) else {
             return Ok(Err(FaceRejection::new(
@@ -182,7 +192,12 @@ impl VisionMatchEngine {
     }
 
     /// One embedding per aligned face; ACCURATE adds the mirrored face's embedding.
-    fn embed(&self, faces: &[RgbImage], mode: SearchMode) -> Result<Vec<Vec<f32>>, EngineError> {
+    fn embed(
+        &self,
+        faces: &[RgbImage],
+        mode: SearchMode,
+        cancel: &Cancellation,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let internal = |error: &dyn std::fmt::Display| EngineError::Internal(error.to_string());
         let flip = mode == SearchMode::Accurate;
         let mut batch: Vec<RgbImage> = faces.to_vec();
@@ -192,8 +207,8 @@ impl VisionMatchEngine {
         let input = faces_to_batch(&batch, &self.device).map_err(|e| internal(&e))?;
         let rows = self
             .embedder
-            .embed(&input)
-            .map_err(|e| internal(&e))?
+            .embed_cancellable(&input, cancel)
+            .map_err(vision_error)?
             .to_vec2::<f32>()
             .map_err(|e| internal(&e))?;
         if !flip {
@@ -209,22 +224,26 @@ impl VisionMatchEngine {
 }
 
 impl MatchEngine for VisionMatchEngine {
-    fn compare(&self, job: CompareJob, deadline: &Deadline) -> Result<CompareOutcome, EngineError> {
+    fn compare(
+        &self,
+        job: CompareJob,
+        cancel: &Cancellation,
+    ) -> Result<CompareOutcome, EngineError> {
         let (probe_aligned, probe_face) = self
-            .prepare(&job.probe, job.mode, true)?
+            .prepare(&job.probe, job.mode, true, cancel)?
             .map_err(EngineError::Probe)?;
         let mut gallery = Vec::with_capacity(job.gallery.len());
         for bytes in &job.gallery {
-            deadline.check()?;
-            gallery.push(self.prepare(bytes, job.mode, false)?);
+            cancel.check()?;
+            gallery.push(self.prepare(bytes, job.mode, false, cancel)?);
         }
-        deadline.check()?;
+        cancel.check()?;
 
         let mut aligned = vec![probe_aligned];
         for (face, _) in gallery.iter().flatten() {
             aligned.push(face.clone());
         }
-        let embeddings = self.timed(Stage::Embed, || self.embed(&aligned, job.mode))?;
+        let embeddings = self.timed(Stage::Embed, || self.embed(&aligned, job.mode, cancel))?;
         let Some((probe_embedding, gallery_embeddings)) = embeddings.split_first() else {
             return Err(EngineError::Internal("embedder returned no rows".into()));
         };
@@ -262,7 +281,11 @@ impl MatchEngine for VisionMatchEngine {
         }
         let face = RgbImage::from_raw(112, 112, vec![128; 112 * 112 * 3])
             .ok_or_else(|| EngineError::Internal("warm-up face".into()))?;
-        self.embed(&[face.clone(), face], SearchMode::Accurate)?;
+        self.embed(
+            &[face.clone(), face],
+            SearchMode::Accurate,
+            &Cancellation::never(),
+        )?;
         Ok(())
     }
 }
@@ -272,9 +295,11 @@ impl MatchEngine for VisionMatchEngine {
 fn detect_with_context(
     detector: &FaceDetector,
     image: &RgbImage,
+    cancel: &Cancellation,
 ) -> Result<Vec<DetectedFace>, EngineError> {
-    let internal = |error: faceproof_vision::VisionError| EngineError::Internal(error.to_string());
-    let faces = detector.detect(image).map_err(internal)?;
+    let faces = detector
+        .detect_cancellable(image, cancel)
+        .map_err(vision_error)?;
     let (width, height) = image.dimensions();
     let image_area = width as f32 * height as f32;
     let tight = faces
@@ -287,7 +312,9 @@ fn detect_with_context(
     let Some(padded) = pad(image, pad_x, pad_y) else {
         return Ok(faces);
     };
-    let mut padded_faces = detector.detect(&padded).map_err(internal)?;
+    let mut padded_faces = detector
+        .detect_cancellable(&padded, cancel)
+        .map_err(vision_error)?;
     if padded_faces.is_empty() {
         return Ok(faces);
     }
@@ -300,6 +327,14 @@ fn detect_with_context(
         }
     }
     Ok(padded_faces)
+}
+
+/// A stop from the cancellation stays a stop; any other vision failure is internal.
+fn vision_error(error: faceproof_vision::VisionError) -> EngineError {
+    match error {
+        faceproof_vision::VisionError::Cancelled(cancelled) => EngineError::Cancelled(cancelled),
+        other => EngineError::Internal(other.to_string()),
+    }
 }
 
 /// The image centred on a black canvas `pad_x`/`pad_y` larger on each side.
@@ -342,10 +377,10 @@ fn fuse(a: &[f32], b: &[f32]) -> Vec<f32> {
 fn decode_rejection(error: &ImageError) -> FaceRejection {
     let reason = match error {
         ImageError::UnsupportedFormat => FaceIssueReason::UnsupportedFormat,
-        ImageError::TooLarge { .. } | ImageError::MemoryLimit(_) => FaceIssueReason::ImageTooLarge,
-        ImageError::Corrupt(_) | ImageError::UnsupportedEncoding(_) => {
-            FaceIssueReason::ImageUndecodable
-        }
+        error if error.is_too_large() => FaceIssueReason::ImageTooLarge,
+        ImageError::BadAspectRatio { .. } => FaceIssueReason::ImageBadAspectRatio,
+        ImageError::Truncated(_) => FaceIssueReason::ImageTruncated,
+        _ => FaceIssueReason::ImageUndecodable,
     };
     FaceRejection::new(reason, error.to_string())
 }
@@ -408,9 +443,10 @@ impl VisionMatchEngine {
         bytes: &[u8],
         mode: SearchMode,
     ) -> Result<Result<ImageEmbedding, FaceRejection>, EngineError> {
-        let (rival_face, prepared) = match self.prepare(bytes, mode, true)? {
+        let never = Cancellation::never();
+        let (rival_face, prepared) = match self.prepare(bytes, mode, true, &never)? {
             Err(rejection) if rejection.reason == FaceIssueReason::MultipleFacesDetected => {
-                (true, self.prepare(bytes, mode, false)?)
+                (true, self.prepare(bytes, mode, false, &never)?)
             }
             other => (false, other),
         };
@@ -419,7 +455,7 @@ impl VisionMatchEngine {
             Err(rejection) => return Ok(Err(rejection)),
         };
         let embedding = self
-            .embed(std::slice::from_ref(&aligned), mode)?
+            .embed(std::slice::from_ref(&aligned), mode, &never)?
             .into_iter()
             .next()
             .ok_or_else(|| EngineError::Internal("embedder returned no rows".into()))?;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use faceproof_imaging::Cancellation;
 use faceproof_matcher::{
     Application, Calibration, CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch,
     MatchEngine, MatcherConfig, MatcherError,
@@ -17,7 +18,7 @@ use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode
 use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_proto::matcher::v1::matcher_server::SERVICE_NAME;
 use faceproof_proto::matcher::v1::{CompareRequest, CompareResponse, gallery_item_result};
-use faceproof_runtime::{Deadline, PoolStats, ServingArgs};
+use faceproof_runtime::{PoolStats, ServingArgs};
 use tokio::sync::{mpsc as async_mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
@@ -39,6 +40,8 @@ async fn within<T>(future: impl Future<Output = T>) -> T {
 
 struct FakeEngine {
     compare_calls: AtomicUsize,
+    /// `spin` jobs that saw their cancellation and stopped.
+    stopped: AtomicUsize,
     /// Told when a `block` job starts running.
     started: async_mpsc::UnboundedSender<()>,
     /// `block` jobs (and a gated warm-up) wait for a message (or a hang-up) here.
@@ -66,7 +69,11 @@ impl FakeEngine {
 }
 
 impl MatchEngine for FakeEngine {
-    fn compare(&self, job: CompareJob, deadline: &Deadline) -> Result<CompareOutcome, EngineError> {
+    fn compare(
+        &self,
+        job: CompareJob,
+        cancel: &Cancellation,
+    ) -> Result<CompareOutcome, EngineError> {
         self.compare_calls.fetch_add(1, Ordering::SeqCst);
         match job.probe.as_slice() {
             b"block" => {
@@ -74,6 +81,14 @@ impl MatchEngine for FakeEngine {
                 self.wait_for_release();
             }
             b"panic" => panic!("fake engine panicked"),
+            // A long stage that checks its cancellation, as the real engine's decode and
+            // inference loops do.
+            b"spin" => {
+                while cancel.check().is_ok() {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                self.stopped.fetch_add(1, Ordering::SeqCst);
+            }
             b"noface" => {
                 return Err(EngineError::Probe(FaceRejection::new(
                     FaceIssueReason::NoFaceDetected,
@@ -82,7 +97,7 @@ impl MatchEngine for FakeEngine {
             }
             _ => {}
         }
-        deadline.check()?;
+        cancel.check()?;
         let gallery = job
             .gallery
             .iter()
@@ -153,6 +168,7 @@ async fn spawn_app(options: Options) -> TestApp {
     let (release, release_rx) = mpsc::channel();
     let engine = Arc::new(FakeEngine {
         compare_calls: AtomicUsize::new(0),
+        stopped: AtomicUsize::new(0),
         started: started_tx,
         release: Mutex::new(release_rx),
         gate_warm_up: options.gate_warm_up,
@@ -420,6 +436,37 @@ async fn full_queue_answers_resource_exhausted_at_once() {
 }
 
 #[tokio::test]
+async fn a_running_job_stops_at_the_deadline_and_when_its_caller_goes_away() {
+    let mut app = spawn_app(Options::default()).await;
+    let mut late = tonic::Request::new(request(b"spin", &[b"cos:0.5"]));
+    late.set_timeout(Duration::from_millis(200));
+    let status = within(app.client.compare(late)).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    // The engine saw the deadline inside its stage and stopped (not just the waiting side).
+    let stopped = |app: &TestApp| app.engine.stopped.load(Ordering::SeqCst);
+    within(async {
+        while stopped(&app) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+
+    // A caller that goes away (its future dropped) cancels the running job too.
+    let mut gone = tonic::Request::new(request(b"spin", &[b"cos:0.5"]));
+    gone.set_timeout(Duration::from_secs(60));
+    let mut client = app.client.clone();
+    let abandoned = tokio::spawn(async move { client.compare(gone).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    abandoned.abort();
+    within(async {
+        while stopped(&app) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn deadline_passing_in_the_queue_is_deadline_exceeded_and_never_runs() {
     let mut app = spawn_app(Options {
         threads: 1,
@@ -536,7 +583,7 @@ mod real_models {
     /// resolution) passes the default and is refused above its size.
     #[test]
     fn the_minimum_face_size_is_a_setting() {
-        let deadline = Deadline::after(Duration::from_secs(120));
+        let deadline = Cancellation::never();
         let job = || CompareJob {
             probe: fixture("obama_2012_official_portrait.jpg"),
             gallery: vec![fixture("obama_2009_congress.jpg")],
@@ -580,6 +627,40 @@ mod real_models {
         }
     }
 
+    #[test]
+    fn a_truncated_probe_is_refused_never_scored_on_grey() {
+        let engine = engine(320);
+        let whole = fixture("obama_2009_congress.jpg");
+        for percent in [30, 50, 70] {
+            let cut = whole[..whole.len() * percent / 100].to_vec();
+            let job = CompareJob {
+                probe: cut,
+                ..job(SearchMode::Fast)
+            };
+            match engine.compare(job, &Cancellation::never()) {
+                Err(EngineError::Probe(rejection)) => {
+                    assert_eq!(
+                        rejection.reason,
+                        FaceIssueReason::ImageTruncated,
+                        "{percent}%"
+                    );
+                    assert_eq!(rejection.reason.code(), "image_truncated");
+                }
+                other => panic!("cut at {percent}%: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_passed_deadline_stops_the_real_pipeline() {
+        let engine = engine(320);
+        let expired = Cancellation::with_deadline(std::time::Instant::now());
+        assert!(matches!(
+            engine.compare(job(SearchMode::Accurate), &expired),
+            Err(EngineError::Cancelled(_))
+        ));
+    }
+
     /// The same portrait twice side by side, encoded as PNG: two faces of the same size.
     fn two_equal_faces_side_by_side() -> Vec<u8> {
         let options = faceproof_imaging::DecodeOptions::default();
@@ -605,7 +686,7 @@ mod real_models {
     fn a_probe_with_two_similar_faces_is_refused_but_a_gallery_image_keeps_its_subject() {
         let engine = engine(640);
         let two_faces = two_equal_faces_side_by_side();
-        let deadline = Deadline::after(Duration::from_secs(120));
+        let deadline = Cancellation::never();
         let refused = engine.compare(
             CompareJob {
                 probe: two_faces.clone(),
@@ -668,7 +749,7 @@ mod real_models {
         );
 
         let engine = engine(640);
-        let deadline = Deadline::after(Duration::from_secs(120));
+        let deadline = Cancellation::never();
         let run = |probe: Vec<u8>| {
             engine
                 .compare(
@@ -732,10 +813,7 @@ mod real_models {
     fn detector_at_640_reproduces_the_reference_cosines() {
         let engine = engine(640);
         let outcome = engine
-            .compare(
-                job(SearchMode::Fast),
-                &Deadline::after(Duration::from_secs(120)),
-            )
+            .compare(job(SearchMode::Fast), &Cancellation::never())
             .unwrap();
         let [same, other] = similarities(&CompareOutcome {
             gallery: outcome.gallery[..2].to_vec(),

@@ -5,14 +5,13 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
+use faceproof_imaging::Cancellation;
 use faceproof_liveness::vision::{LivenessSettings, VisionLivenessEngine};
 use faceproof_liveness::{CheckJob, EngineError, LivenessEngine};
 use faceproof_models::ModelName;
 use faceproof_proto::common::v1::SearchMode;
-use faceproof_runtime::Deadline;
 use rayon::prelude::*;
 
 use super::input::{LabelledImage, parse_labels, read_text};
@@ -69,8 +68,8 @@ fn check_all(
                     os: "DESKTOP".to_owned(),
                 };
                 // No deadline in an offline evaluation: a day stands for "none".
-                let deadline = Deadline::after(Duration::from_secs(86_400));
-                let checked = match engine.check(job, &deadline) {
+                let never = Cancellation::never();
+                let checked = match engine.check(job, &never) {
                     Ok(verdict) => Ok(Scored {
                         score: verdict.liveness_score,
                         per_model: verdict

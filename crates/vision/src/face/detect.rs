@@ -7,7 +7,7 @@
 //! greedy NMS, and mapped back to the original image's coordinates.
 
 use candle_core::{Device, Tensor};
-use faceproof_imaging::{ChannelOrder, RgbImage, resize_area, to_planar_f32};
+use faceproof_imaging::{Cancellation, ChannelOrder, RgbImage, resize_area, to_planar_f32};
 
 use crate::VisionError;
 use crate::nets::yunet::{STRIDES, YuNet, YuNetHeads};
@@ -79,6 +79,17 @@ impl FaceDetector {
 
     /// Every face found in `image`, best score first.
     pub fn detect(&self, image: &RgbImage) -> Result<Vec<DetectedFace>, VisionError> {
+        self.detect_cancellable(image, &Cancellation::never())
+    }
+
+    /// [`Self::detect`], stopping with [`VisionError::Cancelled`] once `cancel` fires (checked
+    /// before and after the resize and between the network's units).
+    pub fn detect_cancellable(
+        &self,
+        image: &RgbImage,
+        cancel: &Cancellation,
+    ) -> Result<Vec<DetectedFace>, VisionError> {
+        cancel.check()?;
         let (width, height) = image.dimensions();
         if width == 0 || height == 0 {
             return Err(VisionError::InvalidInput("empty image".into()));
@@ -94,7 +105,8 @@ impl FaceDetector {
         };
         let input = padded_bgr_tensor(work, &self.device)?;
         let (_, _, padded_height, padded_width) = input.dims4()?;
-        let heads = self.net.forward(&input)?;
+        cancel.check()?;
+        let heads = self.net.forward_cancellable(&input, cancel)?;
         let candidates = decode_heads(
             &heads,
             padded_width,

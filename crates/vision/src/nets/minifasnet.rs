@@ -24,7 +24,9 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Module, Result, Tensor, bail};
 use candle_nn::VarBuilder;
+use faceproof_imaging::Cancellation;
 
+use crate::VisionError;
 use crate::ops::{
     BottleneckWeights, FusedBottleneck, FusedHead, HeadWeights, SqueezeExcitationWeights,
     conv2d_bias_prelu, depthwise_conv2d, depthwise_conv2d_prelu, pointwise_conv2d,
@@ -257,20 +259,38 @@ impl MiniFasNet {
 
     /// Logits `[N, 3]` for crops `[N, 3, 80, 80]`: BGR planes of raw 0..255 values.
     pub fn forward(&self, crops: &Tensor) -> Result<Tensor> {
+        self.forward_cancellable(crops, &Cancellation::never())
+            .map_err(|error| match error {
+                VisionError::Tensor(error) => error,
+                other => candle_core::Error::Msg(other.to_string()),
+            })
+    }
+
+    /// [`Self::forward`], stopping with [`VisionError::Cancelled`] between blocks once `cancel`
+    /// fires.
+    pub fn forward_cancellable(
+        &self,
+        crops: &Tensor,
+        cancel: &Cancellation,
+    ) -> std::result::Result<Tensor, VisionError> {
         match crops.dims() {
             &[_, 3, INPUT_SIZE, INPUT_SIZE] if crops.dtype() == DType::F32 => {}
-            dims => bail!(
-                "MiniFASNet expects f32 [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] input, got {:?} {dims:?}",
-                crops.dtype()
-            ),
+            dims => {
+                return Err(VisionError::InvalidInput(format!(
+                    "MiniFASNet expects f32 [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] input, got {:?} {dims:?}",
+                    crops.dtype()
+                )));
+            }
         }
         let mut x = self.conv1.forward(crops)?;
         x = self.conv2_dw.forward(&x)?;
         for block in &self.blocks {
+            cancel.check()?;
             x = block.forward(&x)?;
         }
+        cancel.check()?;
         // Dropout (before `prob`) is the identity at inference.
-        self.head.forward(&x)
+        Ok(self.head.forward(&x)?)
     }
 }
 

@@ -17,7 +17,7 @@
 
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
-use faceproof_imaging::{ChannelOrder, RgbImage, to_planar_f32};
+use faceproof_imaging::{Cancellation, ChannelOrder, RgbImage, to_planar_f32};
 
 use crate::VisionError;
 use crate::nets::yunet::Pointwise;
@@ -206,6 +206,16 @@ impl SFace {
     /// Embeds a batch of aligned faces, `[N, 3, 112, 112]` RGB 0..255, into `[N, 128]` raw
     /// (not normalised) embeddings.
     pub fn embed(&self, faces: &Tensor) -> Result<Tensor, VisionError> {
+        self.embed_cancellable(faces, &Cancellation::never())
+    }
+
+    /// [`Self::embed`], stopping with [`VisionError::Cancelled`] between blocks once `cancel`
+    /// fires.
+    pub fn embed_cancellable(
+        &self,
+        faces: &Tensor,
+        cancel: &Cancellation,
+    ) -> Result<Tensor, VisionError> {
         let side = SFACE_INPUT_SIDE as usize;
         let dims = faces.dims();
         if dims.len() != 4 || dims[0] == 0 || dims[1..] != [3, side, side] {
@@ -226,6 +236,7 @@ impl SFace {
             1,
         )?;
         for block in &self.blocks {
+            cancel.check()?;
             x = block.forward(&x)?;
         }
         let x = x.flatten_from(1)?;

@@ -21,6 +21,7 @@
 
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
+use faceproof_imaging::Cancellation;
 
 use crate::VisionError;
 use crate::ops::{
@@ -223,6 +224,16 @@ impl YuNet {
 
     /// Runs the network on `[N, 3, H, W]` BGR 0..255 input; H and W must be multiples of 32.
     pub fn forward(&self, input: &Tensor) -> Result<YuNetHeads, VisionError> {
+        self.forward_cancellable(input, &Cancellation::never())
+    }
+
+    /// [`Self::forward`], stopping with [`VisionError::Cancelled`] between backbone units
+    /// once `cancel` fires.
+    pub fn forward_cancellable(
+        &self,
+        input: &Tensor,
+        cancel: &Cancellation,
+    ) -> Result<YuNetHeads, VisionError> {
         let (_, channels, height, width) = input.dims4()?;
         if channels != 3 || height == 0 || width == 0 || height % 32 != 0 || width % 32 != 0 {
             return Err(VisionError::InvalidInput(format!(
@@ -233,6 +244,7 @@ impl YuNet {
         let mut x = input.clone();
         let mut features = Vec::with_capacity(3);
         for (i, unit) in self.backbone.iter().enumerate() {
+            cancel.check()?;
             x = if i == 0 {
                 unit.forward_after_stem(&self.stem, &x)?
             } else if Self::POOL_BEFORE.contains(&i) {
@@ -247,6 +259,7 @@ impl YuNet {
         }
         let [stride8, stride16, stride32] = <[Tensor; 3]>::try_from(features)
             .map_err(|_| VisionError::InvalidInput("backbone stages".into()))?;
+        cancel.check()?;
         let p32 = self.neck[0].forward(&stride32)?;
         let p16 = self.neck[1].forward_merged(&p32, &stride16)?;
         let p8 = self.neck[2].forward_merged(&p16, &stride8)?;
