@@ -13,7 +13,6 @@ use faceproof_liveness::engine::{CheckJob, LivenessEngine};
 use faceproof_matcher::{CompareJob, MatchEngine};
 use faceproof_proto::common::v1::{FaceIssueReason, SearchMode};
 use faceproof_proto::gateway::v1 as pb;
-use faceproof_runtime::Deadline;
 use faceproof_tests::{NETWORK_WAIT, Stack, StackOptions, engines, fixture, spawn_stack};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -480,8 +479,10 @@ async fn timing_whole_stack_against_in_process_engines() {
     let engines = engines().unwrap();
     let probe = fixture(OBAMA_2012).unwrap();
     let gallery = fixture(OBAMA_2009).unwrap();
-    fn deadline() -> Deadline {
-        Deadline::after(Duration::from_secs(120))
+    fn deadline() -> faceproof_imaging::Cancellation {
+        faceproof_imaging::Cancellation::with_deadline(
+            std::time::Instant::now() + Duration::from_secs(120),
+        )
     }
 
     let in_process = move |probe: Vec<u8>, gallery: Vec<u8>| {

@@ -18,12 +18,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser as _;
 use faceproof_gateway::GatewayCli;
+use faceproof_imaging::Cancellation;
 use faceproof_liveness::{CheckJob, LivenessConfig, LivenessEngine, LivenessVerdict};
 use faceproof_matcher::{CompareJob, GalleryMatch, MatchEngine, MatcherConfig};
 use faceproof_proto::common::v1::{BoundingBox, Face};
 use faceproof_proto::gateway::v1 as pb;
 use faceproof_proto::gateway::v1::face_verification_client::FaceVerificationClient;
-use faceproof_runtime::{Deadline, MetricsServer, time_stage};
+use faceproof_runtime::{MetricsServer, time_stage};
 use faceproof_signing::Signer;
 use faceproof_telemetry::testing::{CollectedSpan, OtlpCollector, SpanKind};
 use faceproof_telemetry::{Metrics, Stage, TelemetryConfig};
@@ -62,7 +63,7 @@ impl MatchEngine for FakeMatcher {
     fn compare(
         &self,
         job: CompareJob,
-        deadline: &Deadline,
+        cancel: &Cancellation,
     ) -> Result<faceproof_matcher::CompareOutcome, faceproof_matcher::EngineError> {
         let metrics = Some(&self.metrics);
         for _image in std::iter::once(&job.probe).chain(&job.gallery) {
@@ -70,7 +71,7 @@ impl MatchEngine for FakeMatcher {
             time_stage(metrics, Stage::Detect, || ());
             time_stage(metrics, Stage::Align, || ());
         }
-        deadline.check()?;
+        cancel.check()?;
         // Biden is the impostor; any other gallery image matches (below the copy threshold).
         let biden = fixture("biden_2010_blue_room.jpg").unwrap_or_default();
         let gallery = time_stage(metrics, Stage::Embed, || {
@@ -104,7 +105,7 @@ impl LivenessEngine for FakeLiveness {
     fn check(
         &self,
         job: CheckJob,
-        _deadline: &Deadline,
+        _cancel: &Cancellation,
     ) -> Result<LivenessVerdict, faceproof_liveness::EngineError> {
         let metrics = Some(&self.metrics);
         time_stage(metrics, Stage::Decode, || ());
