@@ -94,8 +94,7 @@ async fn run_child(kind: ServiceKind, args: Vec<String>) -> anyhow::Result<()> {
                 move || faceproof_matcher::vision::load_engine(&config)
             })
             .await??;
-            let app =
-                faceproof_matcher::Application::build(config, listener, Arc::new(engine))?;
+            let app = faceproof_matcher::Application::build(config, listener, Arc::new(engine))?;
             announce(&[app.local_addr()])?;
             app.run_until_stopped(stdin_closed()).await?;
         }
@@ -106,8 +105,7 @@ async fn run_child(kind: ServiceKind, args: Vec<String>) -> anyhow::Result<()> {
                 move || faceproof_liveness::vision::load_engine(&config)
             })
             .await??;
-            let app =
-                faceproof_liveness::Application::build(config, listener, Arc::new(engine))?;
+            let app = faceproof_liveness::Application::build(config, listener, Arc::new(engine))?;
             announce(&[app.local_addr()])?;
             app.run_until_stopped(stdin_closed()).await?;
         }
@@ -341,7 +339,11 @@ pub fn flat_png(
 /// A small real baseline JPEG (a gradient), the base of the header-patched ones.
 pub fn small_jpeg(width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
     let image = image::RgbImage::from_fn(width, height, |x, y| {
-        image::Rgb([(x * 7 % 256) as u8, (y * 5 % 256) as u8, ((x + y) % 256) as u8])
+        image::Rgb([
+            (x * 7 % 256) as u8,
+            (y * 5 % 256) as u8,
+            ((x + y) % 256) as u8,
+        ])
     });
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 90).encode_image(&image)?;
@@ -686,7 +688,8 @@ pub fn mutate(rng: &mut SplitMix64, input: &[u8], other: &[u8]) -> Vec<u8> {
             2 => out.truncate(rng.below(len + 1)),
             3 => {
                 let at = rng.below(len + 1);
-                let run = rng.bytes(1 + rng.below(16));
+                let run_len = 1 + rng.below(16);
+                let run = rng.bytes(run_len);
                 out.splice(at..at, run);
             }
             4 if len > 0 => {

@@ -53,7 +53,10 @@ fn tiny_png() -> Vec<u8> {
     let image = image::GrayImage::from_pixel(16, 16, image::Luma([128]));
     let mut bytes = Vec::new();
     image
-        .write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png)
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
         .unwrap();
     bytes
 }
@@ -256,7 +259,8 @@ fn proto_request_decoding_and_gateway_validation_never_panic() {
             let all = [&seeds.gateway, &seeds.matcher, &seeds.liveness];
             let family = all[rng.below(3)];
             let other = pick(&mut rng, &seeds.gateway).to_vec();
-            mutate(&mut rng, pick(&mut rng, family), &other)
+            let base = pick(&mut rng, family).to_vec();
+            mutate(&mut rng, &base, &other)
         };
         // Every message type sees every input: a mutant of one is a hostile input of the others.
         let _ = matcher_pb::CompareRequest::decode(bytes.as_slice());
@@ -271,7 +275,11 @@ fn proto_request_decoding_and_gateway_validation_never_panic() {
                         refused += 1;
                         assert!(!error.reason().is_empty(), "case {case}: untyped {error}");
                         let status = tonic::Status::from(error);
-                        assert_eq!(status.code(), Code::InvalidArgument, "case {case}: {status:?}");
+                        assert_eq!(
+                            status.code(),
+                            Code::InvalidArgument,
+                            "case {case}: {status:?}"
+                        );
                     }
                 }
             }
@@ -301,8 +309,18 @@ async fn proto_requests_on_the_wire_get_typed_answers_from_every_service() {
             &seeds.gateway,
             Some(stack.token.as_str()),
         ),
-        ("matcher", "/faceproof.matcher.v1.Matcher/Compare", &seeds.matcher, None),
-        ("liveness", "/faceproof.liveness.v1.Liveness/Check", &seeds.liveness, None),
+        (
+            "matcher",
+            "/faceproof.matcher.v1.Matcher/Compare",
+            &seeds.matcher,
+            None,
+        ),
+        (
+            "liveness",
+            "/faceproof.liveness.v1.Liveness/Check",
+            &seeds.liveness,
+            None,
+        ),
     ];
     let count = iterations(QUICK_ITERATIONS / 2).div_ceil(3);
     let mut rng = SplitMix64(seed());
@@ -316,7 +334,8 @@ async fn proto_requests_on_the_wire_get_typed_answers_from_every_service() {
         let mut by_code = std::collections::BTreeMap::<String, u64>::new();
         for case in 0..count {
             let other = pick(&mut rng, service_seeds).to_vec();
-            let bytes = mutate(&mut rng, pick(&mut rng, service_seeds), &other);
+            let base = pick(&mut rng, service_seeds).to_vec();
+            let bytes = mutate(&mut rng, &base, &other);
             let start = Instant::now();
             let answer = raw_unary(&url, method, bytes.into(), token).await.unwrap();
             let took = start.elapsed();
@@ -339,6 +358,9 @@ async fn proto_requests_on_the_wire_get_typed_answers_from_every_service() {
         }
         println!("proto fuzz ({service}, on the wire): {count} requests, codes {by_code:?}");
     }
-    println!("proto wire fuzz took {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "proto wire fuzz took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     stack.shutdown().await.unwrap();
 }

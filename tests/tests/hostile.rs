@@ -100,7 +100,13 @@ struct Report {
 }
 
 impl Report {
-    fn record(&mut self, name: &str, expected: String, elapsed: Duration, result: Result<String, String>) {
+    fn record(
+        &mut self,
+        name: &str,
+        expected: String,
+        elapsed: Duration,
+        result: Result<String, String>,
+    ) {
         let (observed, passed) = match result {
             Ok(observed) => (observed, true),
             Err(observed) => (observed, false),
@@ -125,11 +131,18 @@ impl Report {
     }
 
     fn failed(&self) -> usize {
-        self.outcomes.iter().filter(|outcome| !outcome.passed).count()
+        self.outcomes
+            .iter()
+            .filter(|outcome| !outcome.passed)
+            .count()
     }
 
     fn print(&self) {
-        println!("\n== hostile-input suite: {} cases, {} failed ==", self.outcomes.len(), self.failed());
+        println!(
+            "\n== hostile-input suite: {} cases, {} failed ==",
+            self.outcomes.len(),
+            self.failed()
+        );
         for outcome in &self.outcomes {
             println!(
                 "{} {:<46} {:>6} ms  expected {}\n{:>60}got {}",
@@ -169,7 +182,11 @@ impl GrpcExpect {
         )
     }
 
-    fn check<T>(&self, answer: &Result<T, tonic::Status>, elapsed: Duration) -> Result<String, String> {
+    fn check<T>(
+        &self,
+        answer: &Result<T, tonic::Status>,
+        elapsed: Duration,
+    ) -> Result<String, String> {
         let status = match answer {
             Ok(_) => return Err("OK (a success)".to_owned()),
             Err(status) => status,
@@ -230,13 +247,14 @@ impl RestExpect {
             answer.status,
             hostile::truncate_text(&answer.body, 200)
         );
-        let violation_reasons: Vec<String> = serde_json::from_str::<serde_json::Value>(&answer.body)
-            .ok()
-            .and_then(|body| body["violations"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|violation| violation["reason"].as_str().map(str::to_owned))
-            .collect();
+        let violation_reasons: Vec<String> =
+            serde_json::from_str::<serde_json::Value>(&answer.body)
+                .ok()
+                .and_then(|body| body["violations"].as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|violation| violation["reason"].as_str().map(str::to_owned))
+                .collect();
         let reason_ok = self.reasons.is_empty()
             || self.reasons.contains(&reason.as_str())
             || violation_reasons
@@ -321,8 +339,12 @@ impl Stack {
         .map(|arg| (*arg).to_owned())
         .collect();
         let gateway = ServiceProcess::spawn(ServiceKind::Gateway, &gateway_args)?;
-        wait_until_serving(&matcher.grpc_url()).await.context("matcher")?;
-        wait_until_serving(&liveness.grpc_url()).await.context("liveness")?;
+        wait_until_serving(&matcher.grpc_url())
+            .await
+            .context("matcher")?;
+        wait_until_serving(&liveness.grpc_url())
+            .await
+            .context("liveness")?;
         let token = hostile::mint_token(&jwt_secret, "hostile-client")?;
         Ok(Self {
             matcher,
@@ -366,8 +388,19 @@ impl Stack {
         Ok(answer.map(tonic::Response::into_inner))
     }
 
-    async fn rest(&self, authorization: Option<&str>, body: impl Into<bytes::Bytes>) -> anyhow::Result<HttpAnswer> {
-        http_exchange(self.gateway_http(), "POST", COMPARE_PATH, authorization, body.into()).await
+    async fn rest(
+        &self,
+        authorization: Option<&str>,
+        body: impl Into<bytes::Bytes>,
+    ) -> anyhow::Result<HttpAnswer> {
+        http_exchange(
+            self.gateway_http(),
+            "POST",
+            COMPARE_PATH,
+            authorization,
+            body.into(),
+        )
+        .await
     }
 
     fn bearer(&self) -> String {
@@ -388,7 +421,12 @@ impl Stack {
         let request = request_with(probe.to_vec(), "FAST");
         let (answer, elapsed) = timed(self.compare(request, &self.token)).await;
         let answer = answer?;
-        report.record(name, expect.describe(), elapsed, expect.check(&answer, elapsed));
+        report.record(
+            name,
+            expect.describe(),
+            elapsed,
+            expect.check(&answer, elapsed),
+        );
         Ok(())
     }
 
@@ -492,7 +530,12 @@ impl Stack {
                 status.message()
             )),
         };
-        report.record(&name, "OK and all three processes running".into(), elapsed, result);
+        report.record(
+            &name,
+            "OK and all three processes running".into(),
+            elapsed,
+            result,
+        );
         Ok(())
     }
 
@@ -500,7 +543,11 @@ impl Stack {
         let name = format!("{} peak RSS over {during}", process.kind.name());
         let result = match process.peak_rss_kib() {
             Ok(peak) => {
-                let text = format!("VmHWM {} MiB (VmRSS now {} MiB)", peak / 1024, process.rss_kib().unwrap_or(0) / 1024);
+                let text = format!(
+                    "VmHWM {} MiB (VmRSS now {} MiB)",
+                    peak / 1024,
+                    process.rss_kib().unwrap_or(0) / 1024
+                );
                 if peak < PEAK_RSS_LIMIT_KIB {
                     Ok(text)
                 } else {
@@ -588,7 +635,9 @@ async fn run_suite(report: &mut Report) -> anyhow::Result<()> {
     rest_cases(&stack, report).await?;
     token_cases(&stack, report).await?;
     malformed_protobuf_cases(&stack, report).await?;
-    stack.still_serving(report, "the REST, token and protobuf cases").await?;
+    stack
+        .still_serving(report, "the REST, token and protobuf cases")
+        .await?;
     big_bodies_case(&stack, report).await?;
     stack.peak_rss_case(report, &stack.gateway, "three 90 MB bodies at once");
     stack.still_serving(report, "three 90 MB bodies").await?;
@@ -606,7 +655,9 @@ async fn normal_timings(stack: &Stack, report: &mut Report) -> anyhow::Result<()
         answer?.map_err(|status| anyhow!("a normal request failed: {status:?}"))?;
         times.push(elapsed.as_millis());
     }
-    report.measure(format!("normal gRPC FAST compare-with-liveness: {times:?} ms"));
+    report.measure(format!(
+        "normal gRPC FAST compare-with-liveness: {times:?} ms"
+    ));
 
     let probe = fixture(PROBE)?;
     let gallery = fixture(GALLERY)?;
@@ -622,13 +673,22 @@ async fn normal_timings(stack: &Stack, report: &mut Report) -> anyhow::Result<()
             .and_then(|body| body["signature"]["message"].as_str().map(str::to_owned))
             .unwrap_or_default();
         let result = if answer.status != 200 {
-            Err(format!("{}: {}", answer.status, hostile::truncate_text(&answer.body, 200)))
+            Err(format!(
+                "{}: {}",
+                answer.status,
+                hostile::truncate_text(&answer.body, 200)
+            ))
         } else if answer.body.contains(&digest) || signed_message.contains(&digest) {
             Ok(format!("200, probe sha256 {} present", &digest[..12]))
         } else {
             Err(format!("200 but no {digest} in the response"))
         };
-        report.record(name, "200 with the probe's sha256 hex".into(), elapsed, result);
+        report.record(
+            name,
+            "200 with the probe's sha256 hex".into(),
+            elapsed,
+            result,
+        );
     }
     Ok(())
 }
@@ -662,34 +722,103 @@ async fn image_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
 
     // Cost bounded from the header.
     stack
-        .image_case(report, "PNG 1 x 39,999,999 px (78 KB)", &tall, &refused(too_large, Duration::from_millis(1500)))
+        .image_case(
+            report,
+            "PNG 1 x 39,999,999 px (78 KB)",
+            &tall,
+            &refused(too_large, Duration::from_millis(1500)),
+        )
         .await?;
     stack
-        .image_case(report, "PNG 6300 x 6300 16-bit RGBA", &deep, &refused(&["image_too_large"], IMAGE_ANSWER_WITHIN))
+        .image_case(
+            report,
+            "PNG 6300 x 6300 16-bit RGBA",
+            &deep,
+            &refused(&["image_too_large"], IMAGE_ANSWER_WITHIN),
+        )
         .await?;
     stack
-        .image_case(report, "JPEG header claiming 6000 x 6600", &claims_6000, &refused(&["image_too_large", "image_truncated", "image_undecodable"], IMAGE_ANSWER_WITHIN))
+        .image_case(
+            report,
+            "JPEG header claiming 6000 x 6600",
+            &claims_6000,
+            &refused(
+                &["image_too_large", "image_truncated", "image_undecodable"],
+                IMAGE_ANSWER_WITHIN,
+            ),
+        )
         .await?;
     stack
-        .image_case(report, "JPEG header claiming 65500 x 65500", &claims_65500, &refused(too_large, IMAGE_ANSWER_WITHIN))
+        .image_case(
+            report,
+            "JPEG header claiming 65500 x 65500",
+            &claims_65500,
+            &refused(too_large, IMAGE_ANSWER_WITHIN),
+        )
         .await?;
     stack
-        .image_case(report, "progressive JPEG claiming 6000 x 6000", &progressive, &refused(&["image_too_large", "image_truncated", "image_undecodable"], IMAGE_ANSWER_WITHIN))
+        .image_case(
+            report,
+            "progressive JPEG claiming 6000 x 6000",
+            &progressive,
+            &refused(
+                &["image_too_large", "image_truncated", "image_undecodable"],
+                IMAGE_ANSWER_WITHIN,
+            ),
+        )
         .await?;
     stack
-        .image_case(report, "decompression-bomb PNG 6324 x 6324 RGBA", &bomb, &refused(&["image_too_large"], IMAGE_ANSWER_WITHIN))
+        .image_case(
+            report,
+            "decompression-bomb PNG 6324 x 6324 RGBA",
+            &bomb,
+            &refused(&["image_too_large"], IMAGE_ANSWER_WITHIN),
+        )
         .await?;
     // The same through each model service directly: their own bounds, their own memory.
-    stack.image_case_direct(report, "PNG 1 x 39,999,999 px", &tall, too_large).await?;
-    stack.image_case_direct(report, "PNG 6300 x 6300 16-bit RGBA", &deep, &["image_too_large"]).await?;
     stack
-        .image_case_direct(report, "JPEG claiming 6000 x 6600", &claims_6000, &["image_too_large", "image_truncated", "image_undecodable"])
+        .image_case_direct(report, "PNG 1 x 39,999,999 px", &tall, too_large)
         .await?;
-    stack.image_case_direct(report, "JPEG claiming 65500 x 65500", &claims_65500, too_large).await?;
     stack
-        .image_case_direct(report, "progressive JPEG claiming 6000 x 6000", &progressive, &["image_too_large", "image_truncated", "image_undecodable"])
+        .image_case_direct(
+            report,
+            "PNG 6300 x 6300 16-bit RGBA",
+            &deep,
+            &["image_too_large"],
+        )
         .await?;
-    stack.image_case_direct(report, "bomb PNG 6324 x 6324 RGBA", &bomb, &["image_too_large"]).await?;
+    stack
+        .image_case_direct(
+            report,
+            "JPEG claiming 6000 x 6600",
+            &claims_6000,
+            &["image_too_large", "image_truncated", "image_undecodable"],
+        )
+        .await?;
+    stack
+        .image_case_direct(
+            report,
+            "JPEG claiming 65500 x 65500",
+            &claims_65500,
+            too_large,
+        )
+        .await?;
+    stack
+        .image_case_direct(
+            report,
+            "progressive JPEG claiming 6000 x 6000",
+            &progressive,
+            &["image_too_large", "image_truncated", "image_undecodable"],
+        )
+        .await?;
+    stack
+        .image_case_direct(
+            report,
+            "bomb PNG 6324 x 6324 RGBA",
+            &bomb,
+            &["image_too_large"],
+        )
+        .await?;
 
     // Broken images never succeed on grey pixels.
     let photo = fixture(PROBE)?;
@@ -704,25 +833,56 @@ async fn image_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
             .await?;
     }
     let half = hostile::truncated(&photo, 50);
-    stack.image_case_direct(report, "JPEG cut to 50 %", &half, &["image_truncated"]).await?;
+    stack
+        .image_case_direct(report, "JPEG cut to 50 %", &half, &["image_truncated"])
+        .await?;
     let astronaut = fixture("astronaut.png")?;
     stack
-        .image_case(report, "PNG without IEND", &hostile::png_without_iend(&astronaut)?, &refused(&["image_truncated"], IMAGE_ANSWER_WITHIN))
+        .image_case(
+            report,
+            "PNG without IEND",
+            &hostile::png_without_iend(&astronaut)?,
+            &refused(&["image_truncated"], IMAGE_ANSWER_WITHIN),
+        )
         .await?;
     stack
-        .image_case(report, "PNG cut inside IDAT", &hostile::truncated(&astronaut, 60), &refused(&["image_truncated"], IMAGE_ANSWER_WITHIN))
+        .image_case(
+            report,
+            "PNG cut inside IDAT",
+            &hostile::truncated(&astronaut, 60),
+            &refused(&["image_truncated"], IMAGE_ANSWER_WITHIN),
+        )
         .await?;
     stack
-        .image_case(report, "JPEG header then garbage, no EOI", &hostile::jpeg_with_garbage_after_header(&photo, 64 * 1024)?, &refused(broken, IMAGE_ANSWER_WITHIN))
+        .image_case(
+            report,
+            "JPEG header then garbage, no EOI",
+            &hostile::jpeg_with_garbage_after_header(&photo, 64 * 1024)?,
+            &refused(broken, IMAGE_ANSWER_WITHIN),
+        )
         .await?;
     for (name, bytes) in [
         ("non-image: text", b"hello, this is not an image".to_vec()),
-        ("non-image: GIF header", b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec()),
-        ("non-image: PDF header", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj".to_vec()),
-        ("non-image: random bytes", hostile::SplitMix64(42).bytes(4096)),
+        (
+            "non-image: GIF header",
+            b"GIF89a\x01\x00\x01\x00\x00\x00\x00;".to_vec(),
+        ),
+        (
+            "non-image: PDF header",
+            b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj".to_vec(),
+        ),
+        (
+            "non-image: random bytes",
+            hostile::SplitMix64(42).bytes(4096),
+        ),
     ] {
         stack
-            .image_case(report, name, &bytes, &refused(&["unsupported_format"], QUICK_ANSWER_WITHIN))
+            .image_case(
+                report,
+                name,
+                &bytes,
+                &refused(&["unsupported_format"], QUICK_ANSWER_WITHIN),
+            )
             .await?;
     }
     Ok(())
@@ -746,19 +906,37 @@ async fn rest_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
         r#"{{"os":"ANDROID","probe":"{fake}","probe":"{probe}","gallery":["{gallery}"],"search_mode":"FAST"}}"#
     );
     stack
-        .rest_case(report, "REST duplicated top-level key (probe)", auth, duplicated, &quick(&[409], &["duplicate_key"], Some("probe")))
+        .rest_case(
+            report,
+            "REST duplicated top-level key (probe)",
+            auth,
+            duplicated,
+            &quick(&[409], &["duplicate_key"], Some("probe")),
+        )
         .await?;
     let nested = format!(
         r#"{{"os":"ANDROID","probe":"{probe}","gallery":["{gallery}"],"search_mode":"FAST","extra":{{"score":1,"score":0.01}}}}"#
     );
     stack
-        .rest_case(report, "REST duplicated nested key (extra.score)", auth, nested, &quick(&[409], &["duplicate_key"], Some("score")))
+        .rest_case(
+            report,
+            "REST duplicated nested key (extra.score)",
+            auth,
+            nested,
+            &quick(&[409], &["duplicate_key"], Some("score")),
+        )
         .await?;
     let duplicated_mode = format!(
         r#"{{"os":"ANDROID","probe":"{probe}","gallery":["{gallery}"],"search_mode":"FAST","search_mode":"ACCURATE"}}"#
     );
     stack
-        .rest_case(report, "REST duplicated key (search_mode)", auth, duplicated_mode, &quick(&[409], &["duplicate_key"], Some("search_mode")))
+        .rest_case(
+            report,
+            "REST duplicated key (search_mode)",
+            auth,
+            duplicated_mode,
+            &quick(&[409], &["duplicate_key"], Some("search_mode")),
+        )
         .await?;
 
     // Unknown fields are skipped, not built: a 5 MB unknown array of numbers, then a normal
@@ -779,15 +957,32 @@ async fn rest_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
             "REST unknown 5 MB field, otherwise valid",
             auth,
             unknown,
-            &RestExpect { statuses: &[200], reasons: &[], mentions: None, within: Duration::from_secs(10) },
+            &RestExpect {
+                statuses: &[200],
+                reasons: &[],
+                mentions: None,
+                within: Duration::from_secs(10),
+            },
         )
         .await?;
 
     stack
-        .rest_case(report, "REST body without a token", None, rest_body(&probe, &gallery), &quick(&[401], &["missing_token"], None))
+        .rest_case(
+            report,
+            "REST body without a token",
+            None,
+            rest_body(&probe, &gallery),
+            &quick(&[401], &["missing_token"], None),
+        )
         .await?;
     stack
-        .rest_case(report, "REST invalid base64 probe", auth, rest_body("!!!not*base64~~~", &gallery), &quick(&[412], &["undecodable_base64"], Some("probe")))
+        .rest_case(
+            report,
+            "REST invalid base64 probe",
+            auth,
+            rest_body("!!!not*base64~~~", &gallery),
+            &quick(&[412], &["undecodable_base64"], Some("probe")),
+        )
         .await?;
     stack
         .rest_case(
@@ -795,19 +990,41 @@ async fn rest_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
             "REST URL instead of base64",
             auth,
             rest_body("https://example.com/selfie.jpg", &gallery),
-            &quick(&[412], &["undecodable_base64", "unsupported_format"], Some("probe")),
+            &quick(
+                &[412],
+                &["undecodable_base64", "unsupported_format"],
+                Some("probe"),
+            ),
         )
         .await?;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let deep_body = format!(r#"{{"os":"ANDROID","probe":{deep},"gallery":["{gallery}"]}}"#);
     stack
-        .rest_case(report, "REST 100,000-deep nested JSON", auth, deep_body, &quick(&[400, 409], &["malformed_request"], None))
+        .rest_case(
+            report,
+            "REST 100,000-deep nested JSON",
+            auth,
+            deep_body,
+            &quick(&[400, 409], &["malformed_request"], None),
+        )
         .await?;
     stack
-        .rest_case(report, "REST body not JSON", auth, "probe=abc&gallery=def", &quick(&[400], &["malformed_request"], None))
+        .rest_case(
+            report,
+            "REST body not JSON",
+            auth,
+            "probe=abc&gallery=def",
+            &quick(&[400], &["malformed_request"], None),
+        )
         .await?;
     stack
-        .rest_case(report, "REST body a JSON array", auth, "[1,2,3]", &quick(&[400, 409], &["malformed_request", "invalid_request"], None))
+        .rest_case(
+            report,
+            "REST body a JSON array",
+            auth,
+            "[1,2,3]",
+            &quick(&[400, 409], &["malformed_request", "invalid_request"], None),
+        )
         .await?;
     Ok(())
 }
@@ -824,7 +1041,13 @@ async fn token_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
     };
     let huge_header = format!("Bearer {}", "A".repeat(133 * 1024));
     stack
-        .rest_case(report, "REST 133 KB Authorization header", Some(&huge_header), body.clone(), &unauthenticated(&["authorization_header_too_large"]))
+        .rest_case(
+            report,
+            "REST 133 KB Authorization header",
+            Some(&huge_header),
+            body.clone(),
+            &unauthenticated(&["authorization_header_too_large"]),
+        )
         .await?;
 
     let subjects = [
@@ -836,7 +1059,13 @@ async fn token_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
         let token = hostile::mint_token(&stack.jwt_secret, sub)?;
         let bearer = format!("Bearer {token}");
         stack
-            .rest_case(report, &format!("REST JWT sub with {what}"), Some(&bearer), body.clone(), &unauthenticated(&["invalid_subject"]))
+            .rest_case(
+                report,
+                &format!("REST JWT sub with {what}"),
+                Some(&bearer),
+                body.clone(),
+                &unauthenticated(&["invalid_subject"]),
+            )
             .await?;
         let name = format!("gRPC JWT sub with {what}");
         if stack.wants(&name) {
@@ -847,7 +1076,12 @@ async fn token_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
                 within: QUICK_ANSWER_WITHIN,
             };
             let (answer, elapsed) = timed(stack.compare(normal_request(), &token)).await;
-            report.record(&name, expect.describe(), elapsed, expect.check(&answer?, elapsed));
+            report.record(
+                &name,
+                expect.describe(),
+                elapsed,
+                expect.check(&answer?, elapsed),
+            );
         }
     }
     // gRPC refuses 64 KB metadata at the transport; with a 9 KB header it must be the 8 KiB rule.
@@ -861,7 +1095,12 @@ async fn token_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
         };
         let long_token = "A".repeat(9 * 1024);
         let (answer, elapsed) = timed(stack.compare(normal_request(), &long_token)).await;
-        report.record(name, expect.describe(), elapsed, expect.check(&answer?, elapsed));
+        report.record(
+            name,
+            expect.describe(),
+            elapsed,
+            expect.check(&answer?, elapsed),
+        );
     }
     Ok(())
 }
@@ -877,18 +1116,31 @@ async fn malformed_protobuf_cases(stack: &Stack, report: &mut Report) -> anyhow:
         within: QUICK_ANSWER_WITHIN,
     };
     let targets = [
-        ("gateway", stack.gateway_grpc_url(), GATEWAY_METHOD, Some(stack.token.as_str())),
+        (
+            "gateway",
+            stack.gateway_grpc_url(),
+            GATEWAY_METHOD,
+            Some(stack.token.as_str()),
+        ),
         ("matcher", stack.matcher.grpc_url(), MATCHER_METHOD, None),
         ("liveness", stack.liveness.grpc_url(), LIVENESS_METHOD, None),
     ];
     for (service, url, method, token) in &targets {
-        for (what, message) in [("wrong wire type", &wrong_wire_type), ("length past the end", &overlong)] {
+        for (what, message) in [
+            ("wrong wire type", &wrong_wire_type),
+            ("length past the end", &overlong),
+        ] {
             let name = format!("malformed protobuf ({what}) to the {service}");
             if !stack.wants(&name) {
                 continue;
             }
             let (answer, elapsed) = timed(raw_unary(url, method, message.clone(), *token)).await;
-            report.record(&name, expect.describe(), elapsed, expect.check(&answer?, elapsed));
+            report.record(
+                &name,
+                expect.describe(),
+                elapsed,
+                expect.check(&answer?, elapsed),
+            );
         }
     }
     Ok(())
@@ -918,8 +1170,14 @@ async fn big_bodies_case(stack: &Stack, report: &mut Report) -> anyhow::Result<(
         let bearer = bearer.clone();
         let addr = stack.gateway_http();
         tokio::spawn(async move {
-            let (answer, elapsed) =
-                timed(http_exchange(addr, "POST", COMPARE_PATH, Some(&bearer), body)).await;
+            let (answer, elapsed) = timed(http_exchange(
+                addr,
+                "POST",
+                COMPARE_PATH,
+                Some(&bearer),
+                body,
+            ))
+            .await;
             (answer, elapsed)
         })
     });
@@ -946,7 +1204,12 @@ async fn big_bodies_case(stack: &Stack, report: &mut Report) -> anyhow::Result<(
         }
     }
     let observed = observed.join(" | ");
-    report.record(name, expect.describe(), elapsed, if passed { Ok(observed) } else { Err(observed) });
+    report.record(
+        name,
+        expect.describe(),
+        elapsed,
+        if passed { Ok(observed) } else { Err(observed) },
+    );
     Ok(())
 }
 
@@ -964,9 +1227,11 @@ async fn killed_matcher_cases(stack: &mut Stack, report: &mut Report) -> anyhow:
     let url = stack.gateway_grpc_url();
     let token = stack.token.clone();
     let call = tokio::spawn(async move {
-        let mut client = pb::face_verification_client::FaceVerificationClient::new(connect(&url).await?)
-            .max_encoding_message_size(usize::MAX);
-        let (answer, elapsed) = timed(client.compare_with_liveness(authorized(request, &token))).await;
+        let mut client =
+            pb::face_verification_client::FaceVerificationClient::new(connect(&url).await?)
+                .max_encoding_message_size(usize::MAX);
+        let (answer, elapsed) =
+            timed(client.compare_with_liveness(authorized(request, &token))).await;
         Ok::<_, anyhow::Error>((answer.map(tonic::Response::into_inner), elapsed))
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -982,9 +1247,17 @@ async fn killed_matcher_cases(stack: &mut Stack, report: &mut Report) -> anyhow:
     };
     let mut result = expect.check(&answer, after_kill);
     if let Ok(response) = &answer {
-        result = Err(format!("OK before the kill landed ({}): make the request slower", summarize(response)));
+        result = Err(format!(
+            "OK before the kill landed ({}): make the request slower",
+            summarize(response)
+        ));
     }
-    report.record(name, format!("{} (timed from the kill)", expect.describe()), after_kill, result);
+    report.record(
+        name,
+        format!("{} (timed from the kill)", expect.describe()),
+        after_kill,
+        result,
+    );
 
     let expect = GrpcExpect {
         code: Code::Unavailable,
@@ -993,7 +1266,12 @@ async fn killed_matcher_cases(stack: &mut Stack, report: &mut Report) -> anyhow:
         within: QUICK_ANSWER_WITHIN,
     };
     let (answer, elapsed) = timed(stack.compare(normal_request(), &stack.token)).await;
-    report.record("request with the matcher down", expect.describe(), elapsed, expect.check(&answer?, elapsed));
+    report.record(
+        "request with the matcher down",
+        expect.describe(),
+        elapsed,
+        expect.check(&answer?, elapsed),
+    );
 
     // Readiness: the gateway's health and /readyz follow its backends; /healthz is the process.
     let addr = stack.gateway_http();
@@ -1011,19 +1289,32 @@ async fn killed_matcher_cases(stack: &mut Stack, report: &mut Report) -> anyhow:
     let result = if ready.status == 503 {
         Ok(format!("503 after {} ms", elapsed.as_millis()))
     } else {
-        Err(format!("{} {}", ready.status, hostile::truncate_text(&ready.body, 100)))
+        Err(format!(
+            "{} {}",
+            ready.status,
+            hostile::truncate_text(&ready.body, 100)
+        ))
     };
-    report.record("readiness: /readyz 503 with the matcher down", "503 within 15 s".into(), elapsed, result);
+    report.record(
+        "readiness: /readyz 503 with the matcher down",
+        "503 within 15 s".into(),
+        elapsed,
+        result,
+    );
 
     let health = async {
-        let mut client = tonic_health::pb::health_client::HealthClient::new(connect(&stack.gateway_grpc_url()).await?);
+        let mut client = tonic_health::pb::health_client::HealthClient::new(
+            connect(&stack.gateway_grpc_url()).await?,
+        );
         let start = Instant::now();
         loop {
             let status = client
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .map(|answer| answer.into_inner().status);
-            let not_serving = status == Ok(tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
+            let not_serving = matches!(status, Ok(code) if code == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32);
             if not_serving || start.elapsed() > Duration::from_secs(15) {
                 return Ok::<_, anyhow::Error>((status, start.elapsed()));
             }
@@ -1036,11 +1327,32 @@ async fn killed_matcher_cases(stack: &mut Stack, report: &mut Report) -> anyhow:
         Ok(code) if code == not_serving => Ok("NOT_SERVING".to_owned()),
         other => Err(format!("{other:?}")),
     };
-    report.record("readiness: gRPC health NOT_SERVING with the matcher down", "NOT_SERVING within 15 s".into(), elapsed, result);
+    report.record(
+        "readiness: gRPC health NOT_SERVING with the matcher down",
+        "NOT_SERVING within 15 s".into(),
+        elapsed,
+        result,
+    );
 
-    let (live, elapsed) = timed(http_exchange(addr, "GET", "/healthz", None, bytes::Bytes::new())).await;
+    let (live, elapsed) = timed(http_exchange(
+        addr,
+        "GET",
+        "/healthz",
+        None,
+        bytes::Bytes::new(),
+    ))
+    .await;
     let live = live?;
-    let result = if live.status == 200 { Ok("200".to_owned()) } else { Err(live.status.to_string()) };
-    report.record("liveness: /healthz 200 with the matcher down", "200".into(), elapsed, result);
+    let result = if live.status == 200 {
+        Ok("200".to_owned())
+    } else {
+        Err(live.status.to_string())
+    };
+    report.record(
+        "liveness: /healthz 200 with the matcher down",
+        "200".into(),
+        elapsed,
+        result,
+    );
     Ok(())
 }
