@@ -1106,8 +1106,9 @@ async fn token_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
 }
 
 async fn malformed_protobuf_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
-    // Field 2 (probe, bytes) sent as a varint: a wire-type error; then a length far past the end.
-    let wrong_wire_type = bytes::Bytes::from_static(&[0x10, 0x01]);
+    // Field 1 (os / probe / image: length-delimited in all three) sent as a varint: a wire-type
+    // error; then a length far past the end.
+    let wrong_wire_type = bytes::Bytes::from_static(&[0x08, 0x01]);
     let overlong = bytes::Bytes::from_static(&[0x12, 0xFF, 0xFF, 0xFF, 0x7F, 0x00]);
     let expect = GrpcExpect {
         code: Code::InvalidArgument,
