@@ -13,6 +13,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+
+pub mod hostile;
 use clap::Parser as _;
 use faceproof_gateway::GatewayCli;
 use faceproof_liveness::LivenessConfig;
