@@ -358,8 +358,9 @@ mod tests {
     fn a_changed_liveness_and_date_are_named() {
         let (text, keys, _) = signed();
         let tampered = text
-            .replace("\"passed\": true", "\"passed\": false")
+            .replace("\"liveness_score\": 0.97", "\"liveness_score\": 0.12")
             .replace("06:41:02 UTC", "07:41:02 UTC");
+        assert!(tampered.contains("0.12"), "the fixture's liveness score moved");
         let error = verify_response_text(&tampered, &keys).unwrap_err();
         assert_eq!(
             error.to_string(),

@@ -1187,6 +1187,7 @@ async fn rest_errors_use_the_reference_statuses() {
     assert_eq!(missing.status, 401);
     assert_eq!(missing.body["status"], 401);
     assert_eq!(missing.body["reason"], "missing_token");
+    assert_eq!(missing.body["code"], "UNAUTHORIZED");
     assert!(missing.body["message"].is_string());
     let expired = http(
         app.http_addr,
@@ -1196,9 +1197,14 @@ async fn rest_errors_use_the_reference_statuses() {
         body.as_bytes(),
     )
     .await;
+    // The reference answers an expired token with 403 FORBIDDEN.
     assert_eq!(
-        (expired.status, expired.body["reason"].as_str()),
-        (401, Some("token_expired"))
+        (
+            expired.status,
+            expired.body["reason"].as_str(),
+            expired.body["code"].as_str()
+        ),
+        (403, Some("token_expired"), Some("FORBIDDEN"))
     );
 
     let mut invalid = rest_body();
@@ -1214,6 +1220,7 @@ async fn rest_errors_use_the_reference_statuses() {
     .await;
     assert_eq!(answer.status, 409, "{}", answer.body);
     assert_eq!(answer.body["status"], 409);
+    assert_eq!(answer.body["code"], "InvalidParameter");
     let fields: Vec<&str> = answer.body["violations"]
         .as_array()
         .unwrap()
@@ -1233,11 +1240,12 @@ async fn rest_errors_use_the_reference_statuses() {
     )
     .await;
     assert_eq!(answer.status, 412, "{}", answer.body);
+    assert_eq!(answer.body["code"], "ERROR");
     assert_eq!(answer.body["violations"][0]["field"], "gallery[0]");
 
     let answer = http(app.http_addr, "POST", path, Some(&token), b"{\"os\": ").await;
     assert_eq!(answer.status, 400);
-    assert_eq!(answer.body["reason"], "malformed_json");
+    assert_eq!(answer.body["reason"], "malformed_request");
 
     let huge = vec![b'x'; 2_000_000];
     let answer = http(app.http_addr, "POST", path, Some(&token), &huge).await;

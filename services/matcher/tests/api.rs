@@ -441,7 +441,12 @@ async fn a_running_job_stops_at_the_deadline_and_when_its_caller_goes_away() {
     let mut late = tonic::Request::new(request(b"spin", &[b"cos:0.5"]));
     late.set_timeout(Duration::from_millis(200));
     let status = within(app.client.compare(late)).await.unwrap_err();
-    assert_eq!(status.code(), Code::DeadlineExceeded);
+    // Our answer (DEADLINE_EXCEEDED, a few ms before the caller's deadline) races tonic's own
+    // grpc-timeout handling, which answers CANCELLED "Timeout expired" when the machine is busy.
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
     // The engine saw the deadline inside its stage and stopped (not just the waiting side).
     let stopped = |app: &TestApp| app.engine.stopped.load(Ordering::SeqCst);
     within(async {
