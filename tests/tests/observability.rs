@@ -479,9 +479,12 @@ async fn one_trace_spans_gateway_matcher_and_liveness() {
     assert!(guard.is_exporting());
 
     let stack = spawn_stack().await;
-    let obama = fixture("obama_2012_official_portrait.jpg").unwrap();
-    let answer = stack.compare(&obama, &obama).await;
-    assert!(answer.data.unwrap().liveness.is_some());
+    // Two different photos: identical bytes would be a gallery copy, refused without a liveness call.
+    let probe = fixture("obama_2012_official_portrait.jpg").unwrap();
+    let gallery = fixture("obama_2009_congress.jpg").unwrap();
+    let answer = stack.compare(&probe, &gallery).await;
+    let liveness = answer.data.unwrap().liveness.unwrap();
+    assert_eq!(liveness.status, "success", "{liveness:?}");
     stack.shutdown().await;
     tokio::time::timeout(TIMEOUT, guard.shutdown())
         .await
