@@ -213,7 +213,7 @@ impl Read for CancellableReader<'_> {
         // boundaries.
         let position = self.inner.position() as usize;
         let to_boundary = READ_CHUNK - position % READ_CHUNK;
-        if position % READ_CHUNK == 0 {
+        if position.is_multiple_of(READ_CHUNK) {
             self.check()?;
         }
         let len = buf.len().min(to_boundary);
@@ -224,7 +224,7 @@ impl Read for CancellableReader<'_> {
 impl BufRead for CancellableReader<'_> {
     fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
         let position = self.inner.position() as usize;
-        if position % READ_CHUNK == 0 {
+        if position.is_multiple_of(READ_CHUNK) {
             self.check()?;
         }
         let to_boundary = READ_CHUNK - position % READ_CHUNK;
@@ -387,7 +387,7 @@ fn decode_png_streamed(
         .info()
         .exif_metadata
         .as_deref()
-        .and_then(|exif| Orientation::from_exif_chunk(exif))
+        .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
     let (colour, _) = reader.output_color_type();
     let channels = colour.samples();
@@ -439,7 +439,7 @@ fn decode_png_streamed(
             }
             rows_in_band = 0;
             out_y += 1;
-            if out_y as u32 % ROWS_PER_CHECK == 0 {
+            if (out_y as u32).is_multiple_of(ROWS_PER_CHECK) {
                 cancel.check()?;
             }
         }

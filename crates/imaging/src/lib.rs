@@ -6,6 +6,8 @@
 //!
 //! Every function that reads untrusted bytes returns a typed [`ImageError`] and never panics.
 
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
 mod cancel;
 mod decode;
 mod format;

@@ -360,7 +360,10 @@ mod tests {
         let tampered = text
             .replace("\"liveness_score\": 0.97", "\"liveness_score\": 0.12")
             .replace("06:41:02 UTC", "07:41:02 UTC");
-        assert!(tampered.contains("0.12"), "the fixture's liveness score moved");
+        assert!(
+            tampered.contains("0.12"),
+            "the fixture's liveness score moved"
+        );
         let error = verify_response_text(&tampered, &keys).unwrap_err();
         assert_eq!(
             error.to_string(),
