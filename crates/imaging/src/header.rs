@@ -288,10 +288,9 @@ fn walk_jpeg(bytes: &[u8]) -> Result<(ImageHeader, Option<ImageError>), ImageErr
         let segment = &bytes[pos + 2..pos + length];
         pos += length;
         match marker {
-            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC)
-                && frame.is_none() => {
-                    frame = Some(JpegFrame::parse(marker, segment)?);
-                }
+            0xC0..=0xCF if !matches!(marker, 0xC4 | 0xC8 | 0xCC) && frame.is_none() => {
+                frame = Some(JpegFrame::parse(marker, segment)?);
+            }
             0xDA => {
                 if frame.is_none() {
                     return Err(ImageError::Corrupt(
