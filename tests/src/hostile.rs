@@ -302,38 +302,181 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 // ---------------------------------------------------------------------------------------------
 // Generated hostile images.
 
-/// A PNG of one flat colour, streamed row block by row block (the 6300 x 6300 16-bit RGBA one
-/// is 318 MB decoded and never exists in memory here). Best deflate: flat rows compress about
-/// 1000:1, the ratio that makes these cheap to send and expensive to decode.
+/// The sample byte of every generated flat PNG (mid grey).
+const FLAT_SAMPLE: u8 = 0x80;
+
+/// A PNG of one flat colour (every sample byte [`FLAT_SAMPLE`], filter None) whose zlib stream
+/// is written directly ([`flat_rows_zlib`]) instead of deflating the decoded image: the
+/// 6300 x 6300 16-bit RGBA one is 318 MB decoded and the 1 x 39,999,999 one has 40 million
+/// rows, and neither ever exists here. Fixed-Huffman copies compress flat rows about 150:1
+/// (the tall one is about 500 KB), the ratio that makes these cheap to send and expensive to
+/// decode.
 pub fn flat_png(
     width: u32,
     height: u32,
     color: png::ColorType,
     depth: png::BitDepth,
 ) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
+    let bits_per_pixel = color.samples() * depth as usize;
+    let row_bytes = (width as usize * bits_per_pixel).div_ceil(8);
+    let zlib = flat_rows_zlib(row_bytes, height as usize, FLAT_SAMPLE);
+    let mut out = Vec::with_capacity(zlib.len() + 64);
     let mut encoder = png::Encoder::new(&mut out, width, height);
     encoder.set_color(color);
     encoder.set_depth(depth);
-    encoder.set_compression(png::Compression::High);
-    encoder.set_filter(png::Filter::NoFilter);
     let mut writer = encoder.write_header()?;
-    let bits_per_pixel = color.samples() * depth as usize;
-    let row_bytes = (width as usize * bits_per_pixel).div_ceil(8);
-    let total = row_bytes as u64 * u64::from(height);
-    let block = vec![0x80u8; 1 << 20];
-    {
-        let mut stream = writer.stream_writer()?;
-        let mut left = total;
-        while left > 0 {
-            let now = left.min(block.len() as u64) as usize;
-            stream.write_all(&block[..now])?;
-            left -= now as u64;
-        }
-        stream.finish()?;
-    }
+    writer.write_chunk(png::chunk::IDAT, &zlib)?;
     writer.finish()?;
     Ok(out)
+}
+
+/// The zlib stream (RFC 1950/1951) of `rows` PNG rows, each a filter byte 0 and `row_bytes`
+/// bytes of `value`, as one fixed-Huffman block of literals and copies. Rows of 64 bytes or
+/// more: per row, the filter byte and one sample as literals, then a copy at distance 1. Short
+/// rows (the 1-pixel-wide PNG): the first row as literals, then one copy of everything else at
+/// the row's distance. Costs O(output), not O(decoded size).
+pub fn flat_rows_zlib(row_bytes: usize, rows: usize, value: u8) -> Vec<u8> {
+    let mut bits = BitWriter::default();
+    // CMF 0x78 (deflate, 32 KiB window), FLG 0x01: the header check (0x7801 % 31 == 0).
+    bits.out.extend_from_slice(&[0x78, 0x01]);
+    // BFINAL = 1, BTYPE = 01 (fixed Huffman).
+    bits.put(1, 1);
+    bits.put(1, 2);
+    let period = row_bytes + 1;
+    if row_bytes >= 64 {
+        for _ in 0..rows {
+            bits.put_literal(0);
+            bits.put_literal(u32::from(value));
+            bits.put_copy(row_bytes - 1, 1);
+        }
+    } else if rows > 0 {
+        let put_row = |bits: &mut BitWriter| {
+            bits.put_literal(0);
+            for _ in 0..row_bytes {
+                bits.put_literal(u32::from(value));
+            }
+        };
+        put_row(&mut bits);
+        let rest = (rows - 1) * period;
+        if rest >= 3 {
+            bits.put_copy(rest, period);
+        } else if rows > 1 {
+            put_row(&mut bits);
+        }
+    }
+    bits.put_literal(256); // end of block
+    let mut out = bits.finish();
+    let adler = adler32_of_flat_rows(row_bytes as u64, rows as u64, value);
+    out.extend_from_slice(&adler.to_be_bytes());
+    out
+}
+
+/// Adler-32 of `rows` rows of (0, `value` x `row_bytes`) in O(1): one row maps (a, b) to
+/// (a + S, b + L*a + T), so n rows from (1, 0) give a = 1 + n*S and
+/// b = n*L + L*S*n(n-1)/2 + n*T (all mod 65521).
+pub fn adler32_of_flat_rows(row_bytes: u64, rows: u64, value: u8) -> u32 {
+    const MODULUS: u128 = 65_521;
+    let (k, n, v) = (u128::from(row_bytes), u128::from(rows), u128::from(value));
+    let sum = k * v % MODULUS;
+    let row_len = (k + 1) % MODULUS;
+    let row_b = v * (k * (k + 1) / 2 % MODULUS) % MODULUS;
+    let pairs = n * n.saturating_sub(1) / 2 % MODULUS;
+    let a = (1 + n % MODULUS * sum) % MODULUS;
+    let b =
+        (n % MODULUS * row_len + row_len * sum % MODULUS * pairs + n % MODULUS * row_b) % MODULUS;
+    ((b as u32) << 16) | a as u32
+}
+
+/// DEFLATE length codes 257..=285: base length and extra bits (RFC 1951 3.2.5).
+const LENGTH_BASE: [usize; 29] = [
+    3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 15, 17, 19, 23, 27, 31, 35, 43, 51, 59, 67, 83, 99, 115, 131,
+    163, 195, 227, 258,
+];
+const LENGTH_EXTRA: [u32; 29] = [
+    0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0,
+];
+/// DEFLATE distance codes 0..=29: base distance and extra bits.
+const DISTANCE_BASE: [usize; 30] = [
+    1, 2, 3, 4, 5, 7, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193, 257, 385, 513, 769, 1025, 1537,
+    2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577,
+];
+const DISTANCE_EXTRA: [u32; 30] = [
+    0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13,
+    13,
+];
+
+/// DEFLATE's bit order: values least-significant bit first, Huffman codes most-significant
+/// bit first.
+#[derive(Default)]
+struct BitWriter {
+    out: Vec<u8>,
+    pending: u64,
+    pending_bits: u32,
+}
+
+impl BitWriter {
+    fn put(&mut self, value: u32, bits: u32) {
+        self.pending |= u64::from(value) << self.pending_bits;
+        self.pending_bits += bits;
+        while self.pending_bits >= 8 {
+            self.out.push(self.pending as u8);
+            self.pending >>= 8;
+            self.pending_bits -= 8;
+        }
+    }
+
+    fn put_code(&mut self, code: u32, bits: u32) {
+        self.put(code.reverse_bits() >> (32 - bits), bits);
+    }
+
+    /// A literal/length symbol in the fixed Huffman code.
+    fn put_literal(&mut self, symbol: u32) {
+        match symbol {
+            0..=143 => self.put_code(0x30 + symbol, 8),
+            144..=255 => self.put_code(0x190 + symbol - 144, 9),
+            256..=279 => self.put_code(symbol - 256, 7),
+            _ => self.put_code(0xC0 + symbol - 280, 8),
+        }
+    }
+
+    /// One copy of 3..=258 bytes.
+    fn put_match(&mut self, length: usize, distance: usize) {
+        let index = LENGTH_BASE
+            .iter()
+            .rposition(|&base| base <= length)
+            .unwrap_or(0);
+        self.put_literal(257 + index as u32);
+        self.put((length - LENGTH_BASE[index]) as u32, LENGTH_EXTRA[index]);
+        let code = DISTANCE_BASE
+            .iter()
+            .rposition(|&base| base <= distance)
+            .unwrap_or(0);
+        self.put_code(code as u32, 5);
+        self.put(
+            (distance - DISTANCE_BASE[code]) as u32,
+            DISTANCE_EXTRA[code],
+        );
+    }
+
+    /// A copy of any `length` >= 3 as matches of at most 258 bytes, none shorter than 3.
+    fn put_copy(&mut self, mut length: usize, distance: usize) {
+        while length > 0 {
+            let take = match length {
+                0..=258 => length,
+                259..=260 => length - 3,
+                _ => 258,
+            };
+            self.put_match(take, distance);
+            length -= take;
+        }
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        if self.pending_bits > 0 {
+            self.out.push(self.pending as u8);
+        }
+        self.out
+    }
 }
 
 /// A small real baseline JPEG (a gradient), the base of the header-patched ones.
@@ -399,7 +542,7 @@ pub fn jpeg_with_garbage_after_header(jpeg: &[u8], garbage_len: usize) -> anyhow
     let mut out = jpeg[..sos + 2 + length].to_vec();
     let mut rng = SplitMix64(0x5EED);
     // 0xFF would start a marker; keep the garbage inside the entropy-coded segment.
-    out.extend((0..garbage_len).map(|_| (rng.next() % 255) as u8));
+    out.extend((0..garbage_len).map(|_| (rng.next_u64() % 255) as u8));
     Ok(out)
 }
 
@@ -648,7 +791,7 @@ pub fn truncate_text(text: &str, max: usize) -> String {
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -661,12 +804,12 @@ impl SplitMix64 {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            (self.next_u64() % n as u64) as usize
         }
     }
 
     pub fn bytes(&mut self, len: usize) -> Vec<u8> {
-        (0..len).map(|_| self.next() as u8).collect()
+        (0..len).map(|_| self.next_u64() as u8).collect()
     }
 }
 
@@ -718,4 +861,61 @@ pub fn mutate(rng: &mut SplitMix64, input: &[u8], other: &[u8]) -> Vec<u8> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive_adler32(bytes: impl Iterator<Item = u8>) -> u32 {
+        let (mut a, mut b) = (1u32, 0u32);
+        for byte in bytes {
+            a = (a + u32::from(byte)) % 65_521;
+            b = (b + a) % 65_521;
+        }
+        (b << 16) | a
+    }
+
+    fn flat_rows(row_bytes: usize, rows: usize) -> impl Iterator<Item = u8> {
+        (0..rows).flat_map(move |_| {
+            std::iter::once(0).chain(std::iter::repeat_n(FLAT_SAMPLE, row_bytes))
+        })
+    }
+
+    #[test]
+    fn adler32_of_flat_rows_matches_the_definition() {
+        for (row_bytes, rows) in [(1, 0), (1, 1), (1, 131), (1, 100_003), (30, 3), (2400, 70)] {
+            assert_eq!(
+                adler32_of_flat_rows(row_bytes as u64, rows as u64, FLAT_SAMPLE),
+                naive_adler32(flat_rows(row_bytes, rows)),
+                "{row_bytes} x {rows}"
+            );
+        }
+    }
+
+    #[test]
+    fn flat_pngs_decode_to_their_flat_rows() {
+        use png::{BitDepth, ColorType};
+        let shapes = [
+            (1, 2, ColorType::Grayscale, BitDepth::Eight),
+            (1, 131, ColorType::Grayscale, BitDepth::Eight),
+            (1, 100_003, ColorType::Grayscale, BitDepth::Eight),
+            (10, 3, ColorType::Rgb, BitDepth::Eight),
+            (70, 5, ColorType::Rgba, BitDepth::Sixteen),
+            (300, 4, ColorType::Rgba, BitDepth::Eight),
+        ];
+        for (width, height, color, depth) in shapes {
+            let bytes = flat_png(width, height, color, depth).expect("encodes");
+            let mut reader = png::Decoder::new(std::io::Cursor::new(bytes))
+                .read_info()
+                .expect("a valid header");
+            let mut pixels = vec![0; reader.output_buffer_size().expect("fits")];
+            let info = reader.next_frame(&mut pixels).expect("decodes");
+            assert_eq!((info.width, info.height), (width, height));
+            assert!(
+                pixels.iter().all(|&byte| byte == FLAT_SAMPLE),
+                "{width} x {height} {color:?}"
+            );
+        }
+    }
 }

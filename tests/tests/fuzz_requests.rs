@@ -296,41 +296,55 @@ fn proto_request_decoding_and_gateway_validation_never_panic() {
     );
 }
 
+/// One service the wire fuzzer sends mutated messages to.
+struct WireTarget<'a> {
+    service: &'static str,
+    method: &'static str,
+    url: String,
+    seeds: &'a [Vec<u8>],
+    token: Option<&'a str>,
+}
+
 /// Mutated request bytes on the wire to the real gateway, matcher and liveness service (real
 /// models): the server's own decoding and validation answer, typed, in bounded time.
 #[tokio::test]
 async fn proto_requests_on_the_wire_get_typed_answers_from_every_service() {
     let stack = spawn_stack(StackOptions::default()).await.unwrap();
     let seeds = proto_seeds();
-    let targets: [(&str, &str, &[Vec<u8>], Option<&str>); 3] = [
-        (
-            "gateway",
-            "/faceproof.gateway.v1.FaceVerification/CompareWithLiveness",
-            &seeds.gateway,
-            Some(stack.token.as_str()),
-        ),
-        (
-            "matcher",
-            "/faceproof.matcher.v1.Matcher/Compare",
-            &seeds.matcher,
-            None,
-        ),
-        (
-            "liveness",
-            "/faceproof.liveness.v1.Liveness/Check",
-            &seeds.liveness,
-            None,
-        ),
+    let targets = [
+        WireTarget {
+            service: "gateway",
+            method: "/faceproof.gateway.v1.FaceVerification/CompareWithLiveness",
+            url: stack.gateway_grpc_url.clone(),
+            seeds: &seeds.gateway,
+            token: Some(stack.token.as_str()),
+        },
+        WireTarget {
+            service: "matcher",
+            method: "/faceproof.matcher.v1.Matcher/Compare",
+            url: stack.matcher_url.clone(),
+            seeds: &seeds.matcher,
+            token: None,
+        },
+        WireTarget {
+            service: "liveness",
+            method: "/faceproof.liveness.v1.Liveness/Check",
+            url: stack.liveness_url.clone(),
+            seeds: &seeds.liveness,
+            token: None,
+        },
     ];
     let count = iterations(QUICK_ITERATIONS / 2).div_ceil(3);
     let mut rng = SplitMix64(seed());
     let started = Instant::now();
-    for (service, method, service_seeds, token) in targets {
-        let url = match service {
-            "gateway" => stack.gateway_grpc_url.clone(),
-            "matcher" => stack.matcher_url.clone(),
-            _ => stack.liveness_url.clone(),
-        };
+    for WireTarget {
+        service,
+        method,
+        url,
+        seeds: service_seeds,
+        token,
+    } in targets
+    {
         let mut by_code = std::collections::BTreeMap::<String, u64>::new();
         for case in 0..count {
             let other = pick(&mut rng, service_seeds).to_vec();
