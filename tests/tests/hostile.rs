@@ -1030,6 +1030,18 @@ async fn rest_cases(stack: &Stack, report: &mut Report) -> anyhow::Result<()> {
             &quick(&[412], &["only_images_in_base64"], Some("probe")),
         )
         .await?;
+    // Found by the REST fuzzer: a multi-byte character across byte 64 of an image string (the
+    // URL sniffing looks at its first 64 bytes) must be refused as not base64, not panic.
+    let multibyte = format!("{}\u{202E}{}", "A".repeat(63), &gallery[..64]);
+    stack
+        .rest_case(
+            report,
+            "REST probe with U+202E across byte 64",
+            auth,
+            rest_body(&multibyte, &gallery),
+            &quick(&[412], &["only_images_in_base64"], Some("probe")),
+        )
+        .await?;
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let deep_body = format!(r#"{{"os":"ANDROID","probe":{deep},"gallery":["{gallery}"]}}"#);
     stack
