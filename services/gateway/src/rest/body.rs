@@ -492,7 +492,13 @@ fn strip_prefix_ignore_case<'t>(text: &'t str, prefix: &str) -> Option<&'t str> 
 
 /// `scheme://...` (http, https, ftp, s3, ...), `www.` or a `file:` URL.
 fn looks_like_url(text: &str) -> bool {
-    let head = &text[..text.len().min(64)];
+    // At most 64 bytes, cut on a character boundary (slicing inside a multi-byte character
+    // panics: found by the REST fuzzer).
+    let mut end = text.len().min(64);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = &text[..end];
     if let Some((scheme, _)) = head.split_once("://") {
         let mut chars = scheme.chars();
         return chars.next().is_some_and(|c| c.is_ascii_alphabetic())
@@ -530,6 +536,9 @@ mod tests {
         );
         assert!(decode_image("data:image/png,aGk=").is_err());
         assert!(decode_image("not base64!").is_err());
+        // A multi-byte character across byte 64 is refused, not a panic.
+        let across = format!("{}\u{202e}rest", "A".repeat(63));
+        assert!(decode_image(&across).is_err());
         for url in [
             "https://user:secret@example.com/a.jpg",
             "http://x/y",
