@@ -19,13 +19,13 @@ fn collect(path: &Path, out: &mut Vec<PathBuf>) {
         for entry in entries {
             collect(&entry, out);
         }
-    } else if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
-        if matches!(
+    } else if let Some(ext) = path.extension().and_then(|e| e.to_str())
+        && matches!(
             ext.to_ascii_lowercase().as_str(),
             "jpg" | "jpeg" | "png" | "webp"
-        ) {
-            out.push(path.to_owned());
-        }
+        )
+    {
+        out.push(path.to_owned());
     }
 }
 
