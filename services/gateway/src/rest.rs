@@ -390,7 +390,8 @@ enum Refused {
 /// Parses, decodes and validates a body, reporting every violation together. The body is
 /// dropped as soon as the images are decoded out of it.
 fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, Refused> {
-    let parsed = body::parse(&body).map_err(Refused::Body)?;
+    let parsed =
+        body::parse_with_image_limit(&body, limits.max_image_bytes).map_err(Refused::Body)?;
     drop(body);
     let mut violations = parsed.violations;
     match validate(parsed.request, limits) {

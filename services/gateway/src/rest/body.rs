@@ -30,6 +30,8 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 
 /// Violation reason of an image string that is not base64 (or is a URL, or a non-base64 data URL).
 pub const NOT_BASE64: &str = "only_images_in_base64";
+/// The violation reason of an image over `--max-image-bytes` (as validation reports it).
+pub const IMAGE_TOO_LARGE: &str = "image_too_large";
 
 /// Why a body could not be read as a request at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,8 +49,19 @@ pub struct ParsedRequest {
     pub violations: Vec<Violation>,
 }
 
-/// Parses and decodes a body. CPU-bound (base64): call it off the async workers.
+/// Parses and decodes a body with no per-image size limit (see [`parse_with_image_limit`]).
+#[cfg(test)]
 pub fn parse(body: &[u8]) -> Result<ParsedRequest, BodyError> {
+    parse_with_image_limit(body, usize::MAX)
+}
+
+/// Parses and decodes a body. CPU-bound (base64): call it off the async workers. An image whose
+/// base64 text already holds more than `max_image_bytes` is refused (`image_too_large`) without
+/// being decoded, so an oversize image never costs its decoded copy on top of the body.
+pub fn parse_with_image_limit(
+    body: &[u8],
+    max_image_bytes: usize,
+) -> Result<ParsedRequest, BodyError> {
     let mut duplicate: Option<Vec<String>> = None;
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let fields = RequestSeed {
@@ -59,7 +72,7 @@ pub fn parse(body: &[u8]) -> Result<ParsedRequest, BodyError> {
     match (fields, duplicate) {
         (_, Some(path)) => Err(BodyError::DuplicateKey(path.concat())),
         (Err(error), None) => Err(BodyError::Malformed(error.to_string())),
-        (Ok(fields), None) => Ok(fields.into_request()),
+        (Ok(fields), None) => Ok(fields.into_request(max_image_bytes)),
     }
 }
 
@@ -322,7 +335,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
 impl Fields<'_> {
     /// The typed request and the violations of the fields' types and images. Absent and
     /// `null` are the same; enums and scores are checked later by the shared validation.
-    fn into_request(self) -> ParsedRequest {
+    fn into_request(self, max_image_bytes: usize) -> ParsedRequest {
         let mut violations = Vec::new();
         let os = text_field("os", self.os, &mut violations);
         let search_mode = text_field("search_mode", self.search_mode, &mut violations);
@@ -338,7 +351,7 @@ impl Fields<'_> {
                 violations.push(required("probe"));
                 Bytes::new()
             }
-            Some(value) => image_field("probe", value, &mut violations),
+            Some(value) => image_field("probe", value, max_image_bytes, &mut violations),
         };
         let gallery = match self.gallery {
             None | Some(Json::Null) => {
@@ -349,7 +362,12 @@ impl Fields<'_> {
                 .into_iter()
                 .enumerate()
                 .map(|(index, item)| {
-                    image_field(&format!("gallery[{index}]"), item, &mut violations)
+                    image_field(
+                        &format!("gallery[{index}]"),
+                        item,
+                        max_image_bytes,
+                        &mut violations,
+                    )
                 })
                 .collect(),
             Some(other) => {
@@ -410,8 +428,28 @@ fn number_field(
     }
 }
 
-fn image_field(field: &str, value: Json<'_>, violations: &mut Vec<Violation>) -> Bytes {
+fn image_field(
+    field: &str,
+    value: Json<'_>,
+    max_image_bytes: usize,
+    violations: &mut Vec<Violation>,
+) -> Bytes {
     match value {
+        // Cheap first: most images are far under the limit even counting every character.
+        Json::Text(text)
+            if text.len() / 4 * 3 > max_image_bytes
+                && decoded_size_at_least(&text) > max_image_bytes =>
+        {
+            violations.push(Violation::new(
+                field,
+                IMAGE_TOO_LARGE,
+                format!(
+                    "the image has at least {} bytes, at most {max_image_bytes} are allowed",
+                    decoded_size_at_least(&text)
+                ),
+            ));
+            Bytes::new()
+        }
         Json::Text(text) => decode_image(&text).unwrap_or_else(|description| {
             violations.push(Violation::new(field, NOT_BASE64, description));
             Bytes::new()
@@ -425,6 +463,20 @@ fn image_field(field: &str, value: Json<'_>, violations: &mut Vec<Violation>) ->
             Bytes::new()
         }
     }
+}
+
+/// The fewest bytes `text` can decode to: its base64 characters (whitespace and a data-URL
+/// prefix not counted, two padding characters allowed for) times 3/4.
+fn decoded_size_at_least(text: &str) -> usize {
+    let payload = match strip_prefix_ignore_case(text, "data:") {
+        Some(rest) => rest.split_once(',').map_or("", |(_, payload)| payload),
+        None => text,
+    };
+    // memchr scans at memory speed (a 90 MB string is a few ms, even in a debug build).
+    let bytes = payload.as_bytes();
+    let whitespace = memchr::memchr3_iter(b'\n', b'\r', b' ', bytes).count()
+        + memchr::memchr2_iter(b'\t', b'\x0c', bytes).count();
+    (bytes.len() - whitespace).saturating_sub(2) * 3 / 4
 }
 
 /// Plain base64 (standard or URL-safe alphabet, padding optional, line breaks allowed) or a
@@ -536,6 +588,10 @@ mod tests {
         );
         assert!(decode_image("data:image/png,aGk=").is_err());
         assert!(decode_image("not base64!").is_err());
+        // A lower bound: the true sizes are 2, 3 and 6.
+        assert_eq!(decoded_size_at_least("aGk="), 1);
+        assert_eq!(decoded_size_at_least("aGlh"), 1);
+        assert_eq!(decoded_size_at_least("data:image/png;base64,aGlhaGlh\n"), 4);
         // A multi-byte character across byte 64 is refused, not a panic.
         let across = format!("{}\u{202e}rest", "A".repeat(63));
         assert!(decode_image(&across).is_err());
