@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use faceproof_imaging::ImageLimits;
+
 use crate::deadline::DeadlinePolicy;
 use crate::pool::PoolConfig;
 use crate::telemetry::TelemetryArgs;
@@ -133,5 +135,64 @@ mod tests {
         for args in bad {
             assert!(args.validate().is_err(), "{args:?}");
         }
+    }
+}
+
+/// Image bounds checked from the header before decoding, beyond the pixel count each service
+/// sets itself (flag and environment variable each).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct ImageBoundsArgs {
+    /// Longest accepted side of an image, in pixels, checked before decoding.
+    #[arg(long, env = "FACEPROOF_MAX_IMAGE_SIDE", default_value_t = ImageLimits::DEFAULT_MAX_SIDE)]
+    pub max_image_side: u32,
+
+    /// Most elongated accepted image, long side / short side (8 = 8:1), checked before
+    /// decoding: `image_bad_aspect_ratio` beyond it.
+    #[arg(long, env = "FACEPROOF_MAX_IMAGE_ASPECT_RATIO", default_value_t = ImageLimits::DEFAULT_MAX_ASPECT_RATIO)]
+    pub max_image_aspect_ratio: u32,
+
+    /// Memory one image decode may hold, in bytes (decoder buffers and the RGB result). A larger
+    /// JPEG is decoded at 1/2, 1/4 or 1/8 scale and a larger PNG streamed into a smaller buffer
+    /// so that it fits; what cannot fit (WebP, interlaced PNG) is refused `image_too_large`.
+    /// The service holds at most workers x this in decoded images.
+    #[arg(long, env = "FACEPROOF_MAX_DECODED_BYTES", default_value_t = ImageLimits::DEFAULT_MAX_DECODED_BYTES)]
+    pub max_decoded_bytes: u64,
+}
+
+impl Default for ImageBoundsArgs {
+    fn default() -> Self {
+        Self {
+            max_image_side: ImageLimits::DEFAULT_MAX_SIDE,
+            max_image_aspect_ratio: ImageLimits::DEFAULT_MAX_ASPECT_RATIO,
+            max_decoded_bytes: ImageLimits::DEFAULT_MAX_DECODED_BYTES,
+        }
+    }
+}
+
+impl ImageBoundsArgs {
+    /// The header bounds every image is checked against before decoding.
+    pub fn limits(&self, max_pixels: u64) -> ImageLimits {
+        ImageLimits {
+            max_pixels,
+            max_side: self.max_image_side,
+            max_aspect_ratio: self.max_image_aspect_ratio,
+            max_decoded_bytes: self.max_decoded_bytes,
+        }
+    }
+
+    /// Checks the bounds; the message names the offending flag.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_image_side == 0 || self.max_image_aspect_ratio == 0 {
+            return Err(
+                "--max-image-side and --max-image-aspect-ratio must be positive".to_owned(),
+            );
+        }
+        if self.max_decoded_bytes < 1 << 20 {
+            return Err(format!(
+                "--max-decoded-bytes must be at least 1 MiB, got {}",
+                self.max_decoded_bytes
+            ));
+        }
+        Ok(())
     }
 }

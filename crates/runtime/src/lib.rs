@@ -15,7 +15,7 @@ pub mod pool;
 pub mod serve;
 pub mod telemetry;
 
-pub use args::ServingArgs;
+pub use args::{ImageBoundsArgs, ServingArgs};
 pub use candle_threads::exec_with_one_candle_thread_by_default;
 pub use deadline::{Deadline, DeadlineExceeded, DeadlinePolicy, parse_grpc_timeout};
 pub use error::{ERROR_DOMAIN, ErrorCode, ServiceError, check_image_bytes};

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use faceproof_imaging::ImageLimits;
-use faceproof_runtime::{MetricsAddr, ServingArgs};
+use faceproof_runtime::{ImageBoundsArgs, MetricsAddr, ServingArgs};
 
 use crate::MatcherError;
 
@@ -43,21 +43,8 @@ pub struct MatcherConfig {
     #[arg(long, env = "FACEPROOF_MAX_IMAGE_PIXELS", default_value_t = DEFAULT_MAX_IMAGE_PIXELS)]
     pub max_image_pixels: u64,
 
-    /// Longest accepted side of an image, in pixels, checked before decoding.
-    #[arg(long, env = "FACEPROOF_MAX_IMAGE_SIDE", default_value_t = ImageLimits::DEFAULT_MAX_SIDE)]
-    pub max_image_side: u32,
-
-    /// Most elongated accepted image, long side / short side (8 = 8:1), checked before
-    /// decoding: `image_bad_aspect_ratio` beyond it.
-    #[arg(long, env = "FACEPROOF_MAX_IMAGE_ASPECT_RATIO", default_value_t = ImageLimits::DEFAULT_MAX_ASPECT_RATIO)]
-    pub max_image_aspect_ratio: u32,
-
-    /// Memory one image decode may hold, in bytes (decoder buffers and the RGB result). A larger
-    /// JPEG is decoded at 1/2, 1/4 or 1/8 scale and a larger PNG streamed into a smaller buffer
-    /// so that it fits; what cannot fit (WebP, interlaced PNG) is refused `image_too_large`.
-    /// The service holds at most workers x this in decoded images.
-    #[arg(long, env = "FACEPROOF_MAX_DECODED_BYTES", default_value_t = ImageLimits::DEFAULT_MAX_DECODED_BYTES)]
-    pub max_decoded_bytes: u64,
+    #[command(flatten)]
+    pub image_bounds: ImageBoundsArgs,
 
     /// Most gallery images one request may carry.
     #[arg(long, env = "FACEPROOF_MAX_GALLERY_ITEMS", default_value_t = DEFAULT_MAX_GALLERY_ITEMS)]
@@ -91,9 +78,7 @@ impl Default for MatcherConfig {
             model_dir: PathBuf::from("models/store"),
             max_image_bytes: DEFAULT_MAX_IMAGE_BYTES,
             max_image_pixels: DEFAULT_MAX_IMAGE_PIXELS,
-            max_image_side: ImageLimits::DEFAULT_MAX_SIDE,
-            max_image_aspect_ratio: ImageLimits::DEFAULT_MAX_ASPECT_RATIO,
-            max_decoded_bytes: ImageLimits::DEFAULT_MAX_DECODED_BYTES,
+            image_bounds: ImageBoundsArgs::default(),
             max_gallery_items: DEFAULT_MAX_GALLERY_ITEMS,
             fast_detector_side: DEFAULT_FAST_DETECTOR_SIDE,
             accurate_detector_side: DEFAULT_ACCURATE_DETECTOR_SIDE,
@@ -107,12 +92,7 @@ impl Default for MatcherConfig {
 impl MatcherConfig {
     /// The header bounds every image is checked against before decoding.
     pub fn image_limits(&self) -> ImageLimits {
-        ImageLimits {
-            max_pixels: self.max_image_pixels,
-            max_side: self.max_image_side,
-            max_aspect_ratio: self.max_image_aspect_ratio,
-            max_decoded_bytes: self.max_decoded_bytes,
-        }
+        self.image_bounds.limits(self.max_image_pixels)
     }
 
     /// Checks the settings together; the message names the offending flag.
@@ -134,17 +114,7 @@ impl MatcherConfig {
                 "--max-image-pixels must be positive".into(),
             ));
         }
-        if self.max_image_side == 0 || self.max_image_aspect_ratio == 0 {
-            return Err(MatcherError::Config(
-                "--max-image-side and --max-image-aspect-ratio must be positive".into(),
-            ));
-        }
-        if self.max_decoded_bytes < 1 << 20 {
-            return Err(MatcherError::Config(format!(
-                "--max-decoded-bytes must be at least 1 MiB, got {}",
-                self.max_decoded_bytes
-            )));
-        }
+        self.image_bounds.validate().map_err(MatcherError::Config)?;
         if !(1..=100).contains(&self.max_gallery_items) {
             return Err(MatcherError::Config(format!(
                 "--max-gallery-items must be 1..=100, got {}",

@@ -435,25 +435,22 @@ fn image_field(
     violations: &mut Vec<Violation>,
 ) -> Bytes {
     match value {
-        // Cheap first: most images are far under the limit even counting every character.
-        Json::Text(text)
-            if text.len() / 4 * 3 > max_image_bytes
-                && decoded_size_at_least(&text) > max_image_bytes =>
-        {
-            violations.push(Violation::new(
-                field,
-                IMAGE_TOO_LARGE,
-                format!(
-                    "the image has at least {} bytes, at most {max_image_bytes} are allowed",
-                    decoded_size_at_least(&text)
-                ),
-            ));
-            Bytes::new()
-        }
-        Json::Text(text) => decode_image(&text).unwrap_or_else(|description| {
-            violations.push(Violation::new(field, NOT_BASE64, description));
-            Bytes::new()
-        }),
+        Json::Text(text) => match oversize(&text, max_image_bytes) {
+            Some(at_least) => {
+                violations.push(Violation::new(
+                    field,
+                    IMAGE_TOO_LARGE,
+                    format!(
+                        "the image has at least {at_least} bytes, at most {max_image_bytes} are allowed"
+                    ),
+                ));
+                Bytes::new()
+            }
+            None => decode_image(&text).unwrap_or_else(|description| {
+                violations.push(Violation::new(field, NOT_BASE64, description));
+                Bytes::new()
+            }),
+        },
         other => {
             violations.push(invalid_type(
                 field,
@@ -463,6 +460,15 @@ fn image_field(
             Bytes::new()
         }
     }
+}
+
+/// `Some(the fewest bytes text can decode to)` when that is over `max_image_bytes`. Cheap
+/// first: most images are under the limit even counting every character.
+fn oversize(text: &str, max_image_bytes: usize) -> Option<usize> {
+    if text.len() / 4 * 3 <= max_image_bytes {
+        return None;
+    }
+    Some(decoded_size_at_least(text)).filter(|&at_least| at_least > max_image_bytes)
 }
 
 /// The fewest bytes `text` can decode to: its base64 characters (whitespace and a data-URL
