@@ -1,0 +1,1 @@
+//! (filled in by the test-kit work of issue #11)
