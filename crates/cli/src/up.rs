@@ -852,14 +852,14 @@ mod tests {
             .unwrap_or_else(|error| panic!("{}: {error}", spec.name));
             match parsed.service {
                 crate::serve::Service::Matcher(config) => {
-                    assert_eq!(config.listen, "127.0.0.1:6002".parse().unwrap());
-                    assert_eq!(config.metrics_addr, "127.0.0.1:9465".parse().unwrap());
-                    assert_eq!(config.model_dir, PathBuf::from("/models/store"));
-                    assert_eq!(config.serving.shutdown_grace_ms, 10_000);
+                    assert_eq!(config.host.listen, "127.0.0.1:6002".parse().unwrap());
+                    assert_eq!(config.host.metrics_addr, "127.0.0.1:9465".parse().unwrap());
+                    assert_eq!(config.host.model_dir, PathBuf::from("/models/store"));
+                    assert_eq!(config.host.serving.shutdown_grace_ms, 10_000);
                     assert!(config.validate().is_ok());
                 }
                 crate::serve::Service::Liveness(config) => {
-                    assert_eq!(config.listen, "127.0.0.1:50053".parse().unwrap());
+                    assert_eq!(config.host.listen, "127.0.0.1:50053".parse().unwrap());
                     assert!(config.validate().is_ok());
                 }
                 crate::serve::Service::Gateway(config) => {

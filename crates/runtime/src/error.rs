@@ -2,6 +2,7 @@
 
 use std::borrow::Cow;
 
+use faceproof_imaging::Cancellation;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
@@ -120,6 +121,16 @@ impl ServiceError {
             "cancelled",
             "the caller went away before the result was ready",
         )
+    }
+
+    /// An engine stopped inside a stage because its [`Cancellation`] fired: CANCELLED when the
+    /// caller went away, DEADLINE_EXCEEDED when the deadline passed.
+    pub fn stopped(cancel: &Cancellation) -> Self {
+        if cancel.caller_gone() {
+            Self::cancelled()
+        } else {
+            Self::deadline_exceeded()
+        }
     }
 
     /// INTERNAL with a generic message: `detail` is logged here, never sent to the caller.

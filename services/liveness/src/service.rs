@@ -1,15 +1,13 @@
 //! The `faceproof.liveness.v1.Liveness` gRPC service: validates requests, runs the engine on the
 //! inference pool and maps its verdict to the response or to a status with rich details.
 
-use std::sync::Arc;
-
-use faceproof_imaging::Cancellation;
-use faceproof_proto::common::v1::{Face, FaceIssue, SearchMode};
-use faceproof_proto::liveness::v1::liveness_server::Liveness;
+use faceproof_proto::common::v1::{Face, FaceIssue};
+use faceproof_proto::liveness::v1::liveness_server::Liveness as LivenessApi;
 use faceproof_proto::liveness::v1::{
     AttackEvidence, CheckRequest, CheckResponse, LivenessScore, ModelScore, check_response,
 };
-use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError, check_image_bytes};
+use faceproof_runtime::host::search_mode;
+use faceproof_runtime::{Inference, ServiceError, check_image_bytes, respond};
 use tonic::{Request, Response, Status};
 
 use crate::engine::{CheckJob, EngineError, LivenessEngine, LivenessVerdict};
@@ -24,49 +22,26 @@ pub struct RequestLimits {
 }
 
 /// The gRPC handler; cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct LivenessService {
-    engine: Arc<dyn LivenessEngine>,
-    pool: Arc<InferencePool>,
+    inference: Inference<dyn LivenessEngine>,
     limits: RequestLimits,
-    deadlines: DeadlinePolicy,
-}
-
-impl std::fmt::Debug for LivenessService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LivenessService")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
 }
 
 impl LivenessService {
-    pub fn new(
-        engine: Arc<dyn LivenessEngine>,
-        pool: Arc<InferencePool>,
-        limits: RequestLimits,
-        deadlines: DeadlinePolicy,
-    ) -> Self {
-        Self {
-            engine,
-            pool,
-            limits,
-            deadlines,
-        }
+    pub fn new(inference: Inference<dyn LivenessEngine>, limits: RequestLimits) -> Self {
+        Self { inference, limits }
     }
 
     async fn check_inner(
         &self,
         request: Request<CheckRequest>,
     ) -> Result<CheckResponse, ServiceError> {
-        let deadline = self.deadlines.deadline_for(request.metadata());
-        let job = validate(request.into_inner(), self.limits)?;
-        let engine = Arc::clone(&self.engine);
-        // Expires at the deadline; cancelled when this future is dropped (the caller went away).
-        let cancel = Cancellation::with_deadline(deadline.instant());
-        let verdict = self
-            .pool
-            .run_cancellable(deadline, cancel.clone(), move |cancel| {
+        let (deadline, request) = self.inference.accept(request);
+        let job = validate(request, self.limits)?;
+        let (verdict, cancel) = self
+            .inference
+            .run(deadline, job, |engine, job, cancel| {
                 engine.check(job, cancel)
             })
             .await?;
@@ -89,46 +64,26 @@ impl LivenessService {
                 rejection.detail,
             )),
             Err(EngineError::DeadlineExceeded(_)) => Err(ServiceError::deadline_exceeded()),
-            Err(EngineError::Cancelled(_)) if cancel.caller_gone() => {
-                Err(ServiceError::cancelled())
-            }
-            Err(EngineError::Cancelled(_)) => Err(ServiceError::deadline_exceeded()),
+            Err(EngineError::Cancelled(_)) => Err(ServiceError::stopped(&cancel)),
             Err(EngineError::Internal(detail)) => Err(ServiceError::internal(detail)),
         }
     }
 }
 
 #[tonic::async_trait]
-impl Liveness for LivenessService {
+impl LivenessApi for LivenessService {
     #[tracing::instrument(name = "liveness.check", skip_all)]
     async fn check(
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        match self.check_inner(request).await {
-            Ok(response) => Ok(Response::new(response)),
-            Err(error) => {
-                tracing::info!(code = ?error.code, reason = %error.reason, "liveness check failed");
-                Err(error.into())
-            }
-        }
+        respond("liveness check", self.check_inner(request).await)
     }
 }
 
 /// Turns the wire request into a job, or names the offending field.
 fn validate(request: CheckRequest, limits: RequestLimits) -> Result<CheckJob, ServiceError> {
-    let mode = match SearchMode::try_from(request.search_mode) {
-        // Callers that do not choose get the cheaper pipeline.
-        Ok(SearchMode::Unspecified) | Ok(SearchMode::Fast) => SearchMode::Fast,
-        Ok(SearchMode::Accurate) => SearchMode::Accurate,
-        Err(_) => {
-            return Err(ServiceError::invalid_field(
-                "invalid_search_mode",
-                "search_mode",
-                format!("unknown search mode {}", request.search_mode),
-            ));
-        }
-    };
+    let mode = search_mode(request.search_mode)?;
     check_image_bytes(&request.image, "image", limits.max_image_bytes)?;
     if request.os.len() > MAX_OS_LEN {
         return Err(ServiceError::invalid_field(
@@ -211,7 +166,7 @@ fn scored_response(verdict: LivenessVerdict) -> Result<CheckResponse, ServiceErr
 
 #[cfg(test)]
 mod tests {
-    use faceproof_proto::common::v1::{BoundingBox, Point};
+    use faceproof_proto::common::v1::{BoundingBox, Point, SearchMode};
 
     use super::*;
 

@@ -22,7 +22,7 @@ use faceproof_vision::nets::yunet::YuNet;
 use crate::engine::{
     CheckJob, EngineError, FaceRejection, LivenessEngine, LivenessVerdict, ModelVerdict,
 };
-use crate::{LivenessConfig, LivenessError};
+use crate::{HostError, LivenessConfig};
 
 /// Weight of each network in the ACCURATE ensemble (weighted mean of the softmax outputs).
 ///
@@ -59,7 +59,7 @@ impl LivenessSettings {
     pub fn from_config(config: &LivenessConfig) -> Self {
         Self {
             image_limits: config.image_limits(),
-            min_face_px: config.min_face_px,
+            min_face_px: config.host.min_face_px,
         }
     }
 }
@@ -84,8 +84,8 @@ pub struct VisionLivenessEngine {
 }
 
 /// Loads the verified weights from the configured model directory.
-pub fn load_engine(config: &LivenessConfig) -> Result<VisionLivenessEngine, LivenessError> {
-    let store = ModelStore::at(&config.model_dir).map_err(model_error)?;
+pub fn load_engine(config: &LivenessConfig) -> Result<VisionLivenessEngine, HostError> {
+    let store = ModelStore::at(&config.host.model_dir).map_err(model_error)?;
     let read = |name| store.read_verified(name).map_err(model_error);
     VisionLivenessEngine::from_weights(
         &read(ModelName::YuNet)?,
@@ -95,8 +95,8 @@ pub fn load_engine(config: &LivenessConfig) -> Result<VisionLivenessEngine, Live
     )
 }
 
-fn model_error(error: impl std::fmt::Display) -> LivenessError {
-    LivenessError::ModelLoad(error.to_string())
+fn model_error(error: impl std::fmt::Display) -> HostError {
+    HostError::ModelLoad(error.to_string())
 }
 
 fn internal(error: impl std::fmt::Display) -> EngineError {
@@ -121,7 +121,7 @@ impl VisionLivenessEngine {
         minifasnet_v2: &[u8],
         minifasnet_v1se: &[u8],
         settings: LivenessSettings,
-    ) -> Result<Self, LivenessError> {
+    ) -> Result<Self, HostError> {
         let device = Device::Cpu;
         let net = YuNet::from_safetensors(yunet, &device).map_err(model_error)?;
         Ok(Self {

@@ -5,40 +5,29 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use faceproof_imaging::Cancellation;
 use faceproof_liveness::{
-    Application, AttackSplit, CheckJob, EngineError, FaceRejection, LivenessConfig, LivenessEngine,
-    LivenessError, LivenessVerdict, ModelVerdict,
+    AttackSplit, CheckJob, EngineError, FaceRejection, Liveness, LivenessConfig, LivenessEngine,
+    LivenessVerdict, ModelVerdict,
 };
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode};
 use faceproof_proto::liveness::v1::liveness_client::LivenessClient;
 use faceproof_proto::liveness::v1::liveness_server::SERVICE_NAME;
 use faceproof_proto::liveness::v1::{CheckRequest, CheckResponse, check_response};
-use faceproof_runtime::{PoolStats, ServingArgs};
-use tokio::sync::{mpsc as async_mpsc, oneshot};
+use faceproof_runtime::ServingArgs;
+use faceproof_testkit::model_service::{
+    Gate, GateLever, RunningService, error_details as details, gate, within,
+};
 use tokio::task::JoinHandle;
-use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
-use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_types::StatusExt;
 
-/// Upper bound on any single network await: a hang fails the test instead of stalling CI.
-const STEP: Duration = Duration::from_secs(10);
 const MAX_IMAGE_BYTES: usize = 64;
-
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, future)
-        .await
-        .expect("step timed out")
-}
 
 fn face(x: f32) -> Face {
     Face {
@@ -55,15 +44,9 @@ fn face(x: f32) -> Face {
 
 struct FakeEngine {
     check_calls: AtomicUsize,
-    started: async_mpsc::UnboundedSender<()>,
-    release: Mutex<mpsc::Receiver<()>>,
+    /// `block` jobs (and a gated warm-up) wait here for the test's release (or its end).
+    gate: Gate,
     gate_warm_up: bool,
-}
-
-impl FakeEngine {
-    fn wait_for_release(&self) {
-        let _ = self.release.lock().unwrap().recv();
-    }
 }
 
 impl LivenessEngine for FakeEngine {
@@ -77,10 +60,7 @@ impl LivenessEngine for FakeEngine {
             }))
         };
         match text.as_str() {
-            "block" => {
-                let _ = self.started.send(());
-                self.wait_for_release();
-            }
+            "block" => self.gate.hold(),
             "panic" => panic!("fake engine panicked"),
             "noface" => return reject(FaceIssueReason::NoFaceDetected, None),
             "border" => return reject(FaceIssueReason::FaceCloseToBorder, Some(face(0.0))),
@@ -109,92 +89,48 @@ impl LivenessEngine for FakeEngine {
 
     fn warm_up(&self) -> Result<(), EngineError> {
         if self.gate_warm_up {
-            self.wait_for_release();
+            self.gate.wait_for_release();
         }
         Ok(())
     }
 }
 
+/// The liveness service on 127.0.0.1:0 with the fake engine and the engine's levers.
 struct TestApp {
-    client: LivenessClient<Channel>,
-    health: HealthClient<Channel>,
+    service: RunningService<Liveness>,
     engine: Arc<FakeEngine>,
-    stats: Arc<PoolStats>,
-    started: async_mpsc::UnboundedReceiver<()>,
-    release: mpsc::Sender<()>,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), LivenessError>>,
+    lever: GateLever,
 }
 
 async fn spawn_app(queue_capacity: usize, gate_warm_up: bool) -> TestApp {
-    let (started_tx, started) = async_mpsc::unbounded_channel();
-    let (release, release_rx) = mpsc::channel();
+    let (gate, lever) = gate();
     let engine = Arc::new(FakeEngine {
         check_calls: AtomicUsize::new(0),
-        started: started_tx,
-        release: Mutex::new(release_rx),
+        gate,
         gate_warm_up,
     });
-    let config = LivenessConfig {
-        max_image_bytes: MAX_IMAGE_BYTES,
-        serving: ServingArgs {
-            inference_threads: Some(1),
-            queue_capacity,
-            ..ServingArgs::default()
-        },
-        ..LivenessConfig::default()
+    let mut config = LivenessConfig::default();
+    config.host.max_image_bytes = MAX_IMAGE_BYTES;
+    config.host.serving = ServingArgs {
+        inference_threads: Some(1),
+        queue_capacity,
+        ..ServingArgs::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::build(config, listener, engine.clone()).unwrap();
-    let addr = app.local_addr();
-    let stats = app.pool_stats();
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stop_rx.await;
-    }));
-    let channel = within(
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .unwrap();
-    let mut app = TestApp {
-        client: LivenessClient::new(channel.clone()),
-        health: HealthClient::new(channel),
+    let service = RunningService::<Liveness>::launch(config, engine.clone(), !gate_warm_up)
+        .await
+        .unwrap();
+    TestApp {
+        service,
         engine,
-        stats,
-        started,
-        release,
-        stop: Some(stop),
-        server,
-    };
-    if !gate_warm_up {
-        app.wait_for_status(ServingStatus::Serving).await;
+        lever,
     }
-    app
 }
 
 impl TestApp {
-    async fn wait_for_status(&mut self, wanted: ServingStatus) {
-        let mut updates = within(self.health.watch(HealthCheckRequest {
-            service: SERVICE_NAME.to_owned(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-        loop {
-            let update = within(updates.next()).await.expect("watch ended").unwrap();
-            if update.status() == wanted {
-                return;
-            }
-        }
-    }
-
     async fn occupy_worker(&mut self) -> JoinHandle<Result<CheckResponse, Status>> {
-        let mut client = self.client.clone();
+        let mut client = self.service.client();
         let in_flight = tokio::spawn(async move { check(&mut client, request(b"block")).await });
-        within(self.started.recv()).await.expect("engine gone");
+        self.lever.started().await;
         in_flight
     }
 }
@@ -217,42 +153,21 @@ async fn check(
         .map(tonic::Response::into_inner)
 }
 
-fn details(status: &Status) -> (String, Vec<(String, String)>) {
-    let details = status.get_error_details();
-    let info = details.error_info().expect("ErrorInfo");
-    assert_eq!(info.domain, "faceproof");
-    let violations = details
-        .bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .iter()
-                .map(|v| (v.field.clone(), v.reason.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    (info.reason.clone(), violations)
-}
-
 #[tokio::test]
 async fn health_is_not_serving_until_warm_up_completes() {
     let mut app = spawn_app(4, true).await;
-    let status = within(app.health.check(HealthCheckRequest {
-        service: SERVICE_NAME.into(),
-    }))
-    .await
-    .unwrap()
-    .into_inner();
-    assert_eq!(status.status(), ServingStatus::NotServing);
-    app.release.send(()).unwrap();
-    app.wait_for_status(ServingStatus::Serving).await;
+    let status = app.service.health_status(SERVICE_NAME).await;
+    assert_eq!(status, ServingStatus::NotServing);
+    app.lever.release();
+    app.service.wait_for_status(ServingStatus::Serving).await;
 }
 
 #[tokio::test]
 async fn scores_the_hinted_face() {
-    let mut app = spawn_app(4, false).await;
+    let app = spawn_app(4, false).await;
     let hint = face(42.0);
     let response = check(
-        &mut app.client,
+        &mut app.service.client(),
         CheckRequest {
             face_hint: Some(hint.clone()),
             ..request(b"live:0.8")
@@ -272,12 +187,14 @@ async fn scores_the_hinted_face() {
 
 #[tokio::test]
 async fn quality_gates_are_issues_and_bad_images_are_invalid_argument() {
-    let mut app = spawn_app(4, false).await;
+    let app = spawn_app(4, false).await;
     for (image, reason) in [
         (&b"noface"[..], FaceIssueReason::NoFaceDetected),
         (b"border", FaceIssueReason::FaceCloseToBorder),
     ] {
-        let response = check(&mut app.client, request(image)).await.unwrap();
+        let response = check(&mut app.service.client(), request(image))
+            .await
+            .unwrap();
         let Some(check_response::Outcome::Issue(issue)) = response.outcome else {
             panic!("expected an issue for {reason:?}");
         };
@@ -285,7 +202,7 @@ async fn quality_gates_are_issues_and_bad_images_are_invalid_argument() {
         assert_eq!(issue.field, "image");
     }
 
-    let status = check(&mut app.client, request(b"garbage"))
+    let status = check(&mut app.service.client(), request(b"garbage"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -298,9 +215,12 @@ async fn quality_gates_are_issues_and_bad_images_are_invalid_argument() {
     );
 
     let calls_before = app.engine.check_calls.load(Ordering::SeqCst);
-    let status = check(&mut app.client, request(&[b'x'; MAX_IMAGE_BYTES + 1]))
-        .await
-        .unwrap_err();
+    let status = check(
+        &mut app.service.client(),
+        request(&[b'x'; MAX_IMAGE_BYTES + 1]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(
         details(&status).1,
@@ -314,24 +234,24 @@ async fn full_queue_answers_resource_exhausted_at_once() {
     let mut app = spawn_app(1, false).await;
     let blocked = app.occupy_worker().await;
     let queued = {
-        let mut client = app.client.clone();
+        let mut client = app.service.client();
         tokio::spawn(async move { check(&mut client, request(b"live:0.7")).await })
     };
     // The queued request holds the only slot once the depth gauge says so.
     within(async {
-        while app.stats.queue_depth.load(Ordering::SeqCst) == 0 {
+        while app.service.pool_stats().queue_depth.load(Ordering::SeqCst) == 0 {
             tokio::task::yield_now().await;
         }
     })
     .await;
     let sent = Instant::now();
-    let status = check(&mut app.client, request(b"live:0.7"))
+    let status = check(&mut app.service.client(), request(b"live:0.7"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(sent.elapsed() < Duration::from_secs(1));
 
-    app.release.send(()).unwrap();
+    app.lever.release();
     within(blocked).await.unwrap().unwrap();
     within(queued).await.unwrap().unwrap();
 }
@@ -342,32 +262,36 @@ async fn deadline_passing_in_the_queue_is_deadline_exceeded() {
     let blocked = app.occupy_worker().await;
     let mut late = tonic::Request::new(request(b"live:0.7"));
     late.set_timeout(Duration::from_millis(200));
-    let status = within(app.client.check(late)).await.unwrap_err();
+    let status = within(app.service.client().check(late)).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
-    app.release.send(()).unwrap();
+    app.lever.release();
     within(blocked).await.unwrap().unwrap();
-    check(&mut app.client, request(b"live:0.7")).await.unwrap();
+    check(&mut app.service.client(), request(b"live:0.7"))
+        .await
+        .unwrap();
     assert_eq!(app.engine.check_calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn engine_panic_is_internal_and_the_service_keeps_serving() {
-    let mut app = spawn_app(4, false).await;
-    let status = check(&mut app.client, request(b"panic")).await.unwrap_err();
+    let app = spawn_app(4, false).await;
+    let status = check(&mut app.service.client(), request(b"panic"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Internal);
-    check(&mut app.client, request(b"live:0.7")).await.unwrap();
+    check(&mut app.service.client(), request(b"live:0.7"))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let mut app = spawn_app(4, false).await;
     let blocked = app.occupy_worker().await;
-    if let Some(stop) = app.stop.take() {
-        stop.send(()).unwrap();
-    }
-    app.release.send(()).unwrap();
+    app.service.stop();
+    app.lever.release();
     within(blocked).await.unwrap().unwrap();
-    within(app.server).await.unwrap().unwrap();
+    app.service.stopped().await.unwrap();
 }
 
 /// The real engine over the converted weights and the public-domain fixtures.
@@ -503,22 +427,10 @@ mod real_models {
 
     #[tokio::test]
     async fn live_portraits_score_high_over_grpc() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let app =
-            Application::build(LivenessConfig::default(), listener, Arc::new(engine())).unwrap();
-        let addr = app.local_addr();
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = stop_rx.await;
-        }));
-        let channel = within(
-            Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect(),
-        )
-        .await
-        .unwrap();
-        let mut client = LivenessClient::new(channel);
+        let service = RunningService::<Liveness>::start_with_real_models(LivenessConfig::default())
+            .await
+            .unwrap();
+        let mut client = service.client();
         let image =
             std::fs::read(repo_path("tests/fixtures/obama_2012_official_portrait.jpg")).unwrap();
         for mode in [SearchMode::Fast, SearchMode::Accurate] {
@@ -550,7 +462,6 @@ mod real_models {
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument);
-        let _ = stop.send(());
-        within(server).await.unwrap().unwrap();
+        service.stopped().await.unwrap();
     }
 }

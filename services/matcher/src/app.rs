@@ -1,46 +1,35 @@
-//! Assembling and running the matcher: `Application::build` binds nothing itself (the caller
-//! hands in a bound listener, so tests use 127.0.0.1:0), `run_until_stopped` warms the engine up,
-//! reports SERVING and serves until the shutdown future resolves. [`run`] is the whole process
-//! (what `main` and `faceproof serve` call); [`serve`] is the same without the process-wide
-//! telemetry set-up, for hosts that run several services in one process.
+//! The matcher as a model service of the runtime host ([`faceproof_runtime::host`]): its
+//! addresses, models, engine, warm-up and gRPC handler. Loading, warm-up, health, serving,
+//! draining and telemetry are the host's; [`Application`], [`run`] and [`serve`] are the host's
+//! for the matcher.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context as _;
-use faceproof_models::{ModelName, ModelStore};
+use faceproof_models::ModelName;
 use faceproof_proto::matcher::v1::matcher_server::{MatcherServer, SERVICE_NAME};
-use faceproof_runtime::{
-    Deadline, InferencePool, MetricsServer, PoolStats, ServiceHealth, observed_server,
-    reflection_service, serve_until_shutdown,
-};
+use faceproof_runtime::host::{self, ModelService, ModelServiceArgs};
+use faceproof_runtime::{HostError, Inference, ObservedRouter};
 use faceproof_telemetry::Metrics;
-use tokio::net::TcpListener;
 
-use crate::MatcherError;
 use crate::calibration::Calibration;
-use crate::config::MatcherConfig;
+use crate::config::{DEFAULT_LISTEN, DEFAULT_METRICS_ADDR, MatcherConfig};
 use crate::engine::MatchEngine;
 use crate::service::{MatcherService, RequestLimits};
 
 /// OpenTelemetry `service.name` of the matcher.
 pub const TELEMETRY_SERVICE_NAME: &str = "faceproof-matcher";
 
-/// The matcher process: telemetry (logs, traces) for the process, then [`serve`] until SIGTERM
-/// or ctrl-c, then the last spans are flushed. Call it once per process.
+/// The matcher, as the host runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Matcher;
+
+/// A matcher ready to serve on a bound listener (tests hand in `127.0.0.1:0`).
+pub type Application = host::Application<Matcher>;
+
+/// The matcher process: telemetry, [`serve`] until SIGTERM or ctrl-c, the last spans flushed.
 pub async fn run(config: MatcherConfig) -> anyhow::Result<()> {
-    let telemetry = config
-        .serving
-        .telemetry
-        .telemetry_config(TELEMETRY_SERVICE_NAME)?;
-    let guard = faceproof_telemetry::init(&telemetry).context("initialising telemetry")?;
-    let served = serve(config, faceproof_runtime::shutdown_signal()).await;
-    if let Err(error) = guard.shutdown().await {
-        tracing::warn!(%error, "flushing the last spans failed");
-    }
-    served
+    host::run::<Matcher>(config).await
 }
 
 /// Validates, loads the models, binds the gRPC and metrics listeners and serves until
@@ -49,181 +38,71 @@ pub async fn serve(
     config: MatcherConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    config.validate()?;
-    let metrics = Metrics::new();
-    // Reading and verifying the weights takes seconds: keep it off the async workers.
-    let (loaded, config) = tokio::task::spawn_blocking(move || {
-        let loaded = crate::vision::load_engine(&config);
-        (loaded, config)
-    })
-    .await
-    .context("loading the matcher models panicked")?;
-    let engine = loaded.context("loading the matcher models")?;
-    publish_model_info(
-        &metrics,
-        &config.model_dir,
-        &[ModelName::YuNet, ModelName::SFace],
-    );
-    let engine = engine.with_metrics(metrics.clone());
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
-    let metrics_server = MetricsServer::bind(config.metrics_addr, metrics.clone()).await?;
-    let app = Application::build_with_metrics(config, listener, Arc::new(engine), metrics)?;
-    let served = app.run_until_stopped(shutdown).await;
-    if let Some(metrics_server) = metrics_server {
-        metrics_server.stop().await;
-    }
-    Ok(served?)
+    host::serve::<Matcher>(config, shutdown).await
 }
 
-/// Publishes `faceproof_model_info` for the loaded models: their name and the pinned sha256 of
-/// the converted file (what `read_verified` checked the loaded bytes against).
-fn publish_model_info(metrics: &Metrics, model_dir: &std::path::Path, models: &[ModelName]) {
-    match ModelStore::at(model_dir) {
-        Ok(store) => {
-            for &name in models {
-                if let Some(digest) = store.manifest().model(name).converted_sha256 {
-                    metrics.set_model_info(name.as_str(), &digest.to_string());
-                }
-            }
-        }
-        Err(error) => tracing::warn!(%error, "no model manifest for the model info metric"),
-    }
-}
+impl ModelService for Matcher {
+    const NAME: &'static str = "matcher";
+    const TELEMETRY_SERVICE_NAME: &'static str = TELEMETRY_SERVICE_NAME;
+    const GRPC_SERVICE_NAME: &'static str = SERVICE_NAME;
+    const FILE_DESCRIPTOR_SET: &'static [u8] = faceproof_proto::FILE_DESCRIPTOR_SET;
+    const LISTEN_ENV: &'static str = "FACEPROOF_MATCHER_LISTEN";
+    const DEFAULT_LISTEN: &'static str = DEFAULT_LISTEN;
+    const DEFAULT_METRICS_ADDR: &'static str = DEFAULT_METRICS_ADDR;
+    const MODELS: &'static [ModelName] = &[ModelName::YuNet, ModelName::SFace];
 
-/// Warm-up runs whole model passes on a cold process; give it generous room.
-const WARM_UP_BUDGET: Duration = Duration::from_secs(600);
+    type Config = MatcherConfig;
+    type Engine = dyn MatchEngine;
+    type Handler = MatcherServer<MatcherService>;
 
-/// A matcher ready to serve on a bound listener.
-pub struct Application {
-    config: MatcherConfig,
-    listener: TcpListener,
-    local_addr: SocketAddr,
-    engine: Arc<dyn MatchEngine>,
-    pool: Arc<InferencePool>,
-    calibration: Arc<Calibration>,
-    metrics: Metrics,
-}
-
-impl std::fmt::Debug for Application {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application")
-            .field("local_addr", &self.local_addr)
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Application {
-    /// Validates the configuration and starts the inference pool; serving starts with
-    /// [`Self::run_until_stopped`]. Metrics go to a registry of its own ([`Self::metrics`]).
-    pub fn build(
-        config: MatcherConfig,
-        listener: TcpListener,
-        engine: Arc<dyn MatchEngine>,
-    ) -> Result<Self, MatcherError> {
-        Self::build_with_metrics(config, listener, engine, Metrics::new())
+    fn host_args(config: &MatcherConfig) -> &ModelServiceArgs<Self> {
+        &config.host
     }
 
-    /// As [`Self::build`], recording gRPC calls and the inference queue into `metrics` (share it
-    /// with the engine so its stage timings land in the same registry).
-    pub fn build_with_metrics(
-        config: MatcherConfig,
-        listener: TcpListener,
-        engine: Arc<dyn MatchEngine>,
+    fn validate(config: &MatcherConfig) -> Result<(), HostError> {
+        config.validate()
+    }
+
+    fn load_engine(
+        config: &MatcherConfig,
         metrics: Metrics,
-    ) -> Result<Self, MatcherError> {
-        config.validate()?;
-        let local_addr = listener.local_addr().map_err(MatcherError::Listener)?;
-        let calibration = Arc::new(Calibration::builtin()?);
+    ) -> Result<Arc<dyn MatchEngine>, HostError> {
+        Ok(Arc::new(
+            crate::vision::load_engine(config)?.with_metrics(metrics),
+        ))
+    }
+
+    fn warm_up(engine: &dyn MatchEngine) -> Result<(), HostError> {
+        engine
+            .warm_up()
+            .map_err(|error| HostError::WarmUp(error.to_string()))
+    }
+
+    fn handler(
+        config: &MatcherConfig,
+        inference: Inference<dyn MatchEngine>,
+    ) -> Result<Self::Handler, HostError> {
+        let calibration = Calibration::builtin()?;
         if calibration.is_provisional() {
             tracing::warn!(
                 calibration = calibration.id(),
                 "calibration table is provisional: scores do not map to measured false-accept rates"
             );
         }
-        let pool = Arc::new(InferencePool::with_metrics(
-            "matcher",
-            config.serving.pool_config(),
-            metrics.clone(),
-        )?);
-        Ok(Self {
-            config,
-            listener,
-            local_addr,
-            engine,
-            pool,
-            calibration,
-            metrics,
-        })
+        let limits = RequestLimits {
+            max_image_bytes: config.host.max_image_bytes,
+            max_gallery_items: config.max_gallery_items,
+        };
+        Ok(MatcherServer::new(MatcherService::new(
+            inference,
+            Arc::new(calibration),
+            limits,
+        ))
+        .max_decoding_message_size(config.max_message_bytes()))
     }
 
-    /// The registry this matcher records into, for a `/metrics` endpoint.
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
-    /// The address actually bound (the port the OS chose for `:0`).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    /// Queue and rejection counters, for metrics and tests.
-    pub fn pool_stats(&self) -> Arc<PoolStats> {
-        self.pool.stats()
-    }
-
-    /// Serves until `shutdown` resolves, then drains within the configured grace period. Health
-    /// is NOT_SERVING until warm-up succeeds; a failed warm-up stops the server with an error.
-    pub async fn run_until_stopped<F>(self, shutdown: F) -> Result<(), MatcherError>
-    where
-        F: Future<Output = ()> + Send,
-    {
-        let (health, health_server) = ServiceHealth::new(SERVICE_NAME).await;
-        let reflection = reflection_service(&[faceproof_proto::FILE_DESCRIPTOR_SET])?;
-        let service = MatcherService::new(
-            Arc::clone(&self.engine),
-            Arc::clone(&self.pool),
-            Arc::clone(&self.calibration),
-            RequestLimits {
-                max_image_bytes: self.config.max_image_bytes,
-                max_gallery_items: self.config.max_gallery_items,
-            },
-            self.config.serving.deadline_policy(),
-        );
-        let router = observed_server(&self.metrics)
-            .add_service(health_server)
-            .add_service(reflection)
-            .add_service(
-                MatcherServer::new(service)
-                    .max_decoding_message_size(self.config.max_message_bytes()),
-            );
-
-        tracing::info!(addr = %self.local_addr, "matcher listening");
-        let serve = serve_until_shutdown(
-            router,
-            self.listener,
-            health.clone(),
-            shutdown,
-            self.config.serving.shutdown_grace(),
-        );
-        tokio::pin!(serve);
-
-        let engine = Arc::clone(&self.engine);
-        let warm_up = self
-            .pool
-            .run(Deadline::after(WARM_UP_BUDGET), move |_| engine.warm_up());
-        tokio::select! {
-            // Shutdown came before warm-up finished.
-            result = &mut serve => return result.map_err(MatcherError::from),
-            warmed = warm_up => match warmed {
-                Ok(Ok(())) => health.set_serving().await,
-                Ok(Err(error)) => return Err(MatcherError::WarmUp(error.to_string())),
-                Err(error) => return Err(MatcherError::WarmUp(error.to_string())),
-            },
-        }
-        serve.await.map_err(MatcherError::from)
+    fn route(router: ObservedRouter, handler: Self::Handler) -> ObservedRouter {
+        router.add_service(handler)
     }
 }
 
@@ -236,14 +115,14 @@ mod tests {
     #[test]
     fn model_info_carries_the_pinned_checksum_prefix_of_each_model() {
         let metrics = Metrics::new();
-        publish_model_info(
+        host::publish_model_info(
             &metrics,
             std::path::Path::new("models/store"),
-            &[ModelName::YuNet, ModelName::SFace],
+            Matcher::MODELS,
         );
         let text = metrics.encode().unwrap();
         let manifest = Manifest::builtin().unwrap();
-        for name in [ModelName::YuNet, ModelName::SFace] {
+        for &name in Matcher::MODELS {
             let Some(digest) = manifest.model(name).converted_sha256 else {
                 continue;
             };

@@ -1,6 +1,7 @@
 //! faceproof matcher service: "is it the same person?" Validates compare requests, runs a
 //! [`MatchEngine`] (detect, align, embed, cosine) on dedicated inference threads and maps cosines
-//! to calibrated 0..1 scores.
+//! to calibrated 0..1 scores. Loading, warm-up, health, serving and draining are the runtime
+//! host's ([`faceproof_runtime::host`]); [`Matcher`] is the matcher's part.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -12,26 +13,23 @@ pub mod engine;
 pub mod service;
 pub mod vision;
 
-pub use app::{Application, TELEMETRY_SERVICE_NAME, run, serve};
+pub use app::{Application, Matcher, TELEMETRY_SERVICE_NAME, run, serve};
 pub use calibration::Calibration;
 pub use config::MatcherConfig;
 pub use engine::{
     CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch, MatchEngine,
 };
+pub use faceproof_runtime::HostError;
 
-/// Failures while starting or running the matcher (request failures are `ServiceError`s).
+/// The matcher's own start-up failure; every other one is a [`HostError`].
 #[derive(Debug, thiserror::Error)]
 pub enum MatcherError {
-    #[error("invalid configuration: {0}")]
-    Config(String),
     #[error("invalid calibration table: {0}")]
     Calibration(String),
-    #[error("cannot read the listener address: {0}")]
-    Listener(#[source] std::io::Error),
-    #[error("engine warm-up failed: {0}")]
-    WarmUp(String),
-    #[error("cannot load the models: {0}")]
-    ModelLoad(String),
-    #[error(transparent)]
-    Runtime(#[from] faceproof_runtime::RuntimeError),
+}
+
+impl From<MatcherError> for HostError {
+    fn from(error: MatcherError) -> Self {
+        Self::Service(Box::new(error))
+    }
 }

@@ -1,14 +1,6 @@
-//! faceproof matcher service binary: everything happens in [`faceproof_matcher::run`].
-
-use clap::Parser;
-use faceproof_matcher::MatcherConfig;
+//! faceproof matcher service binary: everything happens in the runtime host
+//! ([`faceproof_runtime::host::main`]) for [`faceproof_matcher::Matcher`].
 
 fn main() -> anyhow::Result<()> {
-    // Before any thread exists: candle's default elementwise pool spins against ours.
-    faceproof_runtime::exec_with_one_candle_thread_by_default();
-    let config = MatcherConfig::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(faceproof_matcher::run(config))
+    faceproof_runtime::host::main::<faceproof_matcher::Matcher>()
 }

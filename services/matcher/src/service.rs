@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use faceproof_imaging::Cancellation;
 use faceproof_proto::common::v1::{FaceIssue, SearchMode};
-use faceproof_proto::matcher::v1::matcher_server::Matcher;
+use faceproof_proto::matcher::v1::matcher_server::Matcher as MatcherApi;
 use faceproof_proto::matcher::v1::{
     CompareRequest, CompareResponse, GalleryItemResult, Match, gallery_item_result,
 };
-use faceproof_runtime::{DeadlinePolicy, InferencePool, ServiceError, check_image_bytes};
+use faceproof_runtime::host::search_mode;
+use faceproof_runtime::{Inference, ServiceError, check_image_bytes, respond};
 use tonic::{Request, Response, Status};
 
 use crate::calibration::Calibration;
@@ -23,38 +24,23 @@ pub struct RequestLimits {
 }
 
 /// The gRPC handler; cheap to clone (everything shared is behind an `Arc`).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct MatcherService {
-    engine: Arc<dyn MatchEngine>,
-    pool: Arc<InferencePool>,
+    inference: Inference<dyn MatchEngine>,
     calibration: Arc<Calibration>,
     limits: RequestLimits,
-    deadlines: DeadlinePolicy,
-}
-
-impl std::fmt::Debug for MatcherService {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MatcherService")
-            .field("calibration", &self.calibration.id())
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
 }
 
 impl MatcherService {
     pub fn new(
-        engine: Arc<dyn MatchEngine>,
-        pool: Arc<InferencePool>,
+        inference: Inference<dyn MatchEngine>,
         calibration: Arc<Calibration>,
         limits: RequestLimits,
-        deadlines: DeadlinePolicy,
     ) -> Self {
         Self {
-            engine,
-            pool,
+            inference,
             calibration,
             limits,
-            deadlines,
         }
     }
 
@@ -62,55 +48,34 @@ impl MatcherService {
         &self,
         request: Request<CompareRequest>,
     ) -> Result<CompareResponse, ServiceError> {
-        let deadline = self.deadlines.deadline_for(request.metadata());
-        let job = validate(request.into_inner(), self.limits)?;
-        let gallery_len = job.gallery.len();
-        let mode = job.mode;
-        let engine = Arc::clone(&self.engine);
-        // Expires at the deadline; cancelled when this future is dropped (the caller went away).
-        let cancel = Cancellation::with_deadline(deadline.instant());
-        let outcome = self
-            .pool
-            .run_cancellable(deadline, cancel.clone(), move |cancel| {
+        let (deadline, request) = self.inference.accept(request);
+        let job = validate(request, self.limits)?;
+        let (gallery_len, mode) = (job.gallery.len(), job.mode);
+        let (outcome, cancel) = self
+            .inference
+            .run(deadline, job, |engine, job, cancel| {
                 engine.compare(job, cancel)
             })
-            .await?
-            .map_err(|error| engine_error(error, &cancel))?;
+            .await?;
+        let outcome = outcome.map_err(|error| engine_error(error, &cancel))?;
         build_response(outcome, gallery_len, &self.calibration, mode)
     }
 }
 
 #[tonic::async_trait]
-impl Matcher for MatcherService {
+impl MatcherApi for MatcherService {
     #[tracing::instrument(name = "matcher.compare", skip_all)]
     async fn compare(
         &self,
         request: Request<CompareRequest>,
     ) -> Result<Response<CompareResponse>, Status> {
-        match self.compare_inner(request).await {
-            Ok(response) => Ok(Response::new(response)),
-            Err(error) => {
-                tracing::info!(code = ?error.code, reason = %error.reason, "compare failed");
-                Err(error.into())
-            }
-        }
+        respond("compare", self.compare_inner(request).await)
     }
 }
 
 /// Turns the wire request into a job, or names the offending field.
 fn validate(request: CompareRequest, limits: RequestLimits) -> Result<CompareJob, ServiceError> {
-    let mode = match SearchMode::try_from(request.search_mode) {
-        // Callers that do not choose get the cheaper pipeline.
-        Ok(SearchMode::Unspecified) | Ok(SearchMode::Fast) => SearchMode::Fast,
-        Ok(SearchMode::Accurate) => SearchMode::Accurate,
-        Err(_) => {
-            return Err(ServiceError::invalid_field(
-                "invalid_search_mode",
-                "search_mode",
-                format!("unknown search mode {}", request.search_mode),
-            ));
-        }
-    };
+    let mode = search_mode(request.search_mode)?;
     check_image_bytes(&request.probe, "probe", limits.max_image_bytes)?;
     if request.gallery.is_empty() {
         return Err(ServiceError::invalid_field(
@@ -147,8 +112,7 @@ fn engine_error(error: EngineError, cancel: &Cancellation) -> ServiceError {
             ServiceError::invalid_field(rejection.reason.code(), "probe", rejection.detail)
         }
         EngineError::DeadlineExceeded(_) => ServiceError::deadline_exceeded(),
-        EngineError::Cancelled(_) if cancel.caller_gone() => ServiceError::cancelled(),
-        EngineError::Cancelled(_) => ServiceError::deadline_exceeded(),
+        EngineError::Cancelled(_) => ServiceError::stopped(cancel),
         EngineError::Internal(detail) => ServiceError::internal(detail),
     }
 }

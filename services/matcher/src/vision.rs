@@ -23,7 +23,7 @@ use faceproof_vision::nets::yunet::YuNet;
 use crate::engine::{
     CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch, MatchEngine,
 };
-use crate::{MatcherConfig, MatcherError};
+use crate::{HostError, MatcherConfig};
 
 /// A JPEG whose long side is at least twice this is decoded at 1/2, 1/4 or 1/8 scale in the
 /// DCT domain, keeping at least this many pixels on the long side. The detector never sees more
@@ -55,7 +55,7 @@ impl VisionMatchSettings {
             image_limits: config.image_limits(),
             fast_detector_side: config.fast_detector_side,
             accurate_detector_side: config.accurate_detector_side,
-            min_face_px: config.min_face_px,
+            min_face_px: config.host.min_face_px,
         }
     }
 }
@@ -74,15 +74,15 @@ pub struct VisionMatchEngine {
 }
 
 /// Loads the verified weights from the configured model directory.
-pub fn load_engine(config: &MatcherConfig) -> Result<VisionMatchEngine, MatcherError> {
-    let store = ModelStore::at(&config.model_dir).map_err(model_error)?;
+pub fn load_engine(config: &MatcherConfig) -> Result<VisionMatchEngine, HostError> {
+    let store = ModelStore::at(&config.host.model_dir).map_err(model_error)?;
     let yunet = store.read_verified(ModelName::YuNet).map_err(model_error)?;
     let sface = store.read_verified(ModelName::SFace).map_err(model_error)?;
     VisionMatchEngine::from_weights(&yunet, &sface, VisionMatchSettings::from_config(config))
 }
 
-fn model_error(error: impl std::fmt::Display) -> MatcherError {
-    MatcherError::ModelLoad(error.to_string())
+fn model_error(error: impl std::fmt::Display) -> HostError {
+    HostError::ModelLoad(error.to_string())
 }
 
 impl VisionMatchEngine {
@@ -91,7 +91,7 @@ impl VisionMatchEngine {
         yunet: &[u8],
         sface: &[u8],
         settings: VisionMatchSettings,
-    ) -> Result<Self, MatcherError> {
+    ) -> Result<Self, HostError> {
         let device = Device::Cpu;
         let net = YuNet::from_safetensors(yunet, &device).map_err(model_error)?;
         let detector = |side| {

@@ -4,48 +4,37 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use faceproof_imaging::Cancellation;
 use faceproof_matcher::{
-    Application, Calibration, CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch,
-    MatchEngine, MatcherConfig, MatcherError,
+    Calibration, CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch, MatchEngine,
+    Matcher, MatcherConfig,
 };
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode};
 use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_proto::matcher::v1::matcher_server::SERVICE_NAME;
 use faceproof_proto::matcher::v1::{CompareRequest, CompareResponse, gallery_item_result};
-use faceproof_runtime::{PoolStats, ServingArgs};
-use tokio::sync::{mpsc as async_mpsc, oneshot};
+use faceproof_runtime::ServingArgs;
+use faceproof_testkit::model_service::{
+    Gate, GateLever, RunningService, error_details as details, gate, within,
+};
+use tokio::sync::mpsc as async_mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_types::StatusExt;
-
-/// Upper bound on any single network await: a hang fails the test instead of stalling CI.
-const STEP: Duration = Duration::from_secs(10);
-
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(STEP, future)
-        .await
-        .expect("step timed out")
-}
 
 struct FakeEngine {
     compare_calls: AtomicUsize,
     /// `spin` jobs that saw their cancellation and stopped.
     stopped: AtomicUsize,
-    /// Told when a `block` job starts running.
-    started: async_mpsc::UnboundedSender<()>,
-    /// `block` jobs (and a gated warm-up) wait for a message (or a hang-up) here.
-    release: Mutex<mpsc::Receiver<()>>,
+    /// `block` jobs (and a gated warm-up) wait here for the test's release (or its end).
+    gate: Gate,
     gate_warm_up: bool,
 }
 
@@ -62,12 +51,6 @@ fn face(x: f32) -> Face {
     }
 }
 
-impl FakeEngine {
-    fn wait_for_release(&self) {
-        let _ = self.release.lock().unwrap().recv();
-    }
-}
-
 impl MatchEngine for FakeEngine {
     fn compare(
         &self,
@@ -76,10 +59,7 @@ impl MatchEngine for FakeEngine {
     ) -> Result<CompareOutcome, EngineError> {
         self.compare_calls.fetch_add(1, Ordering::SeqCst);
         match job.probe.as_slice() {
-            b"block" => {
-                let _ = self.started.send(());
-                self.wait_for_release();
-            }
+            b"block" => self.gate.hold(),
             b"panic" => panic!("fake engine panicked"),
             // A long stage that checks its cancellation, as the real engine's decode and
             // inference loops do.
@@ -125,7 +105,7 @@ impl MatchEngine for FakeEngine {
 
     fn warm_up(&self) -> Result<(), EngineError> {
         if self.gate_warm_up {
-            self.wait_for_release();
+            self.gate.wait_for_release();
         }
         Ok(())
     }
@@ -149,114 +129,54 @@ impl Default for Options {
     }
 }
 
+/// The matcher on 127.0.0.1:0 with the fake engine and the engine's levers.
 struct TestApp {
-    channel: Channel,
-    client: MatcherClient<Channel>,
-    health: HealthClient<Channel>,
+    service: RunningService<Matcher>,
     engine: Arc<FakeEngine>,
-    stats: Arc<PoolStats>,
-    started: async_mpsc::UnboundedReceiver<()>,
-    release: mpsc::Sender<()>,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), MatcherError>>,
+    lever: GateLever,
 }
 
 const MAX_IMAGE_BYTES: usize = 64;
 
 async fn spawn_app(options: Options) -> TestApp {
-    let (started_tx, started) = async_mpsc::unbounded_channel();
-    let (release, release_rx) = mpsc::channel();
+    let (gate, lever) = gate();
     let engine = Arc::new(FakeEngine {
         compare_calls: AtomicUsize::new(0),
         stopped: AtomicUsize::new(0),
-        started: started_tx,
-        release: Mutex::new(release_rx),
+        gate,
         gate_warm_up: options.gate_warm_up,
     });
-    let config = MatcherConfig {
-        max_image_bytes: MAX_IMAGE_BYTES,
+    let mut config = MatcherConfig {
         max_gallery_items: 4,
-        serving: ServingArgs {
-            inference_threads: Some(options.threads),
-            queue_capacity: options.queue_capacity,
-            shutdown_grace_ms: u64::try_from(options.shutdown_grace.as_millis()).unwrap(),
-            ..ServingArgs::default()
-        },
         ..MatcherConfig::default()
     };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = Application::build(config, listener, engine.clone()).unwrap();
-    let addr = app.local_addr();
-    let stats = app.pool_stats();
-    let (stop, stop_rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(app.run_until_stopped(async {
-        let _ = stop_rx.await;
-    }));
-    let channel = within(
-        Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .unwrap();
-    let mut app = TestApp {
-        client: MatcherClient::new(channel.clone()),
-        health: HealthClient::new(channel.clone()),
-        channel,
-        engine,
-        stats,
-        started,
-        release,
-        stop: Some(stop),
-        server,
+    config.host.max_image_bytes = MAX_IMAGE_BYTES;
+    config.host.serving = ServingArgs {
+        inference_threads: Some(options.threads),
+        queue_capacity: options.queue_capacity,
+        shutdown_grace_ms: u64::try_from(options.shutdown_grace.as_millis()).unwrap(),
+        ..ServingArgs::default()
     };
-    if !options.gate_warm_up {
-        app.wait_for_status(ServingStatus::Serving).await;
+    let service = RunningService::<Matcher>::launch(config, engine.clone(), !options.gate_warm_up)
+        .await
+        .unwrap();
+    TestApp {
+        service,
+        engine,
+        lever,
     }
-    app
 }
 
 impl TestApp {
-    async fn wait_for_status(&mut self, wanted: ServingStatus) {
-        let mut updates = within(self.health.watch(HealthCheckRequest {
-            service: SERVICE_NAME.to_owned(),
-        }))
-        .await
-        .unwrap()
-        .into_inner();
-        loop {
-            let update = within(updates.next()).await.expect("watch ended").unwrap();
-            if update.status() == wanted {
-                return;
-            }
-        }
-    }
-
-    async fn status_of(&mut self, service: &str) -> ServingStatus {
-        within(self.health.check(HealthCheckRequest {
-            service: service.to_owned(),
-        }))
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-    }
-
     /// Sends a request whose probe blocks the single worker, and waits until it runs.
     async fn occupy_worker(&mut self) -> JoinHandle<Result<CompareResponse, Status>> {
-        let mut client = self.client.clone();
+        let mut client = self.service.client();
         let in_flight =
             tokio::spawn(
                 async move { compare(&mut client, request(b"block", &[b"cos:0.5"])).await },
             );
-        within(self.started.recv()).await.expect("engine gone");
+        self.lever.started().await;
         in_flight
-    }
-
-    async fn stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
     }
 }
 
@@ -277,23 +197,6 @@ async fn compare(
         .map(tonic::Response::into_inner)
 }
 
-/// (reason, [(field, field reason)]) of an error status.
-fn details(status: &Status) -> (String, Vec<(String, String)>) {
-    let details = status.get_error_details();
-    let info = details.error_info().expect("ErrorInfo");
-    assert_eq!(info.domain, "faceproof");
-    let violations = details
-        .bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .iter()
-                .map(|v| (v.field.clone(), v.reason.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    (info.reason.clone(), violations)
-}
-
 #[tokio::test]
 async fn health_is_not_serving_until_warm_up_completes() {
     let mut app = spawn_app(Options {
@@ -301,18 +204,24 @@ async fn health_is_not_serving_until_warm_up_completes() {
         ..Options::default()
     })
     .await;
-    assert_eq!(app.status_of(SERVICE_NAME).await, ServingStatus::NotServing);
-    assert_eq!(app.status_of("").await, ServingStatus::NotServing);
-    app.release.send(()).unwrap();
-    app.wait_for_status(ServingStatus::Serving).await;
-    assert_eq!(app.status_of("").await, ServingStatus::Serving);
+    assert_eq!(
+        app.service.health_status(SERVICE_NAME).await,
+        ServingStatus::NotServing
+    );
+    assert_eq!(
+        app.service.health_status("").await,
+        ServingStatus::NotServing
+    );
+    app.lever.release();
+    app.service.wait_for_status(ServingStatus::Serving).await;
+    assert_eq!(app.service.health_status("").await, ServingStatus::Serving);
 }
 
 #[tokio::test]
 async fn compare_returns_calibrated_scores_and_gallery_issues() {
-    let mut app = spawn_app(Options::default()).await;
+    let app = spawn_app(Options::default()).await;
     let response = compare(
-        &mut app.client,
+        &mut app.service.client(),
         request(b"face", &[b"cos:0.2", b"noface", b"cos:0.5"]),
     )
     .await
@@ -340,8 +249,8 @@ async fn compare_returns_calibrated_scores_and_gallery_issues() {
 
 #[tokio::test]
 async fn probe_without_face_is_invalid_argument_on_probe() {
-    let mut app = spawn_app(Options::default()).await;
-    let status = compare(&mut app.client, request(b"noface", &[b"cos:0.5"]))
+    let app = spawn_app(Options::default()).await;
+    let status = compare(&mut app.service.client(), request(b"noface", &[b"cos:0.5"]))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -355,10 +264,13 @@ async fn probe_without_face_is_invalid_argument_on_probe() {
 
 #[tokio::test]
 async fn no_usable_gallery_face_names_every_item() {
-    let mut app = spawn_app(Options::default()).await;
-    let status = compare(&mut app.client, request(b"face", &[b"noface", b"small"]))
-        .await
-        .unwrap_err();
+    let app = spawn_app(Options::default()).await;
+    let status = compare(
+        &mut app.service.client(),
+        request(b"face", &[b"noface", b"small"]),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let (reason, violations) = details(&status);
     assert_eq!(reason, "no_face_detected");
@@ -373,7 +285,7 @@ async fn no_usable_gallery_face_names_every_item() {
 
 #[tokio::test]
 async fn malformed_requests_are_rejected_before_inference() {
-    let mut app = spawn_app(Options::default()).await;
+    let app = spawn_app(Options::default()).await;
     let oversized = vec![b'x'; MAX_IMAGE_BYTES + 1];
     let cases: [(CompareRequest, &str, &str); 4] = [
         (request(b"", &[b"cos:0.5"]), "probe", "empty_image"),
@@ -390,7 +302,9 @@ async fn malformed_requests_are_rejected_before_inference() {
         ),
     ];
     for (request, field, field_reason) in cases {
-        let status = compare(&mut app.client, request).await.unwrap_err();
+        let status = compare(&mut app.service.client(), request)
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}");
         let (reason, violations) = details(&status);
         assert_eq!(reason, field_reason);
@@ -412,7 +326,7 @@ async fn full_queue_answers_resource_exhausted_at_once() {
     // One of these takes the single queue slot; the other three must be refused immediately.
     let (results_tx, mut results) = async_mpsc::unbounded_channel();
     for _ in 0..4 {
-        let mut client = app.client.clone();
+        let mut client = app.service.client();
         let results_tx = results_tx.clone();
         tokio::spawn(async move {
             let sent = Instant::now();
@@ -427,9 +341,15 @@ async fn full_queue_answers_resource_exhausted_at_once() {
         assert_eq!(details(&status).0, "inference_queue_full");
         assert!(elapsed < Duration::from_secs(1), "refusal took {elapsed:?}");
     }
-    assert_eq!(app.stats.rejected_queue_full.load(Ordering::Relaxed), 3);
+    assert_eq!(
+        app.service
+            .pool_stats()
+            .rejected_queue_full
+            .load(Ordering::Relaxed),
+        3
+    );
 
-    app.release.send(()).unwrap();
+    app.lever.release();
     within(blocked).await.unwrap().unwrap();
     let (queued, _) = within(results.recv()).await.unwrap();
     queued.unwrap();
@@ -437,10 +357,12 @@ async fn full_queue_answers_resource_exhausted_at_once() {
 
 #[tokio::test]
 async fn a_running_job_stops_at_the_deadline_and_when_its_caller_goes_away() {
-    let mut app = spawn_app(Options::default()).await;
+    let app = spawn_app(Options::default()).await;
     let mut late = tonic::Request::new(request(b"spin", &[b"cos:0.5"]));
     late.set_timeout(Duration::from_millis(200));
-    let status = within(app.client.compare(late)).await.unwrap_err();
+    let status = within(app.service.client().compare(late))
+        .await
+        .unwrap_err();
     // Our answer (DEADLINE_EXCEEDED, a few ms before the caller's deadline) races tonic's own
     // grpc-timeout handling, which answers CANCELLED "Timeout expired" when the machine is busy.
     assert!(
@@ -459,7 +381,7 @@ async fn a_running_job_stops_at_the_deadline_and_when_its_caller_goes_away() {
     // A caller that goes away (its future dropped) cancels the running job too.
     let mut gone = tonic::Request::new(request(b"spin", &[b"cos:0.5"]));
     gone.set_timeout(Duration::from_secs(60));
-    let mut client = app.client.clone();
+    let mut client = app.service.client();
     let abandoned = tokio::spawn(async move { client.compare(gone).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     abandoned.abort();
@@ -483,13 +405,15 @@ async fn deadline_passing_in_the_queue_is_deadline_exceeded_and_never_runs() {
 
     let mut late = tonic::Request::new(request(b"face", &[b"cos:0.5"]));
     late.set_timeout(Duration::from_millis(200));
-    let status = within(app.client.compare(late)).await.unwrap_err();
+    let status = within(app.service.client().compare(late))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
 
-    app.release.send(()).unwrap();
+    app.lever.release();
     within(blocked).await.unwrap().unwrap();
     // FIFO: once this one has run, the expired job has been taken from the queue and skipped.
-    compare(&mut app.client, request(b"face", &[b"cos:0.5"]))
+    compare(&mut app.service.client(), request(b"face", &[b"cos:0.5"]))
         .await
         .unwrap();
     assert_eq!(app.engine.compare_calls.load(Ordering::SeqCst), 2);
@@ -497,8 +421,8 @@ async fn deadline_passing_in_the_queue_is_deadline_exceeded_and_never_runs() {
 
 #[tokio::test]
 async fn engine_panic_is_internal_and_the_service_keeps_serving() {
-    let mut app = spawn_app(Options::default()).await;
-    let status = compare(&mut app.client, request(b"panic", &[b"cos:0.5"]))
+    let app = spawn_app(Options::default()).await;
+    let status = compare(&mut app.service.client(), request(b"panic", &[b"cos:0.5"]))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Internal);
@@ -506,17 +430,17 @@ async fn engine_panic_is_internal_and_the_service_keeps_serving() {
         !status.message().contains("fake engine"),
         "panic text must not leak"
     );
-    compare(&mut app.client, request(b"face", &[b"cos:0.5"]))
+    compare(&mut app.service.client(), request(b"face", &[b"cos:0.5"]))
         .await
         .unwrap();
-    assert_eq!(app.stats.panicked.load(Ordering::Relaxed), 1);
+    assert_eq!(app.service.pool_stats().panicked.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
 async fn graceful_shutdown_reports_not_serving_and_lets_in_flight_requests_finish() {
     let mut app = spawn_app(Options::default()).await;
     let blocked = app.occupy_worker().await;
-    let mut updates = within(app.health.watch(HealthCheckRequest {
+    let mut updates = within(app.service.health().watch(HealthCheckRequest {
         service: SERVICE_NAME.to_owned(),
     }))
     .await
@@ -525,15 +449,15 @@ async fn graceful_shutdown_reports_not_serving_and_lets_in_flight_requests_finis
     let first = within(updates.next()).await.unwrap().unwrap();
     assert_eq!(first.status(), ServingStatus::Serving);
 
-    app.stop().await;
+    app.service.stop();
     let next = within(updates.next()).await.unwrap().unwrap();
     assert_eq!(next.status(), ServingStatus::NotServing);
     drop(updates);
 
-    app.release.send(()).unwrap();
+    app.lever.release();
     let response = within(blocked).await.unwrap().unwrap();
     assert_eq!(response.gallery.len(), 1);
-    within(app.server).await.unwrap().unwrap();
+    app.service.stopped().await.unwrap();
 }
 
 #[tokio::test]
@@ -544,8 +468,8 @@ async fn shutdown_gives_up_on_stuck_requests_after_the_grace_period() {
     })
     .await;
     let _stuck = app.occupy_worker().await;
-    app.stop().await;
-    within(app.server).await.unwrap().unwrap();
+    app.service.stop();
+    app.service.stopped().await.unwrap();
 }
 
 /// The real engine over the converted weights and the public-domain fixtures.
@@ -839,23 +763,11 @@ mod real_models {
 
     #[tokio::test]
     async fn both_modes_separate_same_and_different_people_over_grpc() {
-        let engine = Arc::new(engine(320));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let config = MatcherConfig::default();
-        let app = Application::build(config, listener, engine).unwrap();
-        let addr = app.local_addr();
-        let (stop, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(app.run_until_stopped(async {
-            let _ = stop_rx.await;
-        }));
-        let channel = within(
-            Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect(),
-        )
-        .await
-        .unwrap();
-        let mut client = MatcherClient::new(channel);
+        // The shared real engine has the default settings (FAST detector side 320).
+        let service = RunningService::<Matcher>::start_with_real_models(MatcherConfig::default())
+            .await
+            .unwrap();
+        let mut client = service.client();
         for mode in [SearchMode::Fast, SearchMode::Accurate] {
             let job = job(mode);
             let started = Instant::now();
@@ -900,8 +812,7 @@ mod real_models {
                 Some(gallery_item_result::Outcome::Issue(_))
             ));
         }
-        let _ = stop.send(());
-        within(server).await.unwrap().unwrap();
+        service.stopped().await.unwrap();
     }
 }
 
@@ -913,7 +824,7 @@ async fn reflection_lists_the_matcher_and_health_services() {
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
     let app = spawn_app(Options::default()).await;
-    let mut reflection = ServerReflectionClient::new(app.channel.clone());
+    let mut reflection = ServerReflectionClient::new(app.service.channel());
     let request = ServerReflectionRequest {
         host: String::new(),
         message_request: Some(MessageRequest::ListServices(String::new())),
