@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
 use std::time::Duration;
 
@@ -40,6 +41,13 @@ pub async fn within<T>(future: impl Future<Output = T>) -> T {
         .expect("a test step timed out")
 }
 
+/// The message of a unary call's answer, within [`STEP`].
+pub async fn call<T>(
+    answer: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    within(answer).await.map(tonic::Response::into_inner)
+}
+
 /// The `ErrorInfo.reason` of an error status and its `(field, reason)` violations; panics
 /// unless the status carries faceproof's error details.
 pub fn error_details(status: &Status) -> (String, Vec<(String, String)>) {
@@ -58,6 +66,19 @@ pub fn error_details(status: &Status) -> (String, Vec<(String, String)>) {
         })
         .unwrap_or_default();
     (info.reason.clone(), violations)
+}
+
+/// A path in this checkout, e.g. `models/store`.
+pub fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(relative)
+}
+
+/// The bytes of a committed test image in `tests/fixtures`; panics if it is missing.
+pub fn fixture(name: &str) -> Vec<u8> {
+    let path = repo_path("tests/fixtures").join(name);
+    std::fs::read(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
 }
 
 /// A model service the kit can start: its gRPC client and its real engine.
@@ -105,7 +126,7 @@ impl TestService for Liveness {
 fn cached_real_engine<S: ModelService>(
     cache: &OnceLock<Arc<S::Engine>>,
     mut config: S::Config,
-    set_model_dir: impl FnOnce(&mut S::Config, std::path::PathBuf),
+    set_model_dir: impl FnOnce(&mut S::Config, PathBuf),
 ) -> anyhow::Result<Arc<S::Engine>> {
     if let Some(engine) = cache.get() {
         return Ok(Arc::clone(engine));
@@ -266,6 +287,35 @@ impl<S: TestService> RunningService<S> {
 impl<S: TestService> Drop for RunningService<S> {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A model service over a scripted engine the test keeps a handle on (to count its calls), with
+/// the lever of the engine's [`Gate`].
+pub struct Scripted<S: TestService, E> {
+    pub service: RunningService<S>,
+    pub engine: Arc<E>,
+    pub lever: GateLever,
+}
+
+impl<S: TestService, E> Scripted<S, E> {
+    pub fn new(service: RunningService<S>, engine: Arc<E>, lever: GateLever) -> Self {
+        Self {
+            service,
+            engine,
+            lever,
+        }
+    }
+
+    /// Spawns `request` (one the engine holds at its gate) and returns once the engine holds
+    /// it: the worker it runs on is busy until [`GateLever::release`].
+    pub async fn hold_worker<T: Send + 'static>(
+        &mut self,
+        request: impl Future<Output = T> + Send + 'static,
+    ) -> JoinHandle<T> {
+        let in_flight = tokio::spawn(request);
+        self.lever.started().await;
+        in_flight
     }
 }
 

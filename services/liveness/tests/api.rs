@@ -15,15 +15,13 @@ use faceproof_liveness::{
     LivenessVerdict, ModelVerdict,
 };
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode};
-use faceproof_proto::liveness::v1::liveness_client::LivenessClient;
 use faceproof_proto::liveness::v1::liveness_server::SERVICE_NAME;
 use faceproof_proto::liveness::v1::{CheckRequest, CheckResponse, check_response};
 use faceproof_runtime::ServingArgs;
 use faceproof_testkit::model_service::{
-    Gate, GateLever, RunningService, error_details as details, gate, within,
+    Gate, RunningService, Scripted, call, error_details as details, gate, within,
 };
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -95,12 +93,8 @@ impl LivenessEngine for FakeEngine {
     }
 }
 
-/// The liveness service on 127.0.0.1:0 with the fake engine and the engine's levers.
-struct TestApp {
-    service: RunningService<Liveness>,
-    engine: Arc<FakeEngine>,
-    lever: GateLever,
-}
+/// The liveness service on 127.0.0.1:0 with the fake engine and the engine's gate lever.
+type TestApp = Scripted<Liveness, FakeEngine>;
 
 async fn spawn_app(queue_capacity: usize, gate_warm_up: bool) -> TestApp {
     let (gate, lever) = gate();
@@ -119,20 +113,14 @@ async fn spawn_app(queue_capacity: usize, gate_warm_up: bool) -> TestApp {
     let service = RunningService::<Liveness>::launch(config, engine.clone(), !gate_warm_up)
         .await
         .unwrap();
-    TestApp {
-        service,
-        engine,
-        lever,
-    }
+    TestApp::new(service, engine, lever)
 }
 
-impl TestApp {
-    async fn occupy_worker(&mut self) -> JoinHandle<Result<CheckResponse, Status>> {
-        let mut client = self.service.client();
-        let in_flight = tokio::spawn(async move { check(&mut client, request(b"block")).await });
-        self.lever.started().await;
-        in_flight
-    }
+/// Sends a request whose image blocks the single worker, and waits until it runs.
+async fn occupy_worker(app: &mut TestApp) -> JoinHandle<Result<CheckResponse, Status>> {
+    let mut client = app.service.client();
+    app.hold_worker(async move { call(client.check(request(b"block"))).await })
+        .await
 }
 
 fn request(image: &[u8]) -> CheckRequest {
@@ -142,15 +130,6 @@ fn request(image: &[u8]) -> CheckRequest {
         face_hint: None,
         os: "ANDROID".into(),
     }
-}
-
-async fn check(
-    client: &mut LivenessClient<Channel>,
-    request: CheckRequest,
-) -> Result<CheckResponse, Status> {
-    within(client.check(request))
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]
@@ -166,13 +145,10 @@ async fn health_is_not_serving_until_warm_up_completes() {
 async fn scores_the_hinted_face() {
     let app = spawn_app(4, false).await;
     let hint = face(42.0);
-    let response = check(
-        &mut app.service.client(),
-        CheckRequest {
-            face_hint: Some(hint.clone()),
-            ..request(b"live:0.8")
-        },
-    )
+    let response = call(app.service.client().check(CheckRequest {
+        face_hint: Some(hint.clone()),
+        ..request(b"live:0.8")
+    }))
     .await
     .unwrap();
     assert_eq!(response.face, Some(hint));
@@ -192,7 +168,7 @@ async fn quality_gates_are_issues_and_bad_images_are_invalid_argument() {
         (&b"noface"[..], FaceIssueReason::NoFaceDetected),
         (b"border", FaceIssueReason::FaceCloseToBorder),
     ] {
-        let response = check(&mut app.service.client(), request(image))
+        let response = call(app.service.client().check(request(image)))
             .await
             .unwrap();
         let Some(check_response::Outcome::Issue(issue)) = response.outcome else {
@@ -202,7 +178,7 @@ async fn quality_gates_are_issues_and_bad_images_are_invalid_argument() {
         assert_eq!(issue.field, "image");
     }
 
-    let status = check(&mut app.service.client(), request(b"garbage"))
+    let status = call(app.service.client().check(request(b"garbage")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -215,9 +191,10 @@ async fn quality_gates_are_issues_and_bad_images_are_invalid_argument() {
     );
 
     let calls_before = app.engine.check_calls.load(Ordering::SeqCst);
-    let status = check(
-        &mut app.service.client(),
-        request(&[b'x'; MAX_IMAGE_BYTES + 1]),
+    let status = call(
+        app.service
+            .client()
+            .check(request(&[b'x'; MAX_IMAGE_BYTES + 1])),
     )
     .await
     .unwrap_err();
@@ -232,10 +209,10 @@ async fn quality_gates_are_issues_and_bad_images_are_invalid_argument() {
 #[tokio::test]
 async fn full_queue_answers_resource_exhausted_at_once() {
     let mut app = spawn_app(1, false).await;
-    let blocked = app.occupy_worker().await;
+    let blocked = occupy_worker(&mut app).await;
     let queued = {
         let mut client = app.service.client();
-        tokio::spawn(async move { check(&mut client, request(b"live:0.7")).await })
+        tokio::spawn(async move { call(client.check(request(b"live:0.7"))).await })
     };
     // The queued request holds the only slot once the depth gauge says so.
     within(async {
@@ -245,7 +222,7 @@ async fn full_queue_answers_resource_exhausted_at_once() {
     })
     .await;
     let sent = Instant::now();
-    let status = check(&mut app.service.client(), request(b"live:0.7"))
+    let status = call(app.service.client().check(request(b"live:0.7")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
@@ -259,14 +236,14 @@ async fn full_queue_answers_resource_exhausted_at_once() {
 #[tokio::test]
 async fn deadline_passing_in_the_queue_is_deadline_exceeded() {
     let mut app = spawn_app(2, false).await;
-    let blocked = app.occupy_worker().await;
+    let blocked = occupy_worker(&mut app).await;
     let mut late = tonic::Request::new(request(b"live:0.7"));
     late.set_timeout(Duration::from_millis(200));
     let status = within(app.service.client().check(late)).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     app.lever.release();
     within(blocked).await.unwrap().unwrap();
-    check(&mut app.service.client(), request(b"live:0.7"))
+    call(app.service.client().check(request(b"live:0.7")))
         .await
         .unwrap();
     assert_eq!(app.engine.check_calls.load(Ordering::SeqCst), 2);
@@ -275,11 +252,11 @@ async fn deadline_passing_in_the_queue_is_deadline_exceeded() {
 #[tokio::test]
 async fn engine_panic_is_internal_and_the_service_keeps_serving() {
     let app = spawn_app(4, false).await;
-    let status = check(&mut app.service.client(), request(b"panic"))
+    let status = call(app.service.client().check(request(b"panic")))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Internal);
-    check(&mut app.service.client(), request(b"live:0.7"))
+    call(app.service.client().check(request(b"live:0.7")))
         .await
         .unwrap();
 }
@@ -287,7 +264,7 @@ async fn engine_panic_is_internal_and_the_service_keeps_serving() {
 #[tokio::test]
 async fn graceful_shutdown_lets_in_flight_requests_finish() {
     let mut app = spawn_app(4, false).await;
-    let blocked = app.occupy_worker().await;
+    let blocked = occupy_worker(&mut app).await;
     app.service.stop();
     app.lever.release();
     within(blocked).await.unwrap().unwrap();
@@ -296,18 +273,11 @@ async fn graceful_shutdown_lets_in_flight_requests_finish() {
 
 /// The real engine over the converted weights and the public-domain fixtures.
 mod real_models {
-    use std::path::PathBuf;
-
     use faceproof_liveness::vision::{LivenessSettings, VisionLivenessEngine};
     use faceproof_models::{ModelName, ModelStore};
+    use faceproof_testkit::model_service::{fixture, repo_path};
 
     use super::*;
-
-    fn repo_path(relative: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(relative)
-    }
 
     fn read(name: ModelName) -> Vec<u8> {
         ModelStore::at(repo_path("models/store"))
@@ -327,8 +297,7 @@ mod real_models {
     }
 
     fn portrait() -> faceproof_imaging::RgbImage {
-        let bytes =
-            std::fs::read(repo_path("tests/fixtures/obama_2012_official_portrait.jpg")).unwrap();
+        let bytes = fixture("obama_2012_official_portrait.jpg");
         faceproof_imaging::decode(&bytes, &faceproof_imaging::DecodeOptions::default())
             .unwrap()
             .image
@@ -431,8 +400,7 @@ mod real_models {
             .await
             .unwrap();
         let mut client = service.client();
-        let image =
-            std::fs::read(repo_path("tests/fixtures/obama_2012_official_portrait.jpg")).unwrap();
+        let image = fixture("obama_2012_official_portrait.jpg");
         for mode in [SearchMode::Fast, SearchMode::Accurate] {
             let started = Instant::now();
             let response = tokio::time::timeout(

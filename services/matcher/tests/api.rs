@@ -14,17 +14,15 @@ use faceproof_matcher::{
     Matcher, MatcherConfig,
 };
 use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode};
-use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_proto::matcher::v1::matcher_server::SERVICE_NAME;
 use faceproof_proto::matcher::v1::{CompareRequest, CompareResponse, gallery_item_result};
 use faceproof_runtime::ServingArgs;
 use faceproof_testkit::model_service::{
-    Gate, GateLever, RunningService, error_details as details, gate, within,
+    Gate, RunningService, Scripted, call, error_details as details, gate, within,
 };
 use tokio::sync::mpsc as async_mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -118,6 +116,16 @@ struct Options {
     shutdown_grace: Duration,
 }
 
+impl Options {
+    fn one_worker_and_queue(queue_capacity: usize) -> Self {
+        Self {
+            threads: 1,
+            queue_capacity,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -129,12 +137,8 @@ impl Default for Options {
     }
 }
 
-/// The matcher on 127.0.0.1:0 with the fake engine and the engine's levers.
-struct TestApp {
-    service: RunningService<Matcher>,
-    engine: Arc<FakeEngine>,
-    lever: GateLever,
-}
+/// The matcher on 127.0.0.1:0 with the fake engine and the engine's gate lever.
+type TestApp = Scripted<Matcher, FakeEngine>;
 
 const MAX_IMAGE_BYTES: usize = 64;
 
@@ -160,24 +164,14 @@ async fn spawn_app(options: Options) -> TestApp {
     let service = RunningService::<Matcher>::launch(config, engine.clone(), !options.gate_warm_up)
         .await
         .unwrap();
-    TestApp {
-        service,
-        engine,
-        lever,
-    }
+    TestApp::new(service, engine, lever)
 }
 
-impl TestApp {
-    /// Sends a request whose probe blocks the single worker, and waits until it runs.
-    async fn occupy_worker(&mut self) -> JoinHandle<Result<CompareResponse, Status>> {
-        let mut client = self.service.client();
-        let in_flight =
-            tokio::spawn(
-                async move { compare(&mut client, request(b"block", &[b"cos:0.5"])).await },
-            );
-        self.lever.started().await;
-        in_flight
-    }
+/// Sends a request whose probe blocks the single worker, and waits until it runs.
+async fn occupy_worker(app: &mut TestApp) -> JoinHandle<Result<CompareResponse, Status>> {
+    let mut client = app.service.client();
+    app.hold_worker(async move { call(client.compare(request(b"block", &[b"cos:0.5"]))).await })
+        .await
 }
 
 fn request(probe: &[u8], gallery: &[&[u8]]) -> CompareRequest {
@@ -186,15 +180,6 @@ fn request(probe: &[u8], gallery: &[&[u8]]) -> CompareRequest {
         gallery: gallery.iter().map(|item| item.to_vec().into()).collect(),
         search_mode: SearchMode::Fast.into(),
     }
-}
-
-async fn compare(
-    client: &mut MatcherClient<Channel>,
-    request: CompareRequest,
-) -> Result<CompareResponse, Status> {
-    within(client.compare(request))
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]
@@ -220,9 +205,10 @@ async fn health_is_not_serving_until_warm_up_completes() {
 #[tokio::test]
 async fn compare_returns_calibrated_scores_and_gallery_issues() {
     let app = spawn_app(Options::default()).await;
-    let response = compare(
-        &mut app.service.client(),
-        request(b"face", &[b"cos:0.2", b"noface", b"cos:0.5"]),
+    let response = call(
+        app.service
+            .client()
+            .compare(request(b"face", &[b"cos:0.2", b"noface", b"cos:0.5"])),
     )
     .await
     .unwrap();
@@ -250,9 +236,13 @@ async fn compare_returns_calibrated_scores_and_gallery_issues() {
 #[tokio::test]
 async fn probe_without_face_is_invalid_argument_on_probe() {
     let app = spawn_app(Options::default()).await;
-    let status = compare(&mut app.service.client(), request(b"noface", &[b"cos:0.5"]))
-        .await
-        .unwrap_err();
+    let status = call(
+        app.service
+            .client()
+            .compare(request(b"noface", &[b"cos:0.5"])),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let (reason, violations) = details(&status);
     assert_eq!(reason, "no_face_detected");
@@ -265,9 +255,10 @@ async fn probe_without_face_is_invalid_argument_on_probe() {
 #[tokio::test]
 async fn no_usable_gallery_face_names_every_item() {
     let app = spawn_app(Options::default()).await;
-    let status = compare(
-        &mut app.service.client(),
-        request(b"face", &[b"noface", b"small"]),
+    let status = call(
+        app.service
+            .client()
+            .compare(request(b"face", &[b"noface", b"small"])),
     )
     .await
     .unwrap_err();
@@ -302,7 +293,7 @@ async fn malformed_requests_are_rejected_before_inference() {
         ),
     ];
     for (request, field, field_reason) in cases {
-        let status = compare(&mut app.service.client(), request)
+        let status = call(app.service.client().compare(request))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}");
@@ -315,13 +306,8 @@ async fn malformed_requests_are_rejected_before_inference() {
 
 #[tokio::test]
 async fn full_queue_answers_resource_exhausted_at_once() {
-    let mut app = spawn_app(Options {
-        threads: 1,
-        queue_capacity: 1,
-        ..Options::default()
-    })
-    .await;
-    let blocked = app.occupy_worker().await;
+    let mut app = spawn_app(Options::one_worker_and_queue(1)).await;
+    let blocked = occupy_worker(&mut app).await;
 
     // One of these takes the single queue slot; the other three must be refused immediately.
     let (results_tx, mut results) = async_mpsc::unbounded_channel();
@@ -330,7 +316,7 @@ async fn full_queue_answers_resource_exhausted_at_once() {
         let results_tx = results_tx.clone();
         tokio::spawn(async move {
             let sent = Instant::now();
-            let result = compare(&mut client, request(b"face", &[b"cos:0.5"])).await;
+            let result = call(client.compare(request(b"face", &[b"cos:0.5"]))).await;
             let _ = results_tx.send((result, sent.elapsed()));
         });
     }
@@ -395,13 +381,8 @@ async fn a_running_job_stops_at_the_deadline_and_when_its_caller_goes_away() {
 
 #[tokio::test]
 async fn deadline_passing_in_the_queue_is_deadline_exceeded_and_never_runs() {
-    let mut app = spawn_app(Options {
-        threads: 1,
-        queue_capacity: 2,
-        ..Options::default()
-    })
-    .await;
-    let blocked = app.occupy_worker().await;
+    let mut app = spawn_app(Options::one_worker_and_queue(2)).await;
+    let blocked = occupy_worker(&mut app).await;
 
     let mut late = tonic::Request::new(request(b"face", &[b"cos:0.5"]));
     late.set_timeout(Duration::from_millis(200));
@@ -413,33 +394,45 @@ async fn deadline_passing_in_the_queue_is_deadline_exceeded_and_never_runs() {
     app.lever.release();
     within(blocked).await.unwrap().unwrap();
     // FIFO: once this one has run, the expired job has been taken from the queue and skipped.
-    compare(&mut app.service.client(), request(b"face", &[b"cos:0.5"]))
-        .await
-        .unwrap();
+    call(
+        app.service
+            .client()
+            .compare(request(b"face", &[b"cos:0.5"])),
+    )
+    .await
+    .unwrap();
     assert_eq!(app.engine.compare_calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn engine_panic_is_internal_and_the_service_keeps_serving() {
     let app = spawn_app(Options::default()).await;
-    let status = compare(&mut app.service.client(), request(b"panic", &[b"cos:0.5"]))
-        .await
-        .unwrap_err();
+    let status = call(
+        app.service
+            .client()
+            .compare(request(b"panic", &[b"cos:0.5"])),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::Internal);
     assert!(
         !status.message().contains("fake engine"),
         "panic text must not leak"
     );
-    compare(&mut app.service.client(), request(b"face", &[b"cos:0.5"]))
-        .await
-        .unwrap();
+    call(
+        app.service
+            .client()
+            .compare(request(b"face", &[b"cos:0.5"])),
+    )
+    .await
+    .unwrap();
     assert_eq!(app.service.pool_stats().panicked.load(Ordering::Relaxed), 1);
 }
 
 #[tokio::test]
 async fn graceful_shutdown_reports_not_serving_and_lets_in_flight_requests_finish() {
     let mut app = spawn_app(Options::default()).await;
-    let blocked = app.occupy_worker().await;
+    let blocked = occupy_worker(&mut app).await;
     let mut updates = within(app.service.health().watch(HealthCheckRequest {
         service: SERVICE_NAME.to_owned(),
     }))
@@ -467,29 +460,18 @@ async fn shutdown_gives_up_on_stuck_requests_after_the_grace_period() {
         ..Options::default()
     })
     .await;
-    let _stuck = app.occupy_worker().await;
+    let _stuck = occupy_worker(&mut app).await;
     app.service.stop();
     app.service.stopped().await.unwrap();
 }
 
 /// The real engine over the converted weights and the public-domain fixtures.
 mod real_models {
-    use std::path::PathBuf;
-
     use faceproof_matcher::vision::{VisionMatchEngine, VisionMatchSettings};
     use faceproof_models::{ModelName, ModelStore};
+    use faceproof_testkit::model_service::{fixture, repo_path};
 
     use super::*;
-
-    fn repo_path(relative: &str) -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../..")
-            .join(relative)
-    }
-
-    fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(repo_path("tests/fixtures").join(name)).unwrap()
-    }
 
     fn engine(fast_detector_side: u32) -> VisionMatchEngine {
         engine_with(VisionMatchSettings {
