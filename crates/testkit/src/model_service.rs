@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use faceproof_liveness::{Liveness, LivenessConfig, LivenessEngine};
 use faceproof_matcher::{MatchEngine, Matcher, MatcherConfig};
 use faceproof_models::ModelStore;
+use faceproof_proto::common::v1::{BoundingBox, Face};
 use faceproof_proto::liveness::v1::liveness_client::LivenessClient;
 use faceproof_proto::matcher::v1::matcher_client::MatcherClient;
 use faceproof_runtime::host::{Application, ModelService};
@@ -79,6 +80,20 @@ pub fn repo_path(relative: &str) -> PathBuf {
 pub fn fixture(name: &str) -> Vec<u8> {
     let path = repo_path("tests/fixtures").join(name);
     std::fs::read(&path).unwrap_or_else(|error| panic!("reading {}: {error}", path.display()))
+}
+
+/// The face a scripted engine answers with: a 50x60 box at (`x`, 10), no landmarks.
+pub fn scripted_face(x: f32) -> Face {
+    Face {
+        r#box: Some(BoundingBox {
+            x,
+            y: 10.0,
+            width: 50.0,
+            height: 60.0,
+        }),
+        landmarks: Vec::new(),
+        detection_score: 0.95,
+    }
 }
 
 /// A model service the kit can start: its gRPC client and its real engine.

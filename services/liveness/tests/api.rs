@@ -19,26 +19,14 @@ use faceproof_proto::liveness::v1::liveness_server::SERVICE_NAME;
 use faceproof_proto::liveness::v1::{CheckRequest, CheckResponse, check_response};
 use faceproof_runtime::ServingArgs;
 use faceproof_testkit::model_service::{
-    Gate, RunningService, Scripted, call, error_details as details, gate, within,
+    Gate, RunningService, Scripted, call, error_details as details, gate, scripted_face as face,
+    within,
 };
 use tokio::task::JoinHandle;
 use tonic::{Code, Status};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 const MAX_IMAGE_BYTES: usize = 64;
-
-fn face(x: f32) -> Face {
-    Face {
-        r#box: Some(BoundingBox {
-            x,
-            y: 10.0,
-            width: 50.0,
-            height: 60.0,
-        }),
-        landmarks: Vec::new(),
-        detection_score: 0.95,
-    }
-}
 
 struct FakeEngine {
     check_calls: AtomicUsize,

@@ -13,12 +13,13 @@ use faceproof_matcher::{
     Calibration, CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch, MatchEngine,
     Matcher, MatcherConfig,
 };
-use faceproof_proto::common::v1::{BoundingBox, Face, FaceIssueReason, SearchMode};
+use faceproof_proto::common::v1::{FaceIssueReason, SearchMode};
 use faceproof_proto::matcher::v1::matcher_server::SERVICE_NAME;
 use faceproof_proto::matcher::v1::{CompareRequest, CompareResponse, gallery_item_result};
 use faceproof_runtime::ServingArgs;
 use faceproof_testkit::model_service::{
-    Gate, RunningService, Scripted, call, error_details as details, gate, within,
+    Gate, RunningService, Scripted, call, error_details as details, gate, scripted_face as face,
+    within,
 };
 use tokio::sync::mpsc as async_mpsc;
 use tokio::task::JoinHandle;
@@ -34,19 +35,6 @@ struct FakeEngine {
     /// `block` jobs (and a gated warm-up) wait here for the test's release (or its end).
     gate: Gate,
     gate_warm_up: bool,
-}
-
-fn face(x: f32) -> Face {
-    Face {
-        r#box: Some(BoundingBox {
-            x,
-            y: 10.0,
-            width: 50.0,
-            height: 60.0,
-        }),
-        landmarks: Vec::new(),
-        detection_score: 0.95,
-    }
 }
 
 impl MatchEngine for FakeEngine {
@@ -182,6 +170,11 @@ fn request(probe: &[u8], gallery: &[&[u8]]) -> CompareRequest {
     }
 }
 
+/// One compare call on the app's matcher.
+async fn compare(app: &TestApp, request: CompareRequest) -> Result<CompareResponse, Status> {
+    call(app.service.client().compare(request)).await
+}
+
 #[tokio::test]
 async fn health_is_not_serving_until_warm_up_completes() {
     let mut app = spawn_app(Options {
@@ -205,13 +198,9 @@ async fn health_is_not_serving_until_warm_up_completes() {
 #[tokio::test]
 async fn compare_returns_calibrated_scores_and_gallery_issues() {
     let app = spawn_app(Options::default()).await;
-    let response = call(
-        app.service
-            .client()
-            .compare(request(b"face", &[b"cos:0.2", b"noface", b"cos:0.5"])),
-    )
-    .await
-    .unwrap();
+    let response = compare(&app, request(b"face", &[b"cos:0.2", b"noface", b"cos:0.5"]))
+        .await
+        .unwrap();
     let calibration = Calibration::builtin().unwrap();
     assert_eq!(response.best_index, 2);
     assert_eq!(response.best_score, calibration.score(0.5));
@@ -236,13 +225,9 @@ async fn compare_returns_calibrated_scores_and_gallery_issues() {
 #[tokio::test]
 async fn probe_without_face_is_invalid_argument_on_probe() {
     let app = spawn_app(Options::default()).await;
-    let status = call(
-        app.service
-            .client()
-            .compare(request(b"noface", &[b"cos:0.5"])),
-    )
-    .await
-    .unwrap_err();
+    let status = compare(&app, request(b"noface", &[b"cos:0.5"]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let (reason, violations) = details(&status);
     assert_eq!(reason, "no_face_detected");
@@ -255,13 +240,9 @@ async fn probe_without_face_is_invalid_argument_on_probe() {
 #[tokio::test]
 async fn no_usable_gallery_face_names_every_item() {
     let app = spawn_app(Options::default()).await;
-    let status = call(
-        app.service
-            .client()
-            .compare(request(b"face", &[b"noface", b"small"])),
-    )
-    .await
-    .unwrap_err();
+    let status = compare(&app, request(b"face", &[b"noface", b"small"]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     let (reason, violations) = details(&status);
     assert_eq!(reason, "no_face_detected");
@@ -293,9 +274,7 @@ async fn malformed_requests_are_rejected_before_inference() {
         ),
     ];
     for (request, field, field_reason) in cases {
-        let status = call(app.service.client().compare(request))
-            .await
-            .unwrap_err();
+        let status = compare(&app, request).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{field}");
         let (reason, violations) = details(&status);
         assert_eq!(reason, field_reason);
@@ -394,38 +373,26 @@ async fn deadline_passing_in_the_queue_is_deadline_exceeded_and_never_runs() {
     app.lever.release();
     within(blocked).await.unwrap().unwrap();
     // FIFO: once this one has run, the expired job has been taken from the queue and skipped.
-    call(
-        app.service
-            .client()
-            .compare(request(b"face", &[b"cos:0.5"])),
-    )
-    .await
-    .unwrap();
+    compare(&app, request(b"face", &[b"cos:0.5"]))
+        .await
+        .unwrap();
     assert_eq!(app.engine.compare_calls.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test]
 async fn engine_panic_is_internal_and_the_service_keeps_serving() {
     let app = spawn_app(Options::default()).await;
-    let status = call(
-        app.service
-            .client()
-            .compare(request(b"panic", &[b"cos:0.5"])),
-    )
-    .await
-    .unwrap_err();
+    let status = compare(&app, request(b"panic", &[b"cos:0.5"]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::Internal);
     assert!(
         !status.message().contains("fake engine"),
         "panic text must not leak"
     );
-    call(
-        app.service
-            .client()
-            .compare(request(b"face", &[b"cos:0.5"])),
-    )
-    .await
-    .unwrap();
+    compare(&app, request(b"face", &[b"cos:0.5"]))
+        .await
+        .unwrap();
     assert_eq!(app.service.pool_stats().panicked.load(Ordering::Relaxed), 1);
 }
 
