@@ -1,5 +1,7 @@
-//! The gateway's request errors, with the one mapping to a gRPC status and the one mapping to the
-//! reference REST API's JSON errors.
+//! The gateway's errors, at the bottom of its module graph (it imports no other module): what
+//! stops it from starting ([`GatewayError`]) and what a request can fail with ([`ServiceError`],
+//! [`AuthError`]), with the one mapping to a gRPC status and the one mapping to the reference
+//! REST API's JSON errors.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,8 +9,6 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
-
-use crate::auth::AuthError;
 
 /// ErrorInfo domain of every error the gateway itself raises.
 pub const ERROR_DOMAIN: &str = "faceproof.gateway";
@@ -32,6 +32,14 @@ impl Backend {
             Self::Liveness => "liveness",
         }
     }
+
+    /// The flag that configures this service's URLs.
+    pub fn url_flag(self) -> &'static str {
+        match self {
+            Self::Matcher => "--matcher-url",
+            Self::Liveness => "--liveness-url",
+        }
+    }
 }
 
 impl fmt::Display for Backend {
@@ -39,6 +47,69 @@ impl fmt::Display for Backend {
         formatter.write_str(self.name())
     }
 }
+
+/// Errors that stop the gateway from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot read a listener address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("the {server} server failed: {detail}")]
+    Serve {
+        server: &'static str,
+        detail: String,
+    },
+}
+
+/// Why a request was not authenticated; `reason()` is the ErrorInfo reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing `authorization: Bearer <token>`")]
+    MissingToken,
+    #[error("the authorization header is not a well-formed Bearer token")]
+    MalformedToken,
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("the token signature is invalid")]
+    InvalidSignature,
+    #[error("the token's signature algorithm is not the one this gateway accepts")]
+    AlgorithmNotAllowed,
+    #[error("unknown API key")]
+    UnknownApiKey,
+    #[error("the token's claims are not accepted (issuer, audience, not-before or subject)")]
+    InvalidClaims,
+    #[error("the authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes")]
+    HeaderTooLarge,
+    #[error(
+        "the token's subject is not accepted: at most {MAX_SUBJECT_BYTES} bytes, no control or \
+         bidirectional-formatting characters"
+    )]
+    InvalidSubject,
+}
+
+impl AuthError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::MalformedToken => "malformed_token",
+            Self::TokenExpired => "token_expired",
+            Self::InvalidSignature => "invalid_signature",
+            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::UnknownApiKey => "unknown_api_key",
+            Self::InvalidClaims => "invalid_claims",
+            Self::HeaderTooLarge => "authorization_header_too_large",
+            Self::InvalidSubject => "invalid_subject",
+        }
+    }
+}
+
+/// Longest `authorization` header accepted, on REST and gRPC alike: a JWT with ordinary claims
+/// is well under 2 KiB, and the header is read before anything else of the request.
+pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+
+/// Longest JWT `sub` accepted: it becomes the client id written into signed records and logs.
+pub const MAX_SUBJECT_BYTES: usize = 256;
 
 /// One invalid request field (`probe`, `gallery[3]`, `os`, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -28,7 +28,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use faceproof_telemetry::Metrics;
 use serde_json::{Value, json};
-use tokio_stream::StreamExt as _;
 use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
@@ -460,15 +459,20 @@ async fn read_body(
         return Err(too_large());
     }
     let mut buffer = Vec::with_capacity(declared.map_or(0, |length| length as usize));
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|error| {
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = std::future::poll_fn(|context| body.as_mut().poll_frame(context)).await
+    {
+        let frame = frame.map_err(|error| {
             Box::new(refusal(
                 StatusCode::BAD_REQUEST,
                 "malformed_request",
                 format!("the request body could not be read: {error}"),
             ))
         })?;
+        // Trailers carry no body bytes.
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
         if buffer.len() + chunk.len() > limit {
             return Err(too_large());
         }
