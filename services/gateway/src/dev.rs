@@ -7,7 +7,7 @@ use faceproof_signing::Signer;
 use rand_core::RngCore;
 use serde::Serialize;
 
-use crate::GatewayError;
+use crate::error::GatewayError;
 use crate::config::Config;
 
 const DEV_SECRET_FILE: &str = "dev-jwt-secret";

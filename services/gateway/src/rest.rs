@@ -38,9 +38,7 @@ use crate::validation::{ValidRequest, validate};
 
 pub use body::decode_image;
 
-/// The reference API's path.
-pub const COMPARE_PATH: &str = "/v2/face-recognition/compare-with-liveness";
-pub const SIGNING_KEYS_PATH: &str = "/v2/signing-keys";
+pub use crate::openapi::{COMPARE_PATH, SIGNING_KEYS_PATH};
 pub const HEALTHZ_PATH: &str = "/healthz";
 
 /// The request id header, read and echoed.
