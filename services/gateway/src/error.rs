@@ -162,6 +162,37 @@ pub enum ServiceError {
     MessageTooLarge { limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
+    /// REST only: the body could not be read off the connection.
+    #[error("the request body could not be read: {0}")]
+    UnreadableBody(String),
+    /// REST only: the body is not one JSON object.
+    #[error("the body is not one valid JSON object: {0}")]
+    NotJson(String),
+    /// REST only: a member name appears twice in one object.
+    #[error("duplicate key \"{0}\": each member name may appear once per object")]
+    DuplicateKey(String),
+    /// REST only: the body is larger than the image limits allow, base64-encoded.
+    #[error("the request body is larger than {limit} bytes (the image limits, base64-encoded)")]
+    BodyTooLarge { limit: usize },
+    /// REST only: no route at this path.
+    #[error("no such path; the API is POST {api_path}")]
+    NotFound { api_path: &'static str },
+    /// REST only: the path exists, the method does not.
+    #[error("{method} is not allowed on this path (see the Allow header)")]
+    MethodNotAllowed { method: String },
+}
+
+/// A [`ServiceError`] as the REST API answers it: the reference API's error body
+/// (`message`, `code`, `status`) plus our `reason` and `violations`, and `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestError {
+    pub status: http::StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub reason: String,
+    pub violations: Vec<Violation>,
+    /// Whole seconds, at least 1: for the overload answers only.
+    pub retry_after_seconds: Option<u64>,
 }
 
 fn describe(violations: &[Violation]) -> String {
@@ -174,10 +205,6 @@ fn describe(violations: &[Violation]) -> String {
 
 fn error_info(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
     ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
-}
-
-fn service_metadata(service: Backend) -> HashMap<String, String> {
-    HashMap::from([("service".to_owned(), service.name().to_owned())])
 }
 
 impl ServiceError {
@@ -203,6 +230,25 @@ impl ServiceError {
             Self::BackendFailed { service, .. } => format!("{service}_failed"),
             Self::MessageTooLarge { .. } => "message_too_large".to_owned(),
             Self::Internal(_) => "internal".to_owned(),
+            Self::UnreadableBody(_) | Self::NotJson(_) => "malformed_request".to_owned(),
+            Self::DuplicateKey(_) => "duplicate_key".to_owned(),
+            Self::BodyTooLarge { .. } => "request_body_too_large".to_owned(),
+            Self::NotFound { .. } => "not_found".to_owned(),
+            Self::MethodNotAllowed { .. } => "method_not_allowed".to_owned(),
+        }
+    }
+
+    /// The one mapping to the REST API's answer.
+    pub fn to_rest(&self) -> RestError {
+        RestError {
+            status: self.http_status(),
+            code: self.rest_code(),
+            message: self.public_message(),
+            reason: self.reason(),
+            violations: self.violations(),
+            retry_after_seconds: self
+                .retry_after()
+                .map(|retry_after| retry_after.as_secs_f64().ceil().max(1.0) as u64),
         }
     }
 
@@ -239,6 +285,11 @@ impl ServiceError {
                     })
                     .unwrap_or_default()
             }
+            Self::DuplicateKey(key) => vec![Violation::new(
+                key.clone(),
+                "duplicate_key",
+                "appears more than once in its object",
+            )],
             _ => Vec::new(),
         }
     }
@@ -266,7 +317,7 @@ impl ServiceError {
 
     /// HTTP status of the reference REST API: 409 for a parameter problem, 412 for an image
     /// whose content is refused (format, size, decoding, face), 403 for an expired token.
-    pub fn http_status(&self) -> http::StatusCode {
+    fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
             Self::Unauthenticated(AuthError::TokenExpired) => S::FORBIDDEN,
@@ -284,13 +335,17 @@ impl ServiceError {
                 _ => S::BAD_GATEWAY,
             },
             Self::BackendFailed { .. } => S::BAD_GATEWAY,
-            Self::MessageTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            Self::MessageTooLarge { .. } | Self::BodyTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
+            Self::UnreadableBody(_) | Self::NotJson(_) => S::BAD_REQUEST,
+            Self::DuplicateKey(_) => S::CONFLICT,
+            Self::NotFound { .. } => S::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => S::METHOD_NOT_ALLOWED,
         }
     }
 
     /// The REST envelope's `code`: a missing field is `MissingParameter` (as the reference).
-    pub fn rest_code(&self) -> &'static str {
+    fn rest_code(&self) -> &'static str {
         let status = self.http_status();
         let missing = self
             .violations()
@@ -304,12 +359,18 @@ impl ServiceError {
     }
 
     /// The message a REST caller reads: never the name or address of an internal service.
-    pub fn public_message(&self) -> String {
+    fn public_message(&self) -> String {
         match self {
             Self::Unauthenticated(_)
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. }
-            | Self::MessageTooLarge { .. } => self.to_string(),
+            | Self::MessageTooLarge { .. }
+            | Self::UnreadableBody(_)
+            | Self::NotJson(_)
+            | Self::DuplicateKey(_)
+            | Self::BodyTooLarge { .. }
+            | Self::NotFound { .. }
+            | Self::MethodNotAllowed { .. } => self.to_string(),
             Self::InvalidRequest(violations) | Self::UndecodableImage(violations) => {
                 match violations
                     .iter()
@@ -424,91 +485,94 @@ fn known_reason(reason: &str) -> &'static str {
         .unwrap_or("image_refused")
 }
 
+impl ServiceError {
+    /// The gRPC code, one per error (a backend's refusal keeps its own).
+    fn grpc_code(&self) -> Code {
+        match self {
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::RateLimited { .. }
+            | Self::TooManyInFlight { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::BodyTooLarge { .. } => Code::ResourceExhausted,
+            Self::InvalidRequest(_)
+            | Self::UndecodableImage(_)
+            | Self::UnreadableBody(_)
+            | Self::NotJson(_)
+            | Self::DuplicateKey(_) => Code::InvalidArgument,
+            Self::BackendUnavailable { .. } => Code::Unavailable,
+            Self::BackendDeadline { .. } => Code::DeadlineExceeded,
+            Self::BackendRejected { status, .. } => status.code(),
+            Self::BackendFailed { .. } | Self::Internal(_) => Code::Internal,
+            Self::NotFound { .. } | Self::MethodNotAllowed { .. } => Code::Unimplemented,
+        }
+    }
+
+    /// The ErrorInfo metadata: the limit hit, the violation count or the backend's name.
+    fn error_metadata(&self) -> HashMap<String, String> {
+        let (key, value) = match self {
+            Self::TooManyInFlight { limit, .. } => ("limit", limit.to_string()),
+            Self::InvalidRequest(violations) | Self::UndecodableImage(violations) => {
+                ("violations", violations.len().to_string())
+            }
+            Self::BackendUnavailable { service, .. }
+            | Self::BackendDeadline { service }
+            | Self::BackendFailed { service, .. } => ("service", service.name().to_owned()),
+            Self::MessageTooLarge { limit } | Self::BodyTooLarge { limit } => {
+                ("limit_bytes", limit.to_string())
+            }
+            _ => return HashMap::new(),
+        };
+        HashMap::from([(key.to_owned(), value)])
+    }
+}
+
+/// The one mapping to a gRPC status: code, message, ErrorInfo (reason, domain
+/// [`ERROR_DOMAIN`], metadata), RetryInfo for the overload answers, BadRequest for invalid
+/// fields. A backend's refusal passes through with its own message and details.
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
-        let message = error.to_string();
-        let reason = error.reason();
-        match error {
-            ServiceError::Unauthenticated(_) => Status::with_error_details(
-                Code::Unauthenticated,
-                message,
-                error_info(&reason, HashMap::new()),
-            ),
-            ServiceError::RateLimited { retry_after } => {
-                let mut details = error_info(&reason, HashMap::new());
-                details.set_retry_info(Some(retry_after));
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
-            ServiceError::TooManyInFlight { limit, retry_after } => {
-                let mut details = error_info(
-                    &reason,
-                    HashMap::from([("limit".to_owned(), limit.to_string())]),
-                );
-                details.set_retry_info(Some(retry_after));
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
-            ServiceError::InvalidRequest(violations)
-            | ServiceError::UndecodableImage(violations) => {
-                let count = violations.len().to_string();
-                let mut details =
-                    error_info(&reason, HashMap::from([("violations".to_owned(), count)]));
-                details.set_bad_request(
-                    violations
-                        .into_iter()
-                        .map(|violation| FieldViolation {
-                            field: violation.field,
-                            description: violation.description,
-                            reason: violation.reason.to_owned(),
-                            localized_message: None,
-                        })
-                        .collect::<Vec<_>>(),
-                );
-                Status::with_error_details(Code::InvalidArgument, message, details)
-            }
-            ServiceError::BackendUnavailable { service, .. } => Status::with_error_details(
-                Code::Unavailable,
-                message,
-                error_info(&reason, service_metadata(service)),
-            ),
-            ServiceError::BackendDeadline { service } => Status::with_error_details(
-                Code::DeadlineExceeded,
-                message,
-                error_info(&reason, service_metadata(service)),
-            ),
-            // Passed through with the backend's own message and details (field, reason); an
-            // overload answer without RetryInfo gets the gateway's default, so clients back off.
-            ServiceError::BackendRejected { status, .. } => {
-                let mut details = status.get_error_details();
-                if status.code() == Code::ResourceExhausted && details.retry_info().is_none() {
-                    details.set_retry_info(Some(BACKEND_OVERLOAD_RETRY_AFTER));
-                    Status::with_error_details(status.code(), status.message(), details)
-                } else {
-                    Status::with_details(
-                        status.code(),
-                        status.message(),
-                        status.details().to_vec().into(),
-                    )
-                }
-            }
-            ServiceError::BackendFailed { service, .. } => Status::with_error_details(
-                Code::Internal,
-                message,
-                error_info(&reason, service_metadata(service)),
-            ),
-            ServiceError::MessageTooLarge { limit } => Status::with_error_details(
-                Code::ResourceExhausted,
-                message,
-                error_info(
-                    &reason,
-                    HashMap::from([("limit_bytes".to_owned(), limit.to_string())]),
-                ),
-            ),
-            ServiceError::Internal(_) => Status::with_error_details(
-                Code::Internal,
-                message,
-                error_info(&reason, HashMap::new()),
-            ),
+        if let ServiceError::BackendRejected { status, .. } = error {
+            return backend_rejection(status);
         }
+        let mut details = error_info(&error.reason(), error.error_metadata());
+        if let Some(retry_after) = error.retry_after() {
+            details.set_retry_info(Some(retry_after));
+        }
+        let violations = error.violations();
+        let has_fields = matches!(
+            error,
+            ServiceError::InvalidRequest(_) | ServiceError::UndecodableImage(_)
+        );
+        if has_fields || !violations.is_empty() {
+            details.set_bad_request(
+                violations
+                    .into_iter()
+                    .map(|violation| FieldViolation {
+                        field: violation.field,
+                        description: violation.description,
+                        reason: violation.reason.to_owned(),
+                        localized_message: None,
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        Status::with_error_details(error.grpc_code(), error.to_string(), details)
+    }
+}
+
+/// A backend's refusal with its own message and details (field, reason); an overload answer
+/// without RetryInfo gets the gateway's default, so clients back off.
+fn backend_rejection(status: Status) -> Status {
+    let mut details = status.get_error_details();
+    if status.code() == Code::ResourceExhausted && details.retry_info().is_none() {
+        details.set_retry_info(Some(BACKEND_OVERLOAD_RETRY_AFTER));
+        Status::with_error_details(status.code(), status.message(), details)
+    } else {
+        Status::with_details(
+            status.code(),
+            status.message(),
+            status.details().to_vec().into(),
+        )
     }
 }
 
@@ -582,11 +646,12 @@ mod tests {
             status: backend,
         };
         // An image's content refused: 412, with a reason even when the backend gave none.
-        assert_eq!(error.http_status(), http::StatusCode::PRECONDITION_FAILED);
-        assert_eq!(error.rest_code(), "ERROR");
-        assert_eq!(error.violations()[0].field, "probe");
-        assert_eq!(error.violations()[0].reason, "image_refused");
-        assert!(!error.public_message().contains("matcher"));
+        let rest = error.to_rest();
+        assert_eq!(rest.status, http::StatusCode::PRECONDITION_FAILED);
+        assert_eq!(rest.code, "ERROR");
+        assert_eq!(rest.violations[0].field, "probe");
+        assert_eq!(rest.violations[0].reason, "image_refused");
+        assert!(!rest.message.contains("matcher"));
         let status = Status::from(error);
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "no face");
@@ -596,6 +661,112 @@ mod tests {
                 .bad_request()
                 .map(|b| b.field_violations[0].field.as_str()),
             Some("probe")
+        );
+    }
+
+    #[test]
+    fn rest_only_refusals_keep_their_envelopes() {
+        let cases = [
+            (
+                ServiceError::NotJson("line 1".into()),
+                400,
+                "BadRequest",
+                "malformed_request",
+                "the body is not one valid JSON object: line 1",
+            ),
+            (
+                ServiceError::UnreadableBody("reset".into()),
+                400,
+                "BadRequest",
+                "malformed_request",
+                "the request body could not be read: reset",
+            ),
+            (
+                ServiceError::DuplicateKey("probe".into()),
+                409,
+                "InvalidParameter",
+                "duplicate_key",
+                "duplicate key \"probe\": each member name may appear once per object",
+            ),
+            (
+                ServiceError::BodyTooLarge { limit: 10 },
+                413,
+                "PayloadTooLarge",
+                "request_body_too_large",
+                "the request body is larger than 10 bytes (the image limits, base64-encoded)",
+            ),
+            (
+                ServiceError::NotFound { api_path: "/v2/x" },
+                404,
+                "NotFound",
+                "not_found",
+                "no such path; the API is POST /v2/x",
+            ),
+            (
+                ServiceError::MethodNotAllowed {
+                    method: "PUT".into(),
+                },
+                405,
+                "MethodNotAllowed",
+                "method_not_allowed",
+                "PUT is not allowed on this path (see the Allow header)",
+            ),
+        ];
+        for (error, status, code, reason, message) in cases {
+            let rest = error.to_rest();
+            assert_eq!(rest.status.as_u16(), status, "{error:?}");
+            assert_eq!((rest.code, rest.reason.as_str()), (code, reason));
+            assert_eq!(rest.message, message);
+            assert_eq!(rest.retry_after_seconds, None);
+        }
+        let duplicate = ServiceError::DuplicateKey("gallery".into()).to_rest();
+        assert_eq!(duplicate.violations[0].field, "gallery");
+        assert_eq!(duplicate.violations[0].reason, "duplicate_key");
+    }
+
+    #[test]
+    fn error_info_metadata_names_the_limit_count_or_service() {
+        let metadata = |error: ServiceError| {
+            Status::from(error)
+                .get_error_details()
+                .error_info()
+                .map(|info| info.metadata.clone())
+                .unwrap()
+        };
+        let in_flight = metadata(ServiceError::TooManyInFlight {
+            limit: 4,
+            retry_after: Duration::from_secs(1),
+        });
+        assert_eq!(in_flight.get("limit").map(String::as_str), Some("4"));
+        let too_large = metadata(ServiceError::MessageTooLarge { limit: 9 });
+        assert_eq!(too_large.get("limit_bytes").map(String::as_str), Some("9"));
+        let invalid = Status::from(ServiceError::InvalidRequest(vec![Violation::new(
+            "os",
+            "invalid_value",
+            "unknown",
+        )]));
+        let details = invalid.get_error_details();
+        assert_eq!(
+            details.error_info().unwrap().metadata.get("violations"),
+            Some(&"1".to_owned())
+        );
+        assert_eq!(details.bad_request().unwrap().field_violations[0].field, "os");
+        assert!(details.retry_info().is_none());
+        let failed = metadata(ServiceError::BackendFailed {
+            service: Backend::Liveness,
+            detail: "x".into(),
+        });
+        assert_eq!(failed.get("service").map(String::as_str), Some("liveness"));
+        let too_many = Status::from(ServiceError::TooManyInFlight {
+            limit: 4,
+            retry_after: Duration::from_millis(250),
+        });
+        assert_eq!(
+            too_many
+                .get_error_details()
+                .retry_info()
+                .and_then(|info| info.retry_delay),
+            Some(Duration::from_millis(250))
         );
     }
 }

@@ -32,7 +32,7 @@ use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
 use crate::config::Limits;
-use crate::error::{ServiceError, Violation, rest_code_for_status};
+use crate::error::ServiceError;
 use crate::service::Gateway;
 use crate::validation::{ValidRequest, validate};
 
@@ -89,62 +89,40 @@ pub fn router(gateway: Arc<Gateway>, auth: Arc<Authenticator>, settings: RestSet
 
 // ---------------------------------------------------------------- envelope
 
-/// The reference API's error body plus our details: `{"message", "code", "status", "reason",
-/// "violations"?, "request_id"}`.
-fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: String,
-    reason: &str,
-    violations: &[Violation],
-) -> Response {
-    let mut body = json!({
-        "message": message,
-        "code": code,
-        "status": status.as_u16(),
-        "reason": reason,
-    });
-    if !violations.is_empty() {
-        body["violations"] = violations
-            .iter()
-            .map(|violation| {
-                json!({
-                    "field": violation.field,
-                    "reason": violation.reason,
-                    "description": violation.description,
-                })
-            })
-            .collect();
-    }
-    if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
-        body["request_id"] = Value::from(request_id);
-    }
-    (status, axum::Json(body)).into_response()
-}
-
-/// A refusal with no violations, its code from the status.
-fn refusal(status: StatusCode, reason: &str, message: String) -> Response {
-    error_response(status, rest_code_for_status(status), message, reason, &[])
-}
-
+/// The one REST rendering of an error ([`ServiceError::to_rest`]): the reference API's body
+/// plus our details, `{"message", "code", "status", "reason", "violations"?, "request_id"}`, and
+/// `Retry-After` on every overload answer (rate_limited, too_many_in_flight,
+/// inference_queue_full).
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        let status = self.http_status();
-        // Every overload answer (rate_limited, too_many_in_flight, inference_queue_full).
-        let retry_after = self
-            .retry_after()
-            .map(|retry_after| retry_after.as_secs_f64().ceil().max(1.0));
-        let mut response = error_response(
-            status,
-            self.rest_code(),
-            self.public_message(),
-            &self.reason(),
-            &self.violations(),
-        );
-        if let Some(seconds) = retry_after
-            && let Ok(value) = HeaderValue::from_str(&format!("{seconds:.0}"))
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
+        let rest = self.to_rest();
+        let mut body = json!({
+            "message": rest.message,
+            "code": rest.code,
+            "status": rest.status.as_u16(),
+            "reason": rest.reason,
+        });
+        if !rest.violations.is_empty() {
+            body["violations"] = rest
+                .violations
+                .iter()
+                .map(|violation| {
+                    json!({
+                        "field": violation.field,
+                        "reason": violation.reason,
+                        "description": violation.description,
+                    })
+                })
+                .collect();
+        }
+        if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
+            body["request_id"] = Value::from(request_id);
+        }
+        let mut response = (rest.status, axum::Json(body)).into_response();
+        if let Some(seconds) = rest.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -179,20 +157,18 @@ fn known_route(path: &str) -> &'static str {
 }
 
 async fn not_found() -> Response {
-    refusal(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no such path; the API is POST {COMPARE_PATH}"),
-    )
+    ServiceError::NotFound {
+        api_path: COMPARE_PATH,
+    }
+    .into_response()
 }
 
 /// axum adds the `Allow` header.
 async fn method_not_allowed(method: Method) -> Response {
-    refusal(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{method} is not allowed on this path (see the Allow header)"),
-    )
+    ServiceError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+    .into_response()
 }
 
 /// The request id, the `http.request` span, the echoed header and the metrics, around
@@ -362,8 +338,7 @@ async fn compare_with_liveness(State(state): State<RestState>, request: Request)
     let parsed = tokio::task::spawn_blocking(move || parse_and_validate(body, &limits)).await;
     let request = match parsed {
         Ok(Ok(request)) => request,
-        Ok(Err(Refused::Body(error))) => return body_error_response(error),
-        Ok(Err(Refused::Invalid(error))) => return error.into_response(),
+        Ok(Err(error)) => return error.into_response(),
         Err(error) => {
             return ServiceError::Internal(format!("request parsing stopped: {error}"))
                 .into_response();
@@ -378,22 +353,20 @@ async fn compare_with_liveness(State(state): State<RestState>, request: Request)
     }
 }
 
-/// Why a body was refused before orchestration.
-enum Refused {
-    Body(body::BodyError),
-    Invalid(ServiceError),
-}
-
 /// Parses, decodes and validates a body, reporting every violation together. The body is
 /// dropped as soon as the images are decoded out of it.
-fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, Refused> {
-    let parsed =
-        body::parse_with_image_limit(&body, limits.max_image_bytes).map_err(Refused::Body)?;
+fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, ServiceError> {
+    let parsed = body::parse_with_image_limit(&body, limits.max_image_bytes).map_err(
+        |error| match error {
+            body::BodyError::Malformed(detail) => ServiceError::NotJson(detail),
+            body::BodyError::DuplicateKey(key) => ServiceError::DuplicateKey(key),
+        },
+    )?;
     drop(body);
     let mut violations = parsed.violations;
     match validate(parsed.request, limits) {
         Ok(valid) if violations.is_empty() => Ok(valid),
-        Ok(_) => Err(Refused::Invalid(ServiceError::InvalidRequest(violations))),
+        Ok(_) => Err(ServiceError::InvalidRequest(violations)),
         Err(ServiceError::InvalidRequest(found)) => {
             // A field that failed to parse is not judged again (a missing probe is not also
             // "empty").
@@ -406,30 +379,9 @@ fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, Re
                     .into_iter()
                     .filter(|violation| !reported.contains(&violation.field)),
             );
-            Err(Refused::Invalid(ServiceError::InvalidRequest(violations)))
+            Err(ServiceError::InvalidRequest(violations))
         }
-        Err(other) => Err(Refused::Invalid(other)),
-    }
-}
-
-fn body_error_response(error: body::BodyError) -> Response {
-    match error {
-        body::BodyError::Malformed(detail) => refusal(
-            StatusCode::BAD_REQUEST,
-            "malformed_request",
-            format!("the body is not one valid JSON object: {detail}"),
-        ),
-        body::BodyError::DuplicateKey(key) => error_response(
-            StatusCode::CONFLICT,
-            rest_code_for_status(StatusCode::CONFLICT),
-            format!("duplicate key \"{key}\": each member name may appear once per object"),
-            "duplicate_key",
-            &[Violation::new(
-                key,
-                "duplicate_key",
-                "appears more than once in its object",
-            )],
-        ),
+        Err(other) => Err(other),
     }
 }
 
@@ -440,15 +392,7 @@ async fn read_body(
     body: Body,
     limit: usize,
 ) -> Result<Vec<u8>, Box<Response>> {
-    let too_large = || {
-        Box::new(refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_body_too_large",
-            format!(
-                "the request body is larger than {limit} bytes (the image limits, base64-encoded)"
-            ),
-        ))
-    };
+    let too_large = || Box::new(ServiceError::BodyTooLarge { limit }.into_response());
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -460,13 +404,8 @@ async fn read_body(
     let mut body = std::pin::pin!(body);
     while let Some(frame) = std::future::poll_fn(|context| body.as_mut().poll_frame(context)).await
     {
-        let frame = frame.map_err(|error| {
-            Box::new(refusal(
-                StatusCode::BAD_REQUEST,
-                "malformed_request",
-                format!("the request body could not be read: {error}"),
-            ))
-        })?;
+        let frame = frame
+            .map_err(|error| Box::new(ServiceError::UnreadableBody(error.to_string()).into_response()))?;
         // Trailers carry no body bytes.
         let Ok(chunk) = frame.into_data() else {
             continue;
