@@ -269,14 +269,20 @@ struct PoolInner {
     random: AtomicU64,
 }
 
+/// The service, its URLs and how many replicas they resolve to now (not the replicas).
 impl fmt::Debug for PoolInner {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("PoolInner")
-            .field("service", &self.service)
-            .field("targets", &self.targets)
-            .field("replicas", &self.replicas.borrow().len())
-            .finish_non_exhaustive()
+        let urls: Vec<&str> = self
+            .targets
+            .iter()
+            .map(|target| target.url.as_str())
+            .collect();
+        let replicas = self.replicas.borrow().len();
+        write!(
+            formatter,
+            "{} pool {urls:?}, {replicas} replicas",
+            self.service
+        )
     }
 }
 
@@ -901,9 +907,7 @@ mod tests {
     async fn serve(router: tonic::transport::server::Router) -> Channel {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(
-            router.serve_with_incoming(faceproof_runtime::accept_without_nagle(listener)),
-        );
+        tokio::spawn(router.serve_with_incoming(faceproof_runtime::accept_without_nagle(listener)));
         Replica::new(address, Duration::from_secs(5))
             .unwrap()
             .channel
@@ -919,20 +923,12 @@ mod tests {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         assert!(probe(&channel, Backend::Matcher, timeout).await.is_err());
-        reporter
-            .set_service_status(
-                health_service_name(Backend::Matcher),
-                tonic_health::ServingStatus::Serving,
-            )
-            .await;
+        let report_matcher =
+            |status| reporter.set_service_status(health_service_name(Backend::Matcher), status);
+        report_matcher(tonic_health::ServingStatus::Serving).await;
         assert_eq!(probe(&channel, Backend::Matcher, timeout).await, Ok(()));
         assert!(probe(&channel, Backend::Liveness, timeout).await.is_err());
-        reporter
-            .set_service_status(
-                health_service_name(Backend::Matcher),
-                tonic_health::ServingStatus::NotServing,
-            )
-            .await;
+        report_matcher(tonic_health::ServingStatus::NotServing).await;
         let why = probe(&channel, Backend::Matcher, timeout)
             .await
             .unwrap_err();

@@ -379,6 +379,24 @@ impl ValidConfig {
     }
 }
 
+/// What a gateway can be built from: a [`Config`], checked and parsed on the way, or a
+/// [`ValidConfig`], already checked and parsed.
+pub trait IntoValidConfig {
+    fn into_valid(self) -> Result<ValidConfig, GatewayError>;
+}
+
+impl IntoValidConfig for Config {
+    fn into_valid(self) -> Result<ValidConfig, GatewayError> {
+        Config::into_valid(self)
+    }
+}
+
+impl IntoValidConfig for ValidConfig {
+    fn into_valid(self) -> Result<ValidConfig, GatewayError> {
+        Ok(self)
+    }
+}
+
 /// Request limits, checked by validation.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -621,7 +639,8 @@ mod tests {
 
     #[test]
     fn urls_parse_into_names_and_addresses() {
-        let target = BackendUrl::parse(Backend::Matcher, " http://faceproof-matcher:50052 ").unwrap();
+        let target =
+            BackendUrl::parse(Backend::Matcher, " http://faceproof-matcher:50052 ").unwrap();
         assert_eq!(target.host, BackendHost::Name("faceproof-matcher".into()));
         assert_eq!(target.port, 50052);
         let target = BackendUrl::parse(Backend::Matcher, "http://10.1.2.3:7").unwrap();
@@ -652,7 +671,12 @@ mod tests {
                 error.to_string().contains("bad liveness URL"),
                 "{bad}: {error}"
             );
-            assert!(error.to_string().starts_with("configuration: --liveness-url: "), "{error}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("configuration: --liveness-url: "),
+                "{error}"
+            );
             assert!(!error.to_string().contains("secret"), "{error}");
         }
     }

@@ -750,7 +750,10 @@ mod tests {
             details.error_info().unwrap().metadata.get("violations"),
             Some(&"1".to_owned())
         );
-        assert_eq!(details.bad_request().unwrap().field_violations[0].field, "os");
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "os"
+        );
         assert!(details.retry_info().is_none());
         let failed = metadata(ServiceError::BackendFailed {
             service: Backend::Liveness,

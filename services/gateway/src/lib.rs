@@ -37,7 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::service::Routes;
 
-pub use config::{Config, DEFAULT_METRICS_ADDR, GatewayCli, Tool, ValidConfig};
+pub use config::{Config, DEFAULT_METRICS_ADDR, GatewayCli, IntoValidConfig, Tool, ValidConfig};
 pub use error::GatewayError;
 pub use service::Gateway;
 
@@ -79,7 +79,7 @@ pub async fn serve(
     let http_listener = bind(config.config().http_addr).await?;
     let metrics = Metrics::new();
     let metrics_server = MetricsServer::bind(config.config().metrics_addr, metrics.clone()).await?;
-    let application = Application::from_valid(
+    let application = Application::build_with_resolver(
         config,
         grpc_listener,
         http_listener,
@@ -147,30 +147,15 @@ impl Application {
 
     /// As [`Self::build_with_metrics`], resolving the model services' host names with `resolver`
     /// instead of DNS.
+    /// A [`Config`] is checked and parsed here, a [`ValidConfig`] was already.
     pub fn build_with_resolver(
-        config: Config,
+        config: impl IntoValidConfig,
         grpc_listener: TcpListener,
         http_listener: TcpListener,
         metrics: Metrics,
         resolver: Arc<dyn Resolver>,
     ) -> Result<Self, GatewayError> {
-        Self::from_valid(
-            config.into_valid()?,
-            grpc_listener,
-            http_listener,
-            metrics,
-            resolver,
-        )
-    }
-
-    /// Assembles the gateway from a configuration checked and parsed once.
-    fn from_valid(
-        valid: ValidConfig,
-        grpc_listener: TcpListener,
-        http_listener: TcpListener,
-        metrics: Metrics,
-        resolver: Arc<dyn Resolver>,
-    ) -> Result<Self, GatewayError> {
+        let valid = config.into_valid()?;
         let config = valid.config();
         let dev = dev::prepare(config)?;
         let auth = Arc::new(Authenticator::from_config(

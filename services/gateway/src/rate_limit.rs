@@ -160,7 +160,6 @@ impl RateLimiter {
         };
         (answer, examined)
     }
-
 }
 
 #[cfg(test)]
@@ -181,21 +180,22 @@ mod tests {
     fn burst_then_refill_at_the_configured_rate() {
         let limiter = RateLimiter::new(2.0, 3);
         let start = Instant::now();
+        let half_a_second_wait = |at: Instant| {
+            let wait = limiter.check_at("a", at).unwrap_err();
+            assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        };
         for _ in 0..3 {
             limiter.check_at("a", start).expect("within burst");
         }
-        let wait = limiter.check_at("a", start).unwrap_err();
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        half_a_second_wait(start);
         limiter
             .check_at("b", start)
             .expect("clients have their own buckets");
+        let later = start + Duration::from_millis(500);
         limiter
-            .check_at("a", start + Duration::from_millis(500))
+            .check_at("a", later)
             .expect("one token after 0.5 s at 2/s");
-        let wait = limiter
-            .check_at("a", start + Duration::from_millis(500))
-            .unwrap_err();
-        assert!((wait.as_secs_f64() - 0.5).abs() < 1e-6, "{wait:?}");
+        half_a_second_wait(later);
     }
 
     #[test]

@@ -356,12 +356,13 @@ async fn compare_with_liveness(State(state): State<RestState>, request: Request)
 /// Parses, decodes and validates a body, reporting every violation together. The body is
 /// dropped as soon as the images are decoded out of it.
 fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, ServiceError> {
-    let parsed = body::parse_with_image_limit(&body, limits.max_image_bytes).map_err(
-        |error| match error {
-            body::BodyError::Malformed(detail) => ServiceError::NotJson(detail),
-            body::BodyError::DuplicateKey(key) => ServiceError::DuplicateKey(key),
-        },
-    )?;
+    let parsed =
+        body::parse_with_image_limit(&body, limits.max_image_bytes).map_err(
+            |error| match error {
+                body::BodyError::Malformed(detail) => ServiceError::NotJson(detail),
+                body::BodyError::DuplicateKey(key) => ServiceError::DuplicateKey(key),
+            },
+        )?;
     drop(body);
     let mut violations = parsed.violations;
     match validate(parsed.request, limits) {
@@ -404,8 +405,9 @@ async fn read_body(
     let mut body = std::pin::pin!(body);
     while let Some(frame) = std::future::poll_fn(|context| body.as_mut().poll_frame(context)).await
     {
-        let frame = frame
-            .map_err(|error| Box::new(ServiceError::UnreadableBody(error.to_string()).into_response()))?;
+        let frame = frame.map_err(|error| {
+            Box::new(ServiceError::UnreadableBody(error.to_string()).into_response())
+        })?;
         // Trailers carry no body bytes.
         let Ok(chunk) = frame.into_data() else {
             continue;
