@@ -325,7 +325,7 @@ impl Application {
             grace_ms = grace.as_millis() as u64,
             "shutting down, draining"
         );
-        readiness.shut_down().await;
+        readiness.shut_down();
         let _ = stop_sender.send(true);
         let (grpc, http) = tokio::join!(grpc_task, tokio::time::timeout(grace, &mut http_task));
         if let Ok(Err(error)) = grpc {

@@ -26,7 +26,6 @@ pub const READYZ_PATH: &str = "/readyz";
 #[derive(Debug)]
 pub struct Readiness {
     ready: watch::Sender<bool>,
-    health: ServiceHealth,
     follower: JoinHandle<()>,
 }
 
@@ -43,7 +42,6 @@ impl Readiness {
         publish(&ready, &health, both(&mut matchers, &mut liveness)).await;
         let follower = {
             let ready = ready.clone();
-            let health = health.clone();
             tokio::spawn(async move {
                 loop {
                     let changed = tokio::select! {
@@ -57,11 +55,7 @@ impl Readiness {
                 }
             })
         };
-        Self {
-            ready,
-            health,
-            follower,
-        }
+        Self { ready, follower }
     }
 
     /// What `/readyz` reads.
@@ -70,9 +64,10 @@ impl Readiness {
     }
 
     /// Not ready from now on, whatever the model services say: the gateway is draining.
-    pub async fn shut_down(self) {
+    /// grpc.health turns NOT_SERVING for good in the shared drain (`serve_until_shutdown`),
+    /// before the gRPC server stops accepting.
+    pub fn shut_down(self) {
         self.follower.abort();
-        self.health.begin_shutdown().await;
         self.ready.send_replace(false);
     }
 }
