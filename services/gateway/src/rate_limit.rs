@@ -24,6 +24,15 @@ const SHARDS: usize = 64;
 /// buckets are forgotten faster than new clients arrive.
 const EVICTIONS_PER_REQUEST: usize = 2;
 
+/// The longest delay computed: a rate so small that a token takes longer (`1e-30` per second
+/// passes the configuration check) would overflow `Duration` and `Instant`.
+const LONGEST_DELAY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// `seconds` as a delay, at most [`LONGEST_DELAY`].
+fn delay(seconds: f64) -> Duration {
+    Duration::try_from_secs_f64(seconds).map_or(LONGEST_DELAY, |delay| delay.min(LONGEST_DELAY))
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -51,7 +60,7 @@ impl Refill {
     /// When a bucket refilled at `bucket.refilled_at` will be full again.
     fn full_at(self, bucket: Bucket) -> Instant {
         let missing = (self.burst - bucket.tokens).max(0.0) / self.per_second;
-        bucket.refilled_at + Duration::from_secs_f64(missing)
+        bucket.refilled_at + delay(missing)
     }
 }
 
@@ -145,7 +154,7 @@ impl RateLimiter {
                     refilled_at: now,
                 };
                 // Taking a token below makes it due one token's refill from now.
-                let due = now + Duration::from_secs_f64(1.0 / refill.per_second);
+                let due = now + delay(1.0 / refill.per_second);
                 shard.expiry.push_back((due, client.to_owned()));
                 shard.buckets.entry(client.to_owned()).or_insert(fresh)
             }
@@ -156,7 +165,7 @@ impl RateLimiter {
             Ok(())
         } else {
             let wait = (1.0 - bucket.tokens) / refill.per_second;
-            Err(Duration::from_secs_f64(wait.max(0.001)))
+            Err(delay(wait.max(0.001)))
         };
         (answer, examined)
     }
@@ -196,6 +205,14 @@ mod tests {
             .check_at("a", later)
             .expect("one token after 0.5 s at 2/s");
         half_a_second_wait(later);
+    }
+
+    #[test]
+    fn a_vanishing_rate_waits_long_but_never_overflows() {
+        let limiter = RateLimiter::new(1e-30, 1);
+        let now = Instant::now();
+        limiter.check_at("a", now).expect("the burst");
+        assert_eq!(limiter.check_at("a", now), Err(LONGEST_DELAY));
     }
 
     #[test]
