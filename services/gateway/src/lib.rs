@@ -5,6 +5,11 @@
 //! and in-flight limits, validation, deadlines, orchestration, records and signed results. It
 //! holds no model. grpc.health and `GET /readyz` say whether it can serve (a healthy replica of
 //! each model service); `GET /healthz` only that the process answers.
+//!
+//! Modules depend one way, each only on those listed before it: `error`, `in_flight`,
+//! `rate_limit`, `openapi` (no module) <- `config` <- `auth`, `balancer`, `validation`, `dev` <-
+//! `service` <- `grpc`, `rest`, `readiness` <- this file, which assembles them. Serving uses
+//! `faceproof_runtime`'s plumbing: the observed gRPC server, health, drain and timeout parser.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 

@@ -6,7 +6,7 @@
 //! bucket and a missing one answer alike (a new bucket starts full), so the table only holds the
 //! clients seen within the last `burst / rate` seconds. Each shard keeps an expiry queue with one
 //! entry per bucket (when it is due to be full); every request looks at no more than
-//! [`EVICTIONS_PER_REQUEST`] due entries of its own shard, removing the buckets that are full
+//! `EVICTIONS_PER_REQUEST` due entries of its own shard, removing the buckets that are full
 //! and re-queueing the others. A request adds at most one bucket and examines at most
 //! `EVICTIONS_PER_REQUEST` (> 1) others, so a backlog of idle buckets shrinks while requests come,
 //! with O(1) work per request instead of a scan of the whole table.
