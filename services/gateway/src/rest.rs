@@ -4,7 +4,7 @@
 //! Order of work for a compare request, cheapest refusal first: route and method (404 / 405
 //! before anything else), token, rate limit, `Content-Length` against the body limit, then the
 //! body is streamed into one buffer and cut at the limit (413), then parsed and its base64
-//! decoded on the blocking pool ([`body`]), validated, and handed to the shared orchestration.
+//! decoded on the blocking pool (`body`), validated, and handed to the shared orchestration.
 //! Peak memory per request: the body, then the decoded images (3/4 of it) while the body is
 //! still held, then the images alone.
 //!
