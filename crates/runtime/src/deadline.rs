@@ -99,8 +99,10 @@ impl DeadlinePolicy {
     }
 }
 
-/// Parses a gRPC `grpc-timeout` value: at most 8 ASCII digits followed by one unit
-/// (`H` hours, `M` minutes, `S` seconds, `m` milliseconds, `u` microseconds, `n` nanoseconds).
+/// Parses a gRPC `grpc-timeout` value as the gRPC over HTTP/2 spec writes it: 1 to 8 ASCII
+/// digits (no sign, no spaces) followed by one unit (`H` hours, `M` minutes, `S` seconds,
+/// `m` milliseconds, `u` microseconds, `n` nanoseconds). The one parser of the workspace: the
+/// model services and the gateway both read the caller's timeout with it.
 pub fn parse_grpc_timeout(value: &str) -> Result<Duration, RuntimeError> {
     let invalid = |why| RuntimeError::InvalidGrpcTimeout {
         value: value.chars().take(32).collect(),
@@ -162,6 +164,9 @@ mod tests {
             "123456789m",
             "1.5S",
             "-1S",
+            "+5S",
+            "5 S",
+            "1S ",
             "10x",
             "10é",
             " 1S",

@@ -42,6 +42,17 @@ impl ServiceHealth {
         self.set(ServingStatus::Serving).await;
     }
 
+    /// NOT_SERVING until the next [`Self::set_serving`]: for a server that cannot serve for a
+    /// while without shutting down (the gateway while no model service replica is healthy).
+    pub async fn set_not_serving(&self) {
+        let shutting_down = self.shutting_down.lock().await;
+        // Once shutting down it is NOT_SERVING already, for good.
+        if !*shutting_down {
+            tracing::info!(service = %self.service_name, "not serving");
+            self.set(ServingStatus::NotServing).await;
+        }
+    }
+
     /// NOT_SERVING for good: later [`Self::set_serving`] calls are ignored.
     pub async fn begin_shutdown(&self) {
         let mut shutting_down = self.shutting_down.lock().await;

@@ -17,62 +17,13 @@ use jsonwebtoken::{DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::GatewayError;
 use crate::config::{Config, JwtAlgorithm};
-use crate::error::ServiceError;
+pub use crate::error::{AuthError, MAX_AUTHORIZATION_BYTES, MAX_SUBJECT_BYTES};
+use crate::error::{GatewayError, ServiceError};
 
 /// The authenticated caller: the JWT `sub`, or the client id an API key is registered to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ClientId(pub String);
-
-/// Why a request was not authenticated; `reason()` is the ErrorInfo reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum AuthError {
-    #[error("missing `authorization: Bearer <token>`")]
-    MissingToken,
-    #[error("the authorization header is not a well-formed Bearer token")]
-    MalformedToken,
-    #[error("the token has expired")]
-    TokenExpired,
-    #[error("the token signature is invalid")]
-    InvalidSignature,
-    #[error("the token's signature algorithm is not the one this gateway accepts")]
-    AlgorithmNotAllowed,
-    #[error("unknown API key")]
-    UnknownApiKey,
-    #[error("the token's claims are not accepted (issuer, audience, not-before or subject)")]
-    InvalidClaims,
-    #[error("the authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes")]
-    HeaderTooLarge,
-    #[error(
-        "the token's subject is not accepted: at most {MAX_SUBJECT_BYTES} bytes, no control or \
-         bidirectional-formatting characters"
-    )]
-    InvalidSubject,
-}
-
-impl AuthError {
-    pub fn reason(self) -> &'static str {
-        match self {
-            Self::MissingToken => "missing_token",
-            Self::MalformedToken => "malformed_token",
-            Self::TokenExpired => "token_expired",
-            Self::InvalidSignature => "invalid_signature",
-            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
-            Self::UnknownApiKey => "unknown_api_key",
-            Self::InvalidClaims => "invalid_claims",
-            Self::HeaderTooLarge => "authorization_header_too_large",
-            Self::InvalidSubject => "invalid_subject",
-        }
-    }
-}
-
-/// Longest `authorization` header accepted, on REST and gRPC alike: a JWT with ordinary claims
-/// is well under 2 KiB, and the header is read before anything else of the request.
-pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
-
-/// Longest JWT `sub` accepted: it becomes the client id written into signed records and logs.
-pub const MAX_SUBJECT_BYTES: usize = 256;
 
 /// A client id must read the same everywhere it is shown: no control characters (which break
 /// logs) and no bidirectional formatting characters (which reorder the text a reader sees,
@@ -402,14 +353,15 @@ pub struct GrpcAuth<S> {
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
-impl<S, B> tower::Service<http::Request<B>> for GrpcAuth<S>
+impl<S, B, ResBody> tower::Service<http::Request<B>> for GrpcAuth<S>
 where
-    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -453,10 +405,10 @@ where
 
 /// tonic answers a request message above `max_decoding_message_size` with OUT_OF_RANGE in the
 /// response headers; nothing else in the gateway uses that code.
-fn rewrite_oversized_message(
-    response: http::Response<tonic::body::Body>,
+fn rewrite_oversized_message<B: Default>(
+    response: http::Response<B>,
     limit: usize,
-) -> http::Response<tonic::body::Body> {
+) -> http::Response<B> {
     let out_of_range = response
         .headers()
         .get("grpc-status")

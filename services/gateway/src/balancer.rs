@@ -37,8 +37,8 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-use crate::GatewayError;
-use crate::error::{Backend, ServiceError};
+use crate::config::{BackendHost, BackendUrl};
+use crate::error::{Backend, GatewayError, ServiceError};
 
 /// Calls per request at most: the first try and one retry on another replica.
 const MAX_ATTEMPTS: usize = 2;
@@ -132,78 +132,6 @@ impl Resolver for StaticResolver {
             })
         })
     }
-}
-
-/// Where a configured URL points: an address, or a name to resolve.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Host {
-    Ip(IpAddr),
-    Name(String),
-}
-
-/// One configured URL, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    url: String,
-    host: Host,
-    port: u16,
-}
-
-/// Parses a model service URL (`http://host[:port]`); anything else is a configuration error.
-fn parse_target(service: Backend, url: &str) -> Result<Target, GatewayError> {
-    let url = url.trim();
-    // First, before any message quotes the URL: credentials must not reach the logs.
-    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-    let authority = after_scheme
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or_default();
-    if authority.contains('@') {
-        return Err(GatewayError::Config(format!(
-            "bad {service} URL: credentials in the URL are not supported (they would be dropped, \
-             not sent)"
-        )));
-    }
-    let bad = |why: &str| GatewayError::Config(format!("bad {service} URL {url:?}: {why}"));
-    let uri: http::Uri = url.parse().map_err(|error| bad(&format!("{error}")))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(_) => {
-            return Err(bad(
-                "only http:// is supported (terminate TLS in front of the model services)",
-            ));
-        }
-        None => return Err(bad("a scheme is needed, e.g. http://matcher:50052")),
-    }
-    if uri
-        .path_and_query()
-        .is_some_and(|path| path.as_str() != "/")
-    {
-        return Err(bad("a path is not supported"));
-    }
-    if uri.port_u16() == Some(0) {
-        return Err(bad("port 0 is not a port to connect to"));
-    }
-    let host = uri
-        .host()
-        .filter(|host| !host.is_empty())
-        .ok_or_else(|| bad("no host"))?;
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let host = match bare.parse::<IpAddr>() {
-        Ok(ip) => Host::Ip(ip),
-        Err(_) => Host::Name(host.to_owned()),
-    };
-    Ok(Target {
-        url: url.to_owned(),
-        host,
-        port: uri.port_u16().unwrap_or(80),
-    })
-}
-
-/// Checks every URL of a backend without building anything (for [`crate::Config::validate`]).
-pub fn check_urls(service: Backend, urls: &[String]) -> Result<(), GatewayError> {
-    urls.iter()
-        .try_for_each(|url| parse_target(service, url).map(|_| ()))
 }
 
 /// One address of a model service, with its own connection.
@@ -326,7 +254,7 @@ pub struct ReplicaPool {
 
 struct PoolInner {
     service: Backend,
-    targets: Vec<Target>,
+    targets: Vec<BackendUrl>,
     settings: PoolSettings,
     resolver: Arc<dyn Resolver>,
     metrics: Metrics,
@@ -341,14 +269,20 @@ struct PoolInner {
     random: AtomicU64,
 }
 
+/// The service, its URLs and how many replicas they resolve to now (not the replicas).
 impl fmt::Debug for PoolInner {
     fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter
-            .debug_struct("PoolInner")
-            .field("service", &self.service)
-            .field("targets", &self.targets)
-            .field("replicas", &self.replicas.borrow().len())
-            .finish_non_exhaustive()
+        let urls: Vec<&str> = self
+            .targets
+            .iter()
+            .map(|target| target.url.as_str())
+            .collect();
+        let replicas = self.replicas.borrow().len();
+        write!(
+            formatter,
+            "{} pool {urls:?}, {replicas} replicas",
+            self.service
+        )
     }
 }
 
@@ -363,26 +297,23 @@ impl Drop for RefresherHandle {
 }
 
 impl ReplicaPool {
-    /// Parses the URLs (a bad one is a configuration error). Addresses given as IP literals are
-    /// usable at once; names are resolved by the refresher, so a name DNS does not know yet does
-    /// not stop the gateway from starting.
+    /// A pool over the URLs parsed at start ([`crate::config::ValidConfig`]). Addresses given as
+    /// IP literals are usable at once; names are resolved by the refresher, so a name DNS does not
+    /// know yet does not stop the gateway from starting.
     pub fn new(
         service: Backend,
-        urls: &[String],
+        urls: &[BackendUrl],
         settings: PoolSettings,
         resolver: Arc<dyn Resolver>,
         metrics: Metrics,
     ) -> Result<Self, GatewayError> {
-        let targets = urls
-            .iter()
-            .map(|url| parse_target(service, url))
-            .collect::<Result<Vec<_>, _>>()?;
+        let targets = urls.to_vec();
         if targets.is_empty() {
             return Err(GatewayError::Config(format!("no {service} URL configured")));
         }
         let mut replicas: Vec<Arc<Replica>> = Vec::new();
         for target in &targets {
-            if let Host::Ip(ip) = target.host {
+            if let BackendHost::Ip(ip) = target.host {
                 let address = SocketAddr::new(ip, target.port);
                 if !replicas.iter().any(|replica| replica.address == address) {
                     replicas.push(Arc::new(Replica::new(address, settings.connect_timeout)?));
@@ -493,8 +424,8 @@ impl ReplicaPool {
         let mut addresses: Vec<SocketAddr> = Vec::new();
         for (position, target) in inner.targets.iter().enumerate() {
             let ips = match &target.host {
-                Host::Ip(ip) => vec![*ip],
-                Host::Name(name) => {
+                BackendHost::Ip(ip) => vec![*ip],
+                BackendHost::Name(name) => {
                     let resolved =
                         tokio::time::timeout(RESOLVE_TIMEOUT, inner.resolver.resolve(name)).await;
                     let mut last = inner
@@ -806,7 +737,10 @@ mod tests {
     }
 
     fn pool(urls: &[&str], resolver: Arc<dyn Resolver>) -> ReplicaPool {
-        let urls: Vec<String> = urls.iter().map(|url| (*url).to_owned()).collect();
+        let urls: Vec<BackendUrl> = urls
+            .iter()
+            .map(|url| BackendUrl::parse(Backend::Matcher, url).unwrap())
+            .collect();
         ReplicaPool::new(
             Backend::Matcher,
             &urls,
@@ -973,9 +907,7 @@ mod tests {
     async fn serve(router: tonic::transport::server::Router) -> Channel {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(
-            router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
+        tokio::spawn(router.serve_with_incoming(faceproof_runtime::accept_without_nagle(listener)));
         Replica::new(address, Duration::from_secs(5))
             .unwrap()
             .channel
@@ -991,20 +923,12 @@ mod tests {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         assert!(probe(&channel, Backend::Matcher, timeout).await.is_err());
-        reporter
-            .set_service_status(
-                health_service_name(Backend::Matcher),
-                tonic_health::ServingStatus::Serving,
-            )
-            .await;
+        let report_matcher =
+            |status| reporter.set_service_status(health_service_name(Backend::Matcher), status);
+        report_matcher(tonic_health::ServingStatus::Serving).await;
         assert_eq!(probe(&channel, Backend::Matcher, timeout).await, Ok(()));
         assert!(probe(&channel, Backend::Liveness, timeout).await.is_err());
-        reporter
-            .set_service_status(
-                health_service_name(Backend::Matcher),
-                tonic_health::ServingStatus::NotServing,
-            )
-            .await;
+        report_matcher(tonic_health::ServingStatus::NotServing).await;
         let why = probe(&channel, Backend::Matcher, timeout)
             .await
             .unwrap_err();
@@ -1068,42 +992,5 @@ mod tests {
         assert!(!is_transport_failure(&Status::cancelled(
             "the caller gave up"
         )));
-    }
-
-    #[test]
-    fn urls_parse_into_names_and_addresses() {
-        let target = parse_target(Backend::Matcher, " http://faceproof-matcher:50052 ").unwrap();
-        assert_eq!(target.host, Host::Name("faceproof-matcher".into()));
-        assert_eq!(target.port, 50052);
-        let target = parse_target(Backend::Matcher, "http://10.1.2.3:7").unwrap();
-        assert_eq!(target.host, Host::Ip("10.1.2.3".parse().unwrap()));
-        let target = parse_target(Backend::Matcher, "http://[::1]:7").unwrap();
-        assert_eq!(target.host, Host::Ip("::1".parse().unwrap()));
-        assert_eq!(
-            parse_target(Backend::Matcher, "http://matcher")
-                .unwrap()
-                .port,
-            80
-        );
-        for bad in [
-            "https://matcher:1",
-            "matcher:50052",
-            "http://matcher:1/v1",
-            "not a url",
-            "http://:1",
-            "http://user:secret@matcher:1",
-            "https://user:secret@matcher:1",
-            "http://user:secret@matcher:1/path",
-            "http://user:secret@matcher:99999",
-            "user:secret@matcher:1",
-            "http://matcher:0",
-        ] {
-            let error = parse_target(Backend::Liveness, bad).unwrap_err();
-            assert!(
-                error.to_string().contains("bad liveness URL"),
-                "{bad}: {error}"
-            );
-            assert!(!error.to_string().contains("secret"), "{error}");
-        }
     }
 }

@@ -1,16 +1,16 @@
-//! The gateway's configuration: every setting is a flag and an environment variable, parsed into
-//! typed values and checked once at start.
+//! The gateway's configuration: every setting is a flag and an environment variable, checked and
+//! parsed once at start into a [`ValidConfig`] (backend URLs included), the only thing a gateway
+//! is built from. Below it in the module graph is only `error`.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use faceproof_runtime::{MetricsAddr, TelemetryArgs};
 
-use crate::GatewayError;
-use crate::error::Backend;
+use crate::error::{Backend, GatewayError};
 
 /// faceproof gateway: the public face verification API (gRPC and REST), in front of the matcher
 /// and liveness services. Every flag can also be set by the environment variable shown.
@@ -273,6 +273,130 @@ impl fmt::Debug for Config {
     }
 }
 
+/// Where a configured backend URL points: an address, or a name to resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendHost {
+    Ip(IpAddr),
+    Name(String),
+}
+
+/// One model service URL (`http://host[:port]`), parsed once at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendUrl {
+    /// As configured, trimmed (credentials are refused, so it is safe to log).
+    pub url: String,
+    pub host: BackendHost,
+    pub port: u16,
+}
+
+impl BackendUrl {
+    /// Parses a URL given to `--matcher-url` or `--liveness-url` (the flag of `service`); anything
+    /// but `http://host[:port]` is a configuration error naming the flag.
+    pub fn parse(service: Backend, url: &str) -> Result<Self, GatewayError> {
+        let url = url.trim();
+        let flag = service.url_flag();
+        // First, before any message quotes the URL: credentials must not reach the logs.
+        let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+        let authority = after_scheme
+            .split(['/', '?', '#'])
+            .next()
+            .unwrap_or_default();
+        if authority.contains('@') {
+            return Err(GatewayError::Config(format!(
+                "{flag}: bad {service} URL: credentials in the URL are not supported (they would \
+                 be dropped, not sent)"
+            )));
+        }
+        let bad =
+            |why: &str| GatewayError::Config(format!("{flag}: bad {service} URL {url:?}: {why}"));
+        let uri: http::Uri = url.parse().map_err(|error| bad(&format!("{error}")))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(_) => {
+                return Err(bad(
+                    "only http:// is supported (terminate TLS in front of the model services)",
+                ));
+            }
+            None => return Err(bad("a scheme is needed, e.g. http://matcher:50052")),
+        }
+        if uri
+            .path_and_query()
+            .is_some_and(|path| path.as_str() != "/")
+        {
+            return Err(bad("a path is not supported"));
+        }
+        if uri.port_u16() == Some(0) {
+            return Err(bad("port 0 is not a port to connect to"));
+        }
+        let host = uri
+            .host()
+            .filter(|host| !host.is_empty())
+            .ok_or_else(|| bad("no host"))?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let host = match bare.parse::<IpAddr>() {
+            Ok(ip) => BackendHost::Ip(ip),
+            Err(_) => BackendHost::Name(host.to_owned()),
+        };
+        Ok(Self {
+            url: url.to_owned(),
+            host,
+            port: uri.port_u16().unwrap_or(80),
+        })
+    }
+
+    /// Every URL of one backend flag: at least one, none empty, each parsed.
+    fn parse_all(service: Backend, urls: &[String]) -> Result<Vec<Self>, GatewayError> {
+        if urls.is_empty() || urls.iter().any(|url| url.trim().is_empty()) {
+            return Err(GatewayError::Config(format!(
+                "{} needs at least one non-empty URL",
+                service.url_flag()
+            )));
+        }
+        urls.iter().map(|url| Self::parse(service, url)).collect()
+    }
+}
+
+/// A [`Config`] that passed every check, with its backend URLs parsed: what a gateway is built
+/// from, so nothing downstream checks or parses again.
+#[derive(Debug, Clone)]
+pub struct ValidConfig {
+    config: Config,
+    matcher_urls: Vec<BackendUrl>,
+    liveness_urls: Vec<BackendUrl>,
+}
+
+impl ValidConfig {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The parsed URLs of one model service.
+    pub fn backend_urls(&self, service: Backend) -> &[BackendUrl] {
+        match service {
+            Backend::Matcher => &self.matcher_urls,
+            Backend::Liveness => &self.liveness_urls,
+        }
+    }
+}
+
+/// What a gateway can be built from: a [`Config`], checked and parsed on the way, or a
+/// [`ValidConfig`], already checked and parsed.
+pub trait IntoValidConfig {
+    fn into_valid(self) -> Result<ValidConfig, GatewayError>;
+}
+
+impl IntoValidConfig for Config {
+    fn into_valid(self) -> Result<ValidConfig, GatewayError> {
+        Config::into_valid(self)
+    }
+}
+
+impl IntoValidConfig for ValidConfig {
+    fn into_valid(self) -> Result<ValidConfig, GatewayError> {
+        Ok(self)
+    }
+}
+
 /// Request limits, checked by validation.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -298,20 +422,27 @@ impl Limits {
 }
 
 impl Config {
-    /// Checks the values that clap cannot: ranges and combinations.
+    /// Checks the values that clap cannot (ranges and combinations) without keeping anything:
+    /// for tools that only ask whether a configuration would start.
     pub fn validate(&self) -> Result<(), GatewayError> {
+        self.check().map(drop)
+    }
+
+    /// Checks and parses the configuration, once, into what a gateway is built from.
+    pub fn into_valid(self) -> Result<ValidConfig, GatewayError> {
+        let (matcher_urls, liveness_urls) = self.check()?;
+        Ok(ValidConfig {
+            config: self,
+            matcher_urls,
+            liveness_urls,
+        })
+    }
+
+    /// Every check, in one place; returns the parsed matcher and liveness URLs.
+    fn check(&self) -> Result<(Vec<BackendUrl>, Vec<BackendUrl>), GatewayError> {
         let invalid = |message: String| Err(GatewayError::Config(message));
-        if self.matcher_urls.is_empty() || self.matcher_urls.iter().any(|url| url.trim().is_empty())
-        {
-            return invalid("--matcher-url needs at least one non-empty URL".into());
-        }
-        if self.liveness_urls.is_empty()
-            || self.liveness_urls.iter().any(|url| url.trim().is_empty())
-        {
-            return invalid("--liveness-url needs at least one non-empty URL".into());
-        }
-        crate::balancer::check_urls(Backend::Matcher, &self.matcher_urls)?;
-        crate::balancer::check_urls(Backend::Liveness, &self.liveness_urls)?;
+        let matcher_urls = BackendUrl::parse_all(Backend::Matcher, &self.matcher_urls)?;
+        let liveness_urls = BackendUrl::parse_all(Backend::Liveness, &self.liveness_urls)?;
         if self.deadline_fast_ms == 0 || self.deadline_accurate_ms == 0 {
             return invalid("deadlines must be above 0 ms".into());
         }
@@ -381,7 +512,7 @@ impl Config {
                 );
             }
         }
-        Ok(())
+        Ok((matcher_urls, liveness_urls))
     }
 
     pub fn limits(&self) -> Limits {
@@ -504,5 +635,49 @@ mod tests {
         };
         assert!(limits.max_message_bytes() > 11 * (8 << 20));
         assert!(limits.max_rest_body_bytes() > limits.max_message_bytes() * 4 / 3);
+    }
+
+    #[test]
+    fn urls_parse_into_names_and_addresses() {
+        let target =
+            BackendUrl::parse(Backend::Matcher, " http://faceproof-matcher:50052 ").unwrap();
+        assert_eq!(target.host, BackendHost::Name("faceproof-matcher".into()));
+        assert_eq!(target.port, 50052);
+        let target = BackendUrl::parse(Backend::Matcher, "http://10.1.2.3:7").unwrap();
+        assert_eq!(target.host, BackendHost::Ip("10.1.2.3".parse().unwrap()));
+        let target = BackendUrl::parse(Backend::Matcher, "http://[::1]:7").unwrap();
+        assert_eq!(target.host, BackendHost::Ip("::1".parse().unwrap()));
+        assert_eq!(
+            BackendUrl::parse(Backend::Matcher, "http://matcher")
+                .unwrap()
+                .port,
+            80
+        );
+        for bad in [
+            "https://matcher:1",
+            "matcher:50052",
+            "http://matcher:1/v1",
+            "not a url",
+            "http://:1",
+            "http://user:secret@matcher:1",
+            "https://user:secret@matcher:1",
+            "http://user:secret@matcher:1/path",
+            "http://user:secret@matcher:99999",
+            "user:secret@matcher:1",
+            "http://matcher:0",
+        ] {
+            let error = BackendUrl::parse(Backend::Liveness, bad).unwrap_err();
+            assert!(
+                error.to_string().contains("bad liveness URL"),
+                "{bad}: {error}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .starts_with("configuration: --liveness-url: "),
+                "{error}"
+            );
+            assert!(!error.to_string().contains("secret"), "{error}");
+        }
     }
 }

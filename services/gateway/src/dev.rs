@@ -7,8 +7,8 @@ use faceproof_signing::Signer;
 use rand_core::RngCore;
 use serde::Serialize;
 
-use crate::GatewayError;
 use crate::config::Config;
+use crate::error::GatewayError;
 
 const DEV_SECRET_FILE: &str = "dev-jwt-secret";
 const DEV_TOKEN_FILE: &str = "dev-token";

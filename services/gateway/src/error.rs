@@ -1,5 +1,7 @@
-//! The gateway's request errors, with the one mapping to a gRPC status and the one mapping to the
-//! reference REST API's JSON errors.
+//! The gateway's errors, at the bottom of its module graph (it imports no other module): what
+//! stops it from starting ([`GatewayError`]) and what a request can fail with ([`ServiceError`],
+//! [`AuthError`]), with the one mapping to a gRPC status and the one mapping to the reference
+//! REST API's JSON errors.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -7,8 +9,6 @@ use std::time::Duration;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
-
-use crate::auth::AuthError;
 
 /// ErrorInfo domain of every error the gateway itself raises.
 pub const ERROR_DOMAIN: &str = "faceproof.gateway";
@@ -32,6 +32,14 @@ impl Backend {
             Self::Liveness => "liveness",
         }
     }
+
+    /// The flag that configures this service's URLs.
+    pub fn url_flag(self) -> &'static str {
+        match self {
+            Self::Matcher => "--matcher-url",
+            Self::Liveness => "--liveness-url",
+        }
+    }
 }
 
 impl fmt::Display for Backend {
@@ -39,6 +47,69 @@ impl fmt::Display for Backend {
         formatter.write_str(self.name())
     }
 }
+
+/// Errors that stop the gateway from starting or serving.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot read a listener address: {0}")]
+    Listener(#[source] std::io::Error),
+    #[error("the {server} server failed: {detail}")]
+    Serve {
+        server: &'static str,
+        detail: String,
+    },
+}
+
+/// Why a request was not authenticated; `reason()` is the ErrorInfo reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing `authorization: Bearer <token>`")]
+    MissingToken,
+    #[error("the authorization header is not a well-formed Bearer token")]
+    MalformedToken,
+    #[error("the token has expired")]
+    TokenExpired,
+    #[error("the token signature is invalid")]
+    InvalidSignature,
+    #[error("the token's signature algorithm is not the one this gateway accepts")]
+    AlgorithmNotAllowed,
+    #[error("unknown API key")]
+    UnknownApiKey,
+    #[error("the token's claims are not accepted (issuer, audience, not-before or subject)")]
+    InvalidClaims,
+    #[error("the authorization header is longer than {MAX_AUTHORIZATION_BYTES} bytes")]
+    HeaderTooLarge,
+    #[error(
+        "the token's subject is not accepted: at most {MAX_SUBJECT_BYTES} bytes, no control or \
+         bidirectional-formatting characters"
+    )]
+    InvalidSubject,
+}
+
+impl AuthError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::MissingToken => "missing_token",
+            Self::MalformedToken => "malformed_token",
+            Self::TokenExpired => "token_expired",
+            Self::InvalidSignature => "invalid_signature",
+            Self::AlgorithmNotAllowed => "algorithm_not_allowed",
+            Self::UnknownApiKey => "unknown_api_key",
+            Self::InvalidClaims => "invalid_claims",
+            Self::HeaderTooLarge => "authorization_header_too_large",
+            Self::InvalidSubject => "invalid_subject",
+        }
+    }
+}
+
+/// Longest `authorization` header accepted, on REST and gRPC alike: a JWT with ordinary claims
+/// is well under 2 KiB, and the header is read before anything else of the request.
+pub const MAX_AUTHORIZATION_BYTES: usize = 8 * 1024;
+
+/// Longest JWT `sub` accepted: it becomes the client id written into signed records and logs.
+pub const MAX_SUBJECT_BYTES: usize = 256;
 
 /// One invalid request field (`probe`, `gallery[3]`, `os`, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +162,37 @@ pub enum ServiceError {
     MessageTooLarge { limit: usize },
     #[error("internal error: {0}")]
     Internal(String),
+    /// REST only: the body could not be read off the connection.
+    #[error("the request body could not be read: {0}")]
+    UnreadableBody(String),
+    /// REST only: the body is not one JSON object.
+    #[error("the body is not one valid JSON object: {0}")]
+    NotJson(String),
+    /// REST only: a member name appears twice in one object.
+    #[error("duplicate key \"{0}\": each member name may appear once per object")]
+    DuplicateKey(String),
+    /// REST only: the body is larger than the image limits allow, base64-encoded.
+    #[error("the request body is larger than {limit} bytes (the image limits, base64-encoded)")]
+    BodyTooLarge { limit: usize },
+    /// REST only: no route at this path.
+    #[error("no such path; the API is POST {api_path}")]
+    NotFound { api_path: &'static str },
+    /// REST only: the path exists, the method does not.
+    #[error("{method} is not allowed on this path (see the Allow header)")]
+    MethodNotAllowed { method: String },
+}
+
+/// A [`ServiceError`] as the REST API answers it: the reference API's error body
+/// (`message`, `code`, `status`) plus our `reason` and `violations`, and `Retry-After`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestError {
+    pub status: http::StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub reason: String,
+    pub violations: Vec<Violation>,
+    /// Whole seconds, at least 1: for the overload answers only.
+    pub retry_after_seconds: Option<u64>,
 }
 
 fn describe(violations: &[Violation]) -> String {
@@ -103,10 +205,6 @@ fn describe(violations: &[Violation]) -> String {
 
 fn error_info(reason: &str, metadata: HashMap<String, String>) -> ErrorDetails {
     ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
-}
-
-fn service_metadata(service: Backend) -> HashMap<String, String> {
-    HashMap::from([("service".to_owned(), service.name().to_owned())])
 }
 
 impl ServiceError {
@@ -132,6 +230,25 @@ impl ServiceError {
             Self::BackendFailed { service, .. } => format!("{service}_failed"),
             Self::MessageTooLarge { .. } => "message_too_large".to_owned(),
             Self::Internal(_) => "internal".to_owned(),
+            Self::UnreadableBody(_) | Self::NotJson(_) => "malformed_request".to_owned(),
+            Self::DuplicateKey(_) => "duplicate_key".to_owned(),
+            Self::BodyTooLarge { .. } => "request_body_too_large".to_owned(),
+            Self::NotFound { .. } => "not_found".to_owned(),
+            Self::MethodNotAllowed { .. } => "method_not_allowed".to_owned(),
+        }
+    }
+
+    /// The one mapping to the REST API's answer.
+    pub fn to_rest(&self) -> RestError {
+        RestError {
+            status: self.http_status(),
+            code: self.rest_code(),
+            message: self.public_message(),
+            reason: self.reason(),
+            violations: self.violations(),
+            retry_after_seconds: self
+                .retry_after()
+                .map(|retry_after| retry_after.as_secs_f64().ceil().max(1.0) as u64),
         }
     }
 
@@ -168,6 +285,11 @@ impl ServiceError {
                     })
                     .unwrap_or_default()
             }
+            Self::DuplicateKey(key) => vec![Violation::new(
+                key.clone(),
+                "duplicate_key",
+                "appears more than once in its object",
+            )],
             _ => Vec::new(),
         }
     }
@@ -195,7 +317,7 @@ impl ServiceError {
 
     /// HTTP status of the reference REST API: 409 for a parameter problem, 412 for an image
     /// whose content is refused (format, size, decoding, face), 403 for an expired token.
-    pub fn http_status(&self) -> http::StatusCode {
+    fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
         match self {
             Self::Unauthenticated(AuthError::TokenExpired) => S::FORBIDDEN,
@@ -213,13 +335,17 @@ impl ServiceError {
                 _ => S::BAD_GATEWAY,
             },
             Self::BackendFailed { .. } => S::BAD_GATEWAY,
-            Self::MessageTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
+            Self::MessageTooLarge { .. } | Self::BodyTooLarge { .. } => S::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => S::INTERNAL_SERVER_ERROR,
+            Self::UnreadableBody(_) | Self::NotJson(_) => S::BAD_REQUEST,
+            Self::DuplicateKey(_) => S::CONFLICT,
+            Self::NotFound { .. } => S::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => S::METHOD_NOT_ALLOWED,
         }
     }
 
     /// The REST envelope's `code`: a missing field is `MissingParameter` (as the reference).
-    pub fn rest_code(&self) -> &'static str {
+    fn rest_code(&self) -> &'static str {
         let status = self.http_status();
         let missing = self
             .violations()
@@ -233,12 +359,18 @@ impl ServiceError {
     }
 
     /// The message a REST caller reads: never the name or address of an internal service.
-    pub fn public_message(&self) -> String {
+    fn public_message(&self) -> String {
         match self {
             Self::Unauthenticated(_)
             | Self::RateLimited { .. }
             | Self::TooManyInFlight { .. }
-            | Self::MessageTooLarge { .. } => self.to_string(),
+            | Self::MessageTooLarge { .. }
+            | Self::UnreadableBody(_)
+            | Self::NotJson(_)
+            | Self::DuplicateKey(_)
+            | Self::BodyTooLarge { .. }
+            | Self::NotFound { .. }
+            | Self::MethodNotAllowed { .. } => self.to_string(),
             Self::InvalidRequest(violations) | Self::UndecodableImage(violations) => {
                 match violations
                     .iter()
@@ -353,91 +485,94 @@ fn known_reason(reason: &str) -> &'static str {
         .unwrap_or("image_refused")
 }
 
+impl ServiceError {
+    /// The gRPC code, one per error (a backend's refusal keeps its own).
+    fn grpc_code(&self) -> Code {
+        match self {
+            Self::Unauthenticated(_) => Code::Unauthenticated,
+            Self::RateLimited { .. }
+            | Self::TooManyInFlight { .. }
+            | Self::MessageTooLarge { .. }
+            | Self::BodyTooLarge { .. } => Code::ResourceExhausted,
+            Self::InvalidRequest(_)
+            | Self::UndecodableImage(_)
+            | Self::UnreadableBody(_)
+            | Self::NotJson(_)
+            | Self::DuplicateKey(_) => Code::InvalidArgument,
+            Self::BackendUnavailable { .. } => Code::Unavailable,
+            Self::BackendDeadline { .. } => Code::DeadlineExceeded,
+            Self::BackendRejected { status, .. } => status.code(),
+            Self::BackendFailed { .. } | Self::Internal(_) => Code::Internal,
+            Self::NotFound { .. } | Self::MethodNotAllowed { .. } => Code::Unimplemented,
+        }
+    }
+
+    /// The ErrorInfo metadata: the limit hit, the violation count or the backend's name.
+    fn error_metadata(&self) -> HashMap<String, String> {
+        let (key, value) = match self {
+            Self::TooManyInFlight { limit, .. } => ("limit", limit.to_string()),
+            Self::InvalidRequest(violations) | Self::UndecodableImage(violations) => {
+                ("violations", violations.len().to_string())
+            }
+            Self::BackendUnavailable { service, .. }
+            | Self::BackendDeadline { service }
+            | Self::BackendFailed { service, .. } => ("service", service.name().to_owned()),
+            Self::MessageTooLarge { limit } | Self::BodyTooLarge { limit } => {
+                ("limit_bytes", limit.to_string())
+            }
+            _ => return HashMap::new(),
+        };
+        HashMap::from([(key.to_owned(), value)])
+    }
+}
+
+/// The one mapping to a gRPC status: code, message, ErrorInfo (reason, domain
+/// [`ERROR_DOMAIN`], metadata), RetryInfo for the overload answers, BadRequest for invalid
+/// fields. A backend's refusal passes through with its own message and details.
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Self {
-        let message = error.to_string();
-        let reason = error.reason();
-        match error {
-            ServiceError::Unauthenticated(_) => Status::with_error_details(
-                Code::Unauthenticated,
-                message,
-                error_info(&reason, HashMap::new()),
-            ),
-            ServiceError::RateLimited { retry_after } => {
-                let mut details = error_info(&reason, HashMap::new());
-                details.set_retry_info(Some(retry_after));
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
-            ServiceError::TooManyInFlight { limit, retry_after } => {
-                let mut details = error_info(
-                    &reason,
-                    HashMap::from([("limit".to_owned(), limit.to_string())]),
-                );
-                details.set_retry_info(Some(retry_after));
-                Status::with_error_details(Code::ResourceExhausted, message, details)
-            }
-            ServiceError::InvalidRequest(violations)
-            | ServiceError::UndecodableImage(violations) => {
-                let count = violations.len().to_string();
-                let mut details =
-                    error_info(&reason, HashMap::from([("violations".to_owned(), count)]));
-                details.set_bad_request(
-                    violations
-                        .into_iter()
-                        .map(|violation| FieldViolation {
-                            field: violation.field,
-                            description: violation.description,
-                            reason: violation.reason.to_owned(),
-                            localized_message: None,
-                        })
-                        .collect::<Vec<_>>(),
-                );
-                Status::with_error_details(Code::InvalidArgument, message, details)
-            }
-            ServiceError::BackendUnavailable { service, .. } => Status::with_error_details(
-                Code::Unavailable,
-                message,
-                error_info(&reason, service_metadata(service)),
-            ),
-            ServiceError::BackendDeadline { service } => Status::with_error_details(
-                Code::DeadlineExceeded,
-                message,
-                error_info(&reason, service_metadata(service)),
-            ),
-            // Passed through with the backend's own message and details (field, reason); an
-            // overload answer without RetryInfo gets the gateway's default, so clients back off.
-            ServiceError::BackendRejected { status, .. } => {
-                let mut details = status.get_error_details();
-                if status.code() == Code::ResourceExhausted && details.retry_info().is_none() {
-                    details.set_retry_info(Some(BACKEND_OVERLOAD_RETRY_AFTER));
-                    Status::with_error_details(status.code(), status.message(), details)
-                } else {
-                    Status::with_details(
-                        status.code(),
-                        status.message(),
-                        status.details().to_vec().into(),
-                    )
-                }
-            }
-            ServiceError::BackendFailed { service, .. } => Status::with_error_details(
-                Code::Internal,
-                message,
-                error_info(&reason, service_metadata(service)),
-            ),
-            ServiceError::MessageTooLarge { limit } => Status::with_error_details(
-                Code::ResourceExhausted,
-                message,
-                error_info(
-                    &reason,
-                    HashMap::from([("limit_bytes".to_owned(), limit.to_string())]),
-                ),
-            ),
-            ServiceError::Internal(_) => Status::with_error_details(
-                Code::Internal,
-                message,
-                error_info(&reason, HashMap::new()),
-            ),
+        if let ServiceError::BackendRejected { status, .. } = error {
+            return backend_rejection(status);
         }
+        let mut details = error_info(&error.reason(), error.error_metadata());
+        if let Some(retry_after) = error.retry_after() {
+            details.set_retry_info(Some(retry_after));
+        }
+        let violations = error.violations();
+        let has_fields = matches!(
+            error,
+            ServiceError::InvalidRequest(_) | ServiceError::UndecodableImage(_)
+        );
+        if has_fields || !violations.is_empty() {
+            details.set_bad_request(
+                violations
+                    .into_iter()
+                    .map(|violation| FieldViolation {
+                        field: violation.field,
+                        description: violation.description,
+                        reason: violation.reason.to_owned(),
+                        localized_message: None,
+                    })
+                    .collect::<Vec<_>>(),
+            );
+        }
+        Status::with_error_details(error.grpc_code(), error.to_string(), details)
+    }
+}
+
+/// A backend's refusal with its own message and details (field, reason); an overload answer
+/// without RetryInfo gets the gateway's default, so clients back off.
+fn backend_rejection(status: Status) -> Status {
+    let mut details = status.get_error_details();
+    if status.code() == Code::ResourceExhausted && details.retry_info().is_none() {
+        details.set_retry_info(Some(BACKEND_OVERLOAD_RETRY_AFTER));
+        Status::with_error_details(status.code(), status.message(), details)
+    } else {
+        Status::with_details(
+            status.code(),
+            status.message(),
+            status.details().to_vec().into(),
+        )
     }
 }
 
@@ -511,11 +646,12 @@ mod tests {
             status: backend,
         };
         // An image's content refused: 412, with a reason even when the backend gave none.
-        assert_eq!(error.http_status(), http::StatusCode::PRECONDITION_FAILED);
-        assert_eq!(error.rest_code(), "ERROR");
-        assert_eq!(error.violations()[0].field, "probe");
-        assert_eq!(error.violations()[0].reason, "image_refused");
-        assert!(!error.public_message().contains("matcher"));
+        let rest = error.to_rest();
+        assert_eq!(rest.status, http::StatusCode::PRECONDITION_FAILED);
+        assert_eq!(rest.code, "ERROR");
+        assert_eq!(rest.violations[0].field, "probe");
+        assert_eq!(rest.violations[0].reason, "image_refused");
+        assert!(!rest.message.contains("matcher"));
         let status = Status::from(error);
         assert_eq!(status.code(), Code::InvalidArgument);
         assert_eq!(status.message(), "no face");
@@ -525,6 +661,115 @@ mod tests {
                 .bad_request()
                 .map(|b| b.field_violations[0].field.as_str()),
             Some("probe")
+        );
+    }
+
+    #[test]
+    fn rest_only_refusals_keep_their_envelopes() {
+        let cases = [
+            (
+                ServiceError::NotJson("line 1".into()),
+                400,
+                "BadRequest",
+                "malformed_request",
+                "the body is not one valid JSON object: line 1",
+            ),
+            (
+                ServiceError::UnreadableBody("reset".into()),
+                400,
+                "BadRequest",
+                "malformed_request",
+                "the request body could not be read: reset",
+            ),
+            (
+                ServiceError::DuplicateKey("probe".into()),
+                409,
+                "InvalidParameter",
+                "duplicate_key",
+                "duplicate key \"probe\": each member name may appear once per object",
+            ),
+            (
+                ServiceError::BodyTooLarge { limit: 10 },
+                413,
+                "PayloadTooLarge",
+                "request_body_too_large",
+                "the request body is larger than 10 bytes (the image limits, base64-encoded)",
+            ),
+            (
+                ServiceError::NotFound { api_path: "/v2/x" },
+                404,
+                "NotFound",
+                "not_found",
+                "no such path; the API is POST /v2/x",
+            ),
+            (
+                ServiceError::MethodNotAllowed {
+                    method: "PUT".into(),
+                },
+                405,
+                "MethodNotAllowed",
+                "method_not_allowed",
+                "PUT is not allowed on this path (see the Allow header)",
+            ),
+        ];
+        for (error, status, code, reason, message) in cases {
+            let rest = error.to_rest();
+            assert_eq!(rest.status.as_u16(), status, "{error:?}");
+            assert_eq!((rest.code, rest.reason.as_str()), (code, reason));
+            assert_eq!(rest.message, message);
+            assert_eq!(rest.retry_after_seconds, None);
+        }
+        let duplicate = ServiceError::DuplicateKey("gallery".into()).to_rest();
+        assert_eq!(duplicate.violations[0].field, "gallery");
+        assert_eq!(duplicate.violations[0].reason, "duplicate_key");
+    }
+
+    #[test]
+    fn error_info_metadata_names_the_limit_count_or_service() {
+        let metadata = |error: ServiceError| {
+            Status::from(error)
+                .get_error_details()
+                .error_info()
+                .map(|info| info.metadata.clone())
+                .unwrap()
+        };
+        let in_flight = metadata(ServiceError::TooManyInFlight {
+            limit: 4,
+            retry_after: Duration::from_secs(1),
+        });
+        assert_eq!(in_flight.get("limit").map(String::as_str), Some("4"));
+        let too_large = metadata(ServiceError::MessageTooLarge { limit: 9 });
+        assert_eq!(too_large.get("limit_bytes").map(String::as_str), Some("9"));
+        let invalid = Status::from(ServiceError::InvalidRequest(vec![Violation::new(
+            "os",
+            "invalid_value",
+            "unknown",
+        )]));
+        let details = invalid.get_error_details();
+        assert_eq!(
+            details.error_info().unwrap().metadata.get("violations"),
+            Some(&"1".to_owned())
+        );
+        assert_eq!(
+            details.bad_request().unwrap().field_violations[0].field,
+            "os"
+        );
+        assert!(details.retry_info().is_none());
+        let failed = metadata(ServiceError::BackendFailed {
+            service: Backend::Liveness,
+            detail: "x".into(),
+        });
+        assert_eq!(failed.get("service").map(String::as_str), Some("liveness"));
+        let too_many = Status::from(ServiceError::TooManyInFlight {
+            limit: 4,
+            retry_after: Duration::from_millis(250),
+        });
+        assert_eq!(
+            too_many
+                .get_error_details()
+                .retry_info()
+                .and_then(|info| info.retry_delay),
+            Some(Duration::from_millis(250))
         );
     }
 }

@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::auth::{AuthError, ClientId};
 use crate::error::ServiceError;
-use crate::service::{Gateway, parse_grpc_timeout};
+use crate::service::Gateway;
 
 pub struct GrpcApi {
     gateway: Arc<Gateway>,
@@ -37,7 +37,8 @@ impl FaceVerification for GrpcApi {
             .metadata()
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout);
+            // An unreadable value is ignored (the gateway's own deadline applies), as tonic does.
+            .and_then(|value| faceproof_runtime::parse_grpc_timeout(value).ok());
         let response = self
             .gateway
             .compare_with_liveness(&client, request.into_inner(), caller_timeout)

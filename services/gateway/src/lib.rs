@@ -5,6 +5,11 @@
 //! and in-flight limits, validation, deadlines, orchestration, records and signed results. It
 //! holds no model. grpc.health and `GET /readyz` say whether it can serve (a healthy replica of
 //! each model service); `GET /healthz` only that the process answers.
+//!
+//! Modules depend one way, each only on those listed before it: `error`, `in_flight`,
+//! `rate_limit`, `openapi` (no module) <- `config` <- `auth`, `balancer`, `validation`, `dev` <-
+//! `service` <- `grpc`, `rest`, `readiness` <- this file, which assembles them. Serving uses
+//! `faceproof_runtime`'s plumbing: the observed gRPC server, health, drain and timeout parser.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -31,12 +36,14 @@ use anyhow::Context as _;
 use faceproof_proto::gateway::v1::face_verification_server::{
     FaceVerificationServer, SERVICE_NAME as PUBLIC_SERVICE_NAME,
 };
-use faceproof_runtime::{MalformedRequestLayer, MetricsServer};
-use faceproof_telemetry::{GrpcServerLayer, Metrics, accept_http_without_nagle};
+use faceproof_runtime::{MetricsServer, ServiceHealth, observed_server, serve_until_shutdown};
+use faceproof_telemetry::{Metrics, accept_http_without_nagle};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tonic::service::Routes;
 
-pub use config::{Config, DEFAULT_METRICS_ADDR, GatewayCli, Tool};
+pub use config::{Config, DEFAULT_METRICS_ADDR, GatewayCli, IntoValidConfig, Tool, ValidConfig};
+pub use error::GatewayError;
 pub use service::Gateway;
 
 use crate::auth::{Authenticator, GrpcAuthLayer};
@@ -71,17 +78,19 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    config.validate()?;
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.grpc_addr))?;
-    let http_listener = TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
+    // Checked before anything is bound: a bad configuration opens no port.
+    let config = config.into_valid()?;
+    let grpc_listener = bind(config.config().grpc_addr).await?;
+    let http_listener = bind(config.config().http_addr).await?;
     let metrics = Metrics::new();
-    let metrics_server = MetricsServer::bind(config.metrics_addr, metrics.clone()).await?;
-    let application =
-        Application::build_with_metrics(config, grpc_listener, http_listener, metrics)?;
+    let metrics_server = MetricsServer::bind(config.config().metrics_addr, metrics.clone()).await?;
+    let application = Application::build_with_resolver(
+        config,
+        grpc_listener,
+        http_listener,
+        metrics,
+        Arc::new(DnsResolver),
+    )?;
     tracing::info!(
         grpc = %application.grpc_addr(),
         http = %application.http_addr(),
@@ -94,21 +103,14 @@ pub async fn serve(
     Ok(served?)
 }
 
-/// Errors that stop the gateway from starting or serving.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    #[error("configuration: {0}")]
-    Config(String),
-    #[error("cannot read a listener address: {0}")]
-    Listener(#[source] std::io::Error),
-    #[error("the {server} server failed: {detail}")]
-    Serve {
-        server: &'static str,
-        detail: String,
-    },
+async fn bind(address: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address}"))
 }
 
 /// A gateway bound to its listeners, ready to serve.
+#[derive(Debug)]
 pub struct Application {
     grpc_listener: TcpListener,
     http_listener: TcpListener,
@@ -118,15 +120,6 @@ pub struct Application {
     auth: Arc<Authenticator>,
     rest_settings: rest::RestSettings,
     shutdown_grace: Duration,
-}
-
-impl std::fmt::Debug for Application {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Application")
-            .field("grpc_addr", &self.grpc_addr)
-            .field("http_addr", &self.http_addr)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Application {
@@ -159,17 +152,19 @@ impl Application {
 
     /// As [`Self::build_with_metrics`], resolving the model services' host names with `resolver`
     /// instead of DNS.
+    /// A [`Config`] is checked and parsed here, a [`ValidConfig`] was already.
     pub fn build_with_resolver(
-        config: Config,
+        config: impl IntoValidConfig,
         grpc_listener: TcpListener,
         http_listener: TcpListener,
         metrics: Metrics,
         resolver: Arc<dyn Resolver>,
     ) -> Result<Self, GatewayError> {
-        config.validate()?;
-        let dev = dev::prepare(&config)?;
+        let valid = config.into_valid()?;
+        let config = valid.config();
+        let dev = dev::prepare(config)?;
         let auth = Arc::new(Authenticator::from_config(
-            &config,
+            config,
             dev.jwt_secret.as_deref(),
         )?);
         let signer = match (&config.signing_key_file, dev.signer) {
@@ -198,14 +193,14 @@ impl Application {
             in_flight: InFlightLimiter::new(config.max_in_flight_per_client),
             matchers: ReplicaPool::new(
                 Backend::Matcher,
-                &config.matcher_urls,
+                valid.backend_urls(Backend::Matcher),
                 pool_settings,
                 Arc::clone(&resolver),
                 metrics.clone(),
             )?,
             liveness: ReplicaPool::new(
                 Backend::Liveness,
-                &config.liveness_urls,
+                valid.backend_urls(Backend::Liveness),
                 pool_settings,
                 resolver,
                 metrics.clone(),
@@ -282,32 +277,37 @@ impl Application {
             self.gateway.matchers.spawn_refresher(),
             self.gateway.liveness.spawn_refresher(),
         ];
-        let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let readiness = Readiness::follow(&self.gateway, health_reporter).await;
+        let (health, health_service) = ServiceHealth::new(PUBLIC_SERVICE_NAME).await;
+        let readiness = Readiness::follow(&self.gateway, health.clone()).await;
         let (reflection_v1, reflection_v1alpha) = reflection_services()?;
         let max_message = self.gateway.limits.max_message_bytes();
         let api = FaceVerificationServer::new(grpc::GrpcApi::new(Arc::clone(&self.gateway)))
             .max_decoding_message_size(max_message);
+        // Authentication wraps every route, unknown paths included, inside the shared
+        // observation and malformed-request layers, so refused calls are traced and counted too.
+        let routes = Routes::new(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(api)
+            .into_axum_router()
+            .layer(GrpcAuthLayer::new(Arc::clone(&self.auth), max_message));
+        let grpc_router = observed_server(&self.gateway.metrics).add_routes(routes.into());
 
+        // One stop signal for both servers; the gRPC drain is the shared one, bounded by the
+        // grace period, and the REST drain gets the same grace alongside it.
         let (stop_sender, stop_receiver) = watch::channel(false);
         let stopped = |mut receiver: watch::Receiver<bool>| async move {
             // An error means the sender is gone, which also means stop.
             let _ = receiver.wait_for(|stop| *stop).await;
         };
-        // Observation outermost, so refused calls are traced and counted too.
-        let grpc_server = tonic::transport::Server::builder()
-            .layer(GrpcServerLayer::new(self.gateway.metrics.clone()))
-            .layer(GrpcAuthLayer::new(Arc::clone(&self.auth), max_message))
-            .layer(MalformedRequestLayer)
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(api)
-            .serve_with_incoming_shutdown(
-                faceproof_runtime::accept_without_nagle(self.grpc_listener),
-                stopped(stop_receiver.clone()),
-            );
-        let mut grpc_task = tokio::spawn(grpc_server);
+        let grace = self.shutdown_grace;
+        let mut grpc_task = tokio::spawn(serve_until_shutdown(
+            grpc_router,
+            self.grpc_listener,
+            health,
+            stopped(stop_receiver.clone()),
+            grace,
+        ));
         let router = rest::router(
             Arc::clone(&self.gateway),
             Arc::clone(&self.auth),
@@ -327,34 +327,24 @@ impl Application {
             finished = &mut http_task => return Err(server_failure("http", finished.map(|r| r.map_err(|e| e.to_string())))),
         }
         tracing::info!(
-            grace_ms = self.shutdown_grace.as_millis() as u64,
+            grace_ms = grace.as_millis() as u64,
             "shutting down, draining"
         );
-        readiness.shut_down().await;
+        readiness.shut_down();
         let _ = stop_sender.send(true);
-        let drain = async {
-            let grpc = (&mut grpc_task).await;
-            let http = (&mut http_task).await;
-            (grpc, http)
-        };
-        match tokio::time::timeout(self.shutdown_grace, drain).await {
-            Ok((grpc, http)) => {
-                if let Ok(Err(error)) = grpc {
-                    tracing::warn!(%error, "grpc server ended with an error");
-                }
-                if let Ok(Err(error)) = http {
-                    tracing::warn!(%error, "http server ended with an error");
-                }
-                tracing::info!("stopped");
-            }
+        let (grpc, http) = tokio::join!(grpc_task, tokio::time::timeout(grace, &mut http_task));
+        if let Ok(Err(error)) = grpc {
+            tracing::warn!(%error, "grpc server ended with an error");
+        }
+        match http {
+            Ok(Ok(Err(error))) => tracing::warn!(%error, "http server ended with an error"),
+            Ok(_) => {}
             Err(_) => {
-                tracing::warn!(
-                    "drain did not finish within the grace period, aborting in-flight requests"
-                );
-                grpc_task.abort();
+                tracing::warn!("http drain did not finish within the grace period, aborting");
                 http_task.abort();
             }
         }
+        tracing::info!("stopped");
         Ok(())
     }
 }

@@ -8,8 +8,9 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::rest::{COMPARE_PATH, SIGNING_KEYS_PATH};
-
+/// The reference API's path (the document describes the paths, the REST router serves them).
+pub const COMPARE_PATH: &str = "/v2/face-recognition/compare-with-liveness";
+pub const SIGNING_KEYS_PATH: &str = "/v2/signing-keys";
 /// The document's path.
 pub const OPENAPI_PATH: &str = "/openapi.json";
 

@@ -10,12 +10,10 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use faceproof_proto::gateway::v1::face_verification_server::SERVICE_NAME;
+use faceproof_runtime::ServiceHealth;
 use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
 
 use crate::balancer::ReplicaPool;
 use crate::service::Gateway;
@@ -23,17 +21,17 @@ use crate::service::Gateway;
 /// The REST readiness path.
 pub const READYZ_PATH: &str = "/readyz";
 
-/// Follows both pools' readiness into grpc.health and a watch that `/readyz` reads.
+/// Follows both pools' readiness into grpc.health (the shared [`ServiceHealth`], which also
+/// reports the overall `""`) and a watch that `/readyz` reads.
 #[derive(Debug)]
 pub struct Readiness {
     ready: watch::Sender<bool>,
-    reporter: HealthReporter,
     follower: JoinHandle<()>,
 }
 
 impl Readiness {
     /// Publishes the current state at once, then every change, until [`Self::shut_down`].
-    pub async fn follow(gateway: &Gateway, reporter: HealthReporter) -> Self {
+    pub async fn follow(gateway: &Gateway, health: ServiceHealth) -> Self {
         let ready = watch::Sender::new(false);
         let mut matchers = gateway.matchers.watch_ready();
         let mut liveness = gateway.liveness.watch_ready();
@@ -41,10 +39,9 @@ impl Readiness {
         let both = |matchers: &mut watch::Receiver<bool>, liveness: &mut watch::Receiver<bool>| {
             *matchers.borrow_and_update() && *liveness.borrow_and_update()
         };
-        publish(&ready, &reporter, both(&mut matchers, &mut liveness)).await;
+        publish(&ready, &health, both(&mut matchers, &mut liveness)).await;
         let follower = {
             let ready = ready.clone();
-            let reporter = reporter.clone();
             tokio::spawn(async move {
                 loop {
                     let changed = tokio::select! {
@@ -54,15 +51,11 @@ impl Readiness {
                     if changed.is_err() {
                         return;
                     }
-                    publish(&ready, &reporter, both(&mut matchers, &mut liveness)).await;
+                    publish(&ready, &health, both(&mut matchers, &mut liveness)).await;
                 }
             })
         };
-        Self {
-            ready,
-            reporter,
-            follower,
-        }
+        Self { ready, follower }
     }
 
     /// What `/readyz` reads.
@@ -71,23 +64,25 @@ impl Readiness {
     }
 
     /// Not ready from now on, whatever the model services say: the gateway is draining.
-    pub async fn shut_down(self) {
+    /// grpc.health turns NOT_SERVING for good in the shared drain (`serve_until_shutdown`),
+    /// before the gRPC server stops accepting.
+    pub fn shut_down(self) {
         self.follower.abort();
-        publish(&self.ready, &self.reporter, false).await;
+        self.ready.send_replace(false);
     }
 }
 
-async fn publish(ready: &watch::Sender<bool>, reporter: &HealthReporter, now: bool) {
+async fn publish(ready: &watch::Sender<bool>, health: &ServiceHealth, now: bool) {
+    // grpc.health starts NOT_SERVING, as `ready` starts false: only a change is published.
     let was = ready.send_replace(now);
-    let status = if now {
-        ServingStatus::Serving
+    if was == now {
+        return;
+    }
+    tracing::info!(ready = now, "gateway readiness changed");
+    if now {
+        health.set_serving().await;
     } else {
-        ServingStatus::NotServing
-    };
-    reporter.set_service_status("", status).await;
-    reporter.set_service_status(SERVICE_NAME, status).await;
-    if was != now {
-        tracing::info!(ready = now, "gateway readiness changed");
+        health.set_not_serving().await;
     }
 }
 

@@ -4,7 +4,7 @@
 //! Order of work for a compare request, cheapest refusal first: route and method (404 / 405
 //! before anything else), token, rate limit, `Content-Length` against the body limit, then the
 //! body is streamed into one buffer and cut at the limit (413), then parsed and its base64
-//! decoded on the blocking pool ([`body`]), validated, and handed to the shared orchestration.
+//! decoded on the blocking pool (`body`), validated, and handed to the shared orchestration.
 //! Peak memory per request: the body, then the decoded images (3/4 of it) while the body is
 //! still held, then the images alone.
 //!
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, HttpBody as _};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -28,20 +28,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use faceproof_telemetry::Metrics;
 use serde_json::{Value, json};
-use tokio_stream::StreamExt as _;
 use tracing::Instrument as _;
 
 use crate::auth::Authenticator;
 use crate::config::Limits;
-use crate::error::{ServiceError, Violation, rest_code_for_status};
+use crate::error::ServiceError;
 use crate::service::Gateway;
 use crate::validation::{ValidRequest, validate};
 
 pub use body::decode_image;
 
-/// The reference API's path.
-pub const COMPARE_PATH: &str = "/v2/face-recognition/compare-with-liveness";
-pub const SIGNING_KEYS_PATH: &str = "/v2/signing-keys";
+pub use crate::openapi::{COMPARE_PATH, SIGNING_KEYS_PATH};
 pub const HEALTHZ_PATH: &str = "/healthz";
 
 /// The request id header, read and echoed.
@@ -92,62 +89,40 @@ pub fn router(gateway: Arc<Gateway>, auth: Arc<Authenticator>, settings: RestSet
 
 // ---------------------------------------------------------------- envelope
 
-/// The reference API's error body plus our details: `{"message", "code", "status", "reason",
-/// "violations"?, "request_id"}`.
-fn error_response(
-    status: StatusCode,
-    code: &str,
-    message: String,
-    reason: &str,
-    violations: &[Violation],
-) -> Response {
-    let mut body = json!({
-        "message": message,
-        "code": code,
-        "status": status.as_u16(),
-        "reason": reason,
-    });
-    if !violations.is_empty() {
-        body["violations"] = violations
-            .iter()
-            .map(|violation| {
-                json!({
-                    "field": violation.field,
-                    "reason": violation.reason,
-                    "description": violation.description,
-                })
-            })
-            .collect();
-    }
-    if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
-        body["request_id"] = Value::from(request_id);
-    }
-    (status, axum::Json(body)).into_response()
-}
-
-/// A refusal with no violations, its code from the status.
-fn refusal(status: StatusCode, reason: &str, message: String) -> Response {
-    error_response(status, rest_code_for_status(status), message, reason, &[])
-}
-
+/// The one REST rendering of an error ([`ServiceError::to_rest`]): the reference API's body
+/// plus our details, `{"message", "code", "status", "reason", "violations"?, "request_id"}`, and
+/// `Retry-After` on every overload answer (rate_limited, too_many_in_flight,
+/// inference_queue_full).
 impl IntoResponse for ServiceError {
     fn into_response(self) -> Response {
-        let status = self.http_status();
-        // Every overload answer (rate_limited, too_many_in_flight, inference_queue_full).
-        let retry_after = self
-            .retry_after()
-            .map(|retry_after| retry_after.as_secs_f64().ceil().max(1.0));
-        let mut response = error_response(
-            status,
-            self.rest_code(),
-            self.public_message(),
-            &self.reason(),
-            &self.violations(),
-        );
-        if let Some(seconds) = retry_after
-            && let Ok(value) = HeaderValue::from_str(&format!("{seconds:.0}"))
-        {
-            response.headers_mut().insert(header::RETRY_AFTER, value);
+        let rest = self.to_rest();
+        let mut body = json!({
+            "message": rest.message,
+            "code": rest.code,
+            "status": rest.status.as_u16(),
+            "reason": rest.reason,
+        });
+        if !rest.violations.is_empty() {
+            body["violations"] = rest
+                .violations
+                .iter()
+                .map(|violation| {
+                    json!({
+                        "field": violation.field,
+                        "reason": violation.reason,
+                        "description": violation.description,
+                    })
+                })
+                .collect();
+        }
+        if let Ok(request_id) = REQUEST_ID.try_with(Clone::clone) {
+            body["request_id"] = Value::from(request_id);
+        }
+        let mut response = (rest.status, axum::Json(body)).into_response();
+        if let Some(seconds) = rest.retry_after_seconds {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -182,20 +157,18 @@ fn known_route(path: &str) -> &'static str {
 }
 
 async fn not_found() -> Response {
-    refusal(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no such path; the API is POST {COMPARE_PATH}"),
-    )
+    ServiceError::NotFound {
+        api_path: COMPARE_PATH,
+    }
+    .into_response()
 }
 
 /// axum adds the `Allow` header.
 async fn method_not_allowed(method: Method) -> Response {
-    refusal(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        format!("{method} is not allowed on this path (see the Allow header)"),
-    )
+    ServiceError::MethodNotAllowed {
+        method: method.to_string(),
+    }
+    .into_response()
 }
 
 /// The request id, the `http.request` span, the echoed header and the metrics, around
@@ -365,8 +338,7 @@ async fn compare_with_liveness(State(state): State<RestState>, request: Request)
     let parsed = tokio::task::spawn_blocking(move || parse_and_validate(body, &limits)).await;
     let request = match parsed {
         Ok(Ok(request)) => request,
-        Ok(Err(Refused::Body(error))) => return body_error_response(error),
-        Ok(Err(Refused::Invalid(error))) => return error.into_response(),
+        Ok(Err(error)) => return error.into_response(),
         Err(error) => {
             return ServiceError::Internal(format!("request parsing stopped: {error}"))
                 .into_response();
@@ -381,22 +353,21 @@ async fn compare_with_liveness(State(state): State<RestState>, request: Request)
     }
 }
 
-/// Why a body was refused before orchestration.
-enum Refused {
-    Body(body::BodyError),
-    Invalid(ServiceError),
-}
-
 /// Parses, decodes and validates a body, reporting every violation together. The body is
 /// dropped as soon as the images are decoded out of it.
-fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, Refused> {
+fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, ServiceError> {
     let parsed =
-        body::parse_with_image_limit(&body, limits.max_image_bytes).map_err(Refused::Body)?;
+        body::parse_with_image_limit(&body, limits.max_image_bytes).map_err(
+            |error| match error {
+                body::BodyError::Malformed(detail) => ServiceError::NotJson(detail),
+                body::BodyError::DuplicateKey(key) => ServiceError::DuplicateKey(key),
+            },
+        )?;
     drop(body);
     let mut violations = parsed.violations;
     match validate(parsed.request, limits) {
         Ok(valid) if violations.is_empty() => Ok(valid),
-        Ok(_) => Err(Refused::Invalid(ServiceError::InvalidRequest(violations))),
+        Ok(_) => Err(ServiceError::InvalidRequest(violations)),
         Err(ServiceError::InvalidRequest(found)) => {
             // A field that failed to parse is not judged again (a missing probe is not also
             // "empty").
@@ -409,30 +380,9 @@ fn parse_and_validate(body: Vec<u8>, limits: &Limits) -> Result<ValidRequest, Re
                     .into_iter()
                     .filter(|violation| !reported.contains(&violation.field)),
             );
-            Err(Refused::Invalid(ServiceError::InvalidRequest(violations)))
+            Err(ServiceError::InvalidRequest(violations))
         }
-        Err(other) => Err(Refused::Invalid(other)),
-    }
-}
-
-fn body_error_response(error: body::BodyError) -> Response {
-    match error {
-        body::BodyError::Malformed(detail) => refusal(
-            StatusCode::BAD_REQUEST,
-            "malformed_request",
-            format!("the body is not one valid JSON object: {detail}"),
-        ),
-        body::BodyError::DuplicateKey(key) => error_response(
-            StatusCode::CONFLICT,
-            rest_code_for_status(StatusCode::CONFLICT),
-            format!("duplicate key \"{key}\": each member name may appear once per object"),
-            "duplicate_key",
-            &[Violation::new(
-                key,
-                "duplicate_key",
-                "appears more than once in its object",
-            )],
-        ),
+        Err(other) => Err(other),
     }
 }
 
@@ -443,15 +393,7 @@ async fn read_body(
     body: Body,
     limit: usize,
 ) -> Result<Vec<u8>, Box<Response>> {
-    let too_large = || {
-        Box::new(refusal(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "request_body_too_large",
-            format!(
-                "the request body is larger than {limit} bytes (the image limits, base64-encoded)"
-            ),
-        ))
-    };
+    let too_large = || Box::new(ServiceError::BodyTooLarge { limit }.into_response());
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
@@ -460,15 +402,16 @@ async fn read_body(
         return Err(too_large());
     }
     let mut buffer = Vec::with_capacity(declared.map_or(0, |length| length as usize));
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|error| {
-            Box::new(refusal(
-                StatusCode::BAD_REQUEST,
-                "malformed_request",
-                format!("the request body could not be read: {error}"),
-            ))
+    let mut body = std::pin::pin!(body);
+    while let Some(frame) = std::future::poll_fn(|context| body.as_mut().poll_frame(context)).await
+    {
+        let frame = frame.map_err(|error| {
+            Box::new(ServiceError::UnreadableBody(error.to_string()).into_response())
         })?;
+        // Trailers carry no body bytes.
+        let Ok(chunk) = frame.into_data() else {
+            continue;
+        };
         if buffer.len() + chunk.len() > limit {
             return Err(too_large());
         }

@@ -14,6 +14,8 @@ use faceproof_signing::{Signer, false_accept_rate_for_threshold};
 use faceproof_telemetry::{CompareOutcome, LivenessOutcome, Metrics, TraceContextInterceptor};
 use sha2::{Digest as _, Sha256};
 use tonic::Code;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
 use tracing::Instrument as _;
 
 use crate::auth::ClientId;
@@ -165,13 +167,10 @@ impl Gateway {
         let compared = self
             .matchers
             .call(deadline, matcher_request, |channel, request| {
-                async move {
-                    MatcherClient::with_interceptor(channel, TraceContextInterceptor)
-                        .max_encoding_message_size(usize::MAX)
-                        .compare(request)
-                        .await
-                }
-                .instrument(client_span("faceproof.matcher.v1.Matcher", "Compare"))
+                let mut matcher = MatcherClient::new(traced_channel(channel))
+                    .max_encoding_message_size(usize::MAX);
+                async move { matcher.compare(request).await }
+                    .instrument(client_span(MATCHER_COMPARE))
             })
             .await
             .inspect_err(|error| {
@@ -238,13 +237,10 @@ impl Gateway {
             let checked = self
                 .liveness
                 .call(deadline, check_request, |channel, request| {
-                    async move {
-                        LivenessClient::with_interceptor(channel, TraceContextInterceptor)
-                            .max_encoding_message_size(usize::MAX)
-                            .check(request)
-                            .await
-                    }
-                    .instrument(client_span("faceproof.liveness.v1.Liveness", "Check"))
+                    let mut liveness = LivenessClient::new(traced_channel(channel))
+                        .max_encoding_message_size(usize::MAX);
+                    async move { liveness.check(request).await }
+                        .instrument(client_span(LIVENESS_CHECK))
                 })
                 .await?;
             let result = liveness_result(checked, liveness_min_score)?;
@@ -320,9 +316,18 @@ fn is_probe_face_issue(error: &ServiceError) -> bool {
     )
 }
 
+/// The model service RPCs the gateway makes, as (gRPC service, method).
+const MATCHER_COMPARE: (&str, &str) = ("faceproof.matcher.v1.Matcher", "Compare");
+const LIVENESS_CHECK: (&str, &str) = ("faceproof.liveness.v1.Liveness", "Check");
+
+/// A replica's channel that sends the current span's context in `traceparent`.
+fn traced_channel(channel: Channel) -> InterceptedService<Channel, TraceContextInterceptor> {
+    InterceptedService::new(channel, TraceContextInterceptor)
+}
+
 /// The client-side span of one backend call: its context travels in `traceparent`
 /// ([`TraceContextInterceptor`]), so the model service's server span becomes its child.
-fn client_span(service: &'static str, method: &'static str) -> tracing::Span {
+fn client_span((service, method): (&'static str, &'static str)) -> tracing::Span {
     tracing::info_span!(
         "grpc.client",
         otel.name = %format_args!("{service}/{method}"),
@@ -453,24 +458,6 @@ pub fn human_date_time(time: DateTime<Utc>) -> String {
     time.format("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// Parses a grpc-timeout header value (`100m`, `5S`, ...: digits then one of H M S m u n).
-pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
-    if value.len() < 2 || value.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = value.split_at(value.len() - 1);
-    let amount: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(amount.checked_mul(3600)?),
-        "M" => Duration::from_secs(amount.checked_mul(60)?),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,14 +503,6 @@ mod tests {
             result.issue.map(|issue| issue.field),
             Some("probe".to_owned())
         );
-    }
-
-    #[test]
-    fn grpc_timeouts_parse() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_grpc_timeout("5x"), None);
-        assert_eq!(parse_grpc_timeout("m"), None);
     }
 
     #[test]
