@@ -64,12 +64,7 @@ pub const TELEMETRY_SERVICE_NAME: &str = "faceproof-gateway";
 /// or ctrl-c, then the last spans are flushed. Call it once per process.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let telemetry = config.telemetry.telemetry_config(TELEMETRY_SERVICE_NAME)?;
-    let guard = faceproof_telemetry::init(&telemetry).context("initialising telemetry")?;
-    let served = serve(config, faceproof_runtime::shutdown_signal()).await;
-    if let Err(error) = guard.shutdown().await {
-        tracing::warn!(%error, "flushing the last spans failed");
-    }
-    served
+    faceproof_runtime::run_process(telemetry, |shutdown| serve(config, shutdown)).await
 }
 
 /// Validates, binds the gRPC, REST and metrics listeners and serves until `shutdown` resolves,
