@@ -757,6 +757,51 @@ pub fn authorize<T>(request: &mut Request<T>, credential: &str) {
     );
 }
 
+// ---------------------------------------------------------------- reflection
+
+/// Lists the services of a gRPC reflection endpoint: `v1` and `v1alpha` are the same messages
+/// in two packages.
+macro_rules! list_services {
+    ($version:ident, $channel:expr) => {{
+        use reflection::server_reflection_request::MessageRequest;
+        use reflection::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::$version as reflection;
+        let list = reflection::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut answers = within(
+            reflection::server_reflection_client::ServerReflectionClient::new($channel)
+                .server_reflection_info(tokio_stream::iter([list])),
+        )
+        .await
+        .expect("reflection answers")
+        .into_inner();
+        let answer = within(answers.message())
+            .await
+            .expect("a reflection message")
+            .expect("one answer");
+        let Some(MessageResponse::ListServicesResponse(services)) = answer.message_response else {
+            panic!("expected a service list, got {:?}", answer.message_response);
+        };
+        services
+            .service
+            .into_iter()
+            .map(|service| service.name)
+            .collect()
+    }};
+}
+
+/// The services that gRPC reflection (`grpc.reflection.v1`) lists on `channel`.
+pub async fn reflected_services(channel: Channel) -> Vec<String> {
+    list_services!(v1, channel)
+}
+
+/// The services that the older `grpc.reflection.v1alpha` lists on `channel`.
+pub async fn reflected_services_v1alpha(channel: Channel) -> Vec<String> {
+    list_services!(v1alpha, channel)
+}
+
 // ---------------------------------------------------------------- tokens
 
 #[derive(serde::Serialize)]

@@ -17,7 +17,8 @@ use faceproof_signing::{PublicKeySet, VerifyError};
 use faceproof_testkit::fake_backend::{
     API_KEY, COMPARE_PATH, FakeLiveness, FakeMatcher, GatewaySetup, Jwt, LivenessScript,
     MatcherScript, SECRET, TestGateway, authorize, compare_request, face, gallery_image,
-    hs256_token, probe, reason, retry_delay, serve, sign_token, violation_fields, within,
+    hs256_token, probe, reason, reflected_services, retry_delay, serve, sign_token,
+    violation_fields, within,
 };
 use faceproof_testkit::net::RefusingAddress;
 use serde_json::{Value, json};
@@ -31,6 +32,18 @@ fn with_thresholds(compare: Option<f64>, liveness: Option<f64>) -> pb::CompareWi
         liveness_min_score: liveness,
         ..compare_request()
     }
+}
+
+/// The error of a compare, which must come back long before the 30 s the slow fakes take.
+async fn quick_error(app: &TestGateway, request: pb::CompareWithLivenessRequest) -> Status {
+    let started = Instant::now();
+    let status = app.compare(request).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    status
 }
 
 fn is_rfc3339_millis_utc(text: &str) -> bool {
@@ -320,17 +333,9 @@ async fn size_count_and_pixel_limits_are_enforced() {
 
 #[tokio::test]
 async fn an_oversized_message_is_resource_exhausted_naming_the_limit() {
-    let app = GatewaySetup {
-        args: vec![
-            "--max-image-bytes".into(),
-            "1000".into(),
-            "--max-gallery".into(),
-            "1".into(),
-        ],
-        ..GatewaySetup::default()
-    }
-    .start()
-    .await;
+    let app = GatewaySetup::with_args(&["--max-image-bytes", "1000", "--max-gallery", "1"])
+        .start()
+        .await;
     let status = app.compare(compare_request()).await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(reason(&status), "message_too_large");
@@ -468,27 +473,7 @@ async fn health_reflection_and_keys_need_no_token() {
     );
     assert!(!app.keys().await.is_empty());
 
-    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
-    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
-    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    let mut reflection = ServerReflectionClient::new(app.channel().await);
-    let list = tonic_reflection::pb::v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut answers = within(reflection.server_reflection_info(tokio_stream::iter([list])))
-        .await
-        .unwrap()
-        .into_inner();
-    let answer = within(answers.message()).await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(services)) = answer.message_response else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = services
-        .service
-        .into_iter()
-        .map(|service| service.name)
-        .collect();
+    let names = reflected_services(app.channel().await).await;
     assert!(
         names
             .iter()
@@ -528,21 +513,12 @@ async fn matcher_invalid_argument_passes_through_with_its_details() {
 
 #[tokio::test]
 async fn a_slow_matcher_gives_deadline_exceeded_quickly() {
-    let app = GatewaySetup {
-        args: vec!["--deadline-fast-ms".into(), "300".into()],
-        ..GatewaySetup::default()
-    }
-    .start()
-    .await;
+    let app = GatewaySetup::with_args(&["--deadline-fast-ms", "300"])
+        .start()
+        .await;
     app.matcher
         .set(MatcherScript::Slow(Duration::from_secs(30)));
-    let started = Instant::now();
-    let status = app.compare(compare_request()).await.unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    let status = quick_error(&app, compare_request()).await;
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert_eq!(reason(&status), "matcher_deadline_exceeded");
     assert!(status.message().contains("matcher"), "{}", status.message());
@@ -550,25 +526,16 @@ async fn a_slow_matcher_gives_deadline_exceeded_quickly() {
 
 #[tokio::test]
 async fn a_slow_liveness_gives_deadline_exceeded_naming_it() {
-    let app = GatewaySetup {
-        args: vec!["--deadline-accurate-ms".into(), "400".into()],
-        ..GatewaySetup::default()
-    }
-    .start()
-    .await;
+    let app = GatewaySetup::with_args(&["--deadline-accurate-ms", "400"])
+        .start()
+        .await;
     app.liveness
         .set(LivenessScript::Slow(Duration::from_secs(30)));
-    let started = Instant::now();
     let accurate = pb::CompareWithLivenessRequest {
         search_mode: "ACCURATE".into(),
         ..compare_request()
     };
-    let status = app.compare(accurate).await.unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    let status = quick_error(&app, accurate).await;
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert_eq!(reason(&status), "liveness_deadline_exceeded");
 }
@@ -582,13 +549,7 @@ async fn a_down_backend_gives_unavailable_naming_it() {
     }
     .start()
     .await;
-    let started = Instant::now();
-    let status = app.compare(compare_request()).await.unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    let status = quick_error(&app, compare_request()).await;
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status), "matcher_unavailable");
     let info = status.get_error_details().error_info().cloned().unwrap();
@@ -610,17 +571,10 @@ async fn a_down_backend_gives_unavailable_naming_it() {
 
 #[tokio::test]
 async fn the_rate_limit_answers_resource_exhausted_with_retry_info() {
-    let app = GatewaySetup {
-        args: vec![
-            "--rate-limit-per-second".into(),
-            "0.01".into(),
-            "--rate-limit-burst".into(),
-            "2".into(),
-        ],
-        ..GatewaySetup::default()
-    }
-    .start()
-    .await;
+    let app =
+        GatewaySetup::with_args(&["--rate-limit-per-second", "0.01", "--rate-limit-burst", "2"])
+            .start()
+            .await;
     app.compare(compare_request()).await.unwrap();
     app.compare(compare_request()).await.unwrap();
     let status = app.compare(compare_request()).await.unwrap_err();
@@ -692,17 +646,9 @@ async fn rest_success_is_the_reference_envelope_and_verifies() {
 
 #[tokio::test]
 async fn rest_errors_use_the_reference_statuses() {
-    let app = GatewaySetup {
-        args: vec![
-            "--max-image-bytes".into(),
-            "400000".into(),
-            "--max-gallery".into(),
-            "1".into(),
-        ],
-        ..GatewaySetup::default()
-    }
-    .start()
-    .await;
+    let app = GatewaySetup::with_args(&["--max-image-bytes", "400000", "--max-gallery", "1"])
+        .start()
+        .await;
     let body = rest_body().to_string();
     let token = hs256_token("acme", 60);
 
@@ -791,17 +737,10 @@ async fn rest_errors_use_the_reference_statuses() {
 
 #[tokio::test]
 async fn rest_rate_limit_is_429_with_retry_after() {
-    let app = GatewaySetup {
-        args: vec![
-            "--rate-limit-per-second".into(),
-            "0.5".into(),
-            "--rate-limit-burst".into(),
-            "1".into(),
-        ],
-        ..GatewaySetup::default()
-    }
-    .start()
-    .await;
+    let app =
+        GatewaySetup::with_args(&["--rate-limit-per-second", "0.5", "--rate-limit-burst", "1"])
+            .start()
+            .await;
     let token = hs256_token("acme", 60);
     let body = rest_body().to_string();
     assert_eq!(

@@ -180,6 +180,29 @@ impl Traffic {
     }
 }
 
+/// Waits until both replicas have answered a few requests.
+async fn wait_for_both(replicas: &[MatcherReplica]) {
+    wait_until("both replicas answer", || {
+        replicas[0].matcher.answered() >= 5 && replicas[1].matcher.answered() >= 5
+    })
+    .await;
+}
+
+/// Once the second replica is gone: the survivor answers 20 more requests, then `traffic`
+/// stops, and every request it sent was answered exactly once.
+async fn survivor_takes_over(replicas: &[MatcherReplica], traffic: Traffic) {
+    let survivor_before = replicas[0].matcher.answered();
+    wait_until("the survivor answers more", || {
+        replicas[0].matcher.answered() >= survivor_before + 20
+    })
+    .await;
+    let sent = traffic.finish().await;
+    assert_eq!(
+        sent,
+        replicas[0].matcher.answered() + replicas[1].matcher.answered()
+    );
+}
+
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -201,21 +224,9 @@ async fn a_replica_stopping_gracefully_loses_no_request() {
     // retried on the survivor.
     let (mut replicas, gateway) = replicas_behind_a_gateway(2, Refresh::Never).await;
     let traffic = Traffic::start(&gateway, 4);
-    wait_until("both replicas answer", || {
-        replicas[0].matcher.answered() >= 5 && replicas[1].matcher.answered() >= 5
-    })
-    .await;
+    wait_for_both(&replicas).await;
     replicas[1].stop_gracefully().await;
-    let survivor_before = replicas[0].matcher.answered();
-    wait_until("the survivor answers more", || {
-        replicas[0].matcher.answered() >= survivor_before + 20
-    })
-    .await;
-    let sent = traffic.finish().await;
-    assert_eq!(
-        sent,
-        replicas[0].matcher.answered() + replicas[1].matcher.answered()
-    );
+    survivor_takes_over(&replicas, traffic).await;
 
     // A request met the stopped replica, took it out of rotation and was answered by the
     // survivor; everything now goes there.
@@ -233,10 +244,7 @@ async fn a_replica_stopping_gracefully_loses_no_request() {
 async fn a_replica_killed_with_requests_in_flight_loses_none() {
     let (mut replicas, gateway) = replicas_behind_a_gateway(2, Refresh::Never).await;
     let traffic = Traffic::start(&gateway, 4);
-    wait_until("both replicas answer", || {
-        replicas[0].matcher.answered() >= 5 && replicas[1].matcher.answered() >= 5
-    })
-    .await;
+    wait_for_both(&replicas).await;
     // The second replica takes requests without answering, then dies with them.
     replicas[1].matcher.set(MatcherScript::Hold);
     let held = replicas[1].matcher.held_counter();
@@ -245,17 +253,8 @@ async fn a_replica_killed_with_requests_in_flight_loses_none() {
     })
     .await;
     replicas[1].kill();
-    let survivor_before = replicas[0].matcher.answered();
-    wait_until("the survivor answers more", || {
-        replicas[0].matcher.answered() >= survivor_before + 20
-    })
-    .await;
-    let sent = traffic.finish().await;
     // Every request was answered once, the held ones by the survivor after the retry.
-    assert_eq!(
-        sent,
-        replicas[0].matcher.answered() + replicas[1].matcher.answered()
-    );
+    survivor_takes_over(&replicas, traffic).await;
 
     assert_eq!(gateway.replicas("matcher"), (1, 1));
     let first = replicas[0].matcher.answered();

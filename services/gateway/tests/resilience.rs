@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use faceproof_proto::gateway::v1::face_verification_client::FaceVerificationClient;
 use faceproof_testkit::fake_backend::{
     COMPARE_PATH, GatewaySetup, HttpAnswer, Jwt, MatcherReplica, MatcherScript, WAIT, authorize,
-    compare_request, fixture, http, reason, retry_delay, wait_until, within,
+    compare_request, fixture, http, reason, reflected_services, reflected_services_v1alpha,
+    retry_delay, wait_until, within,
 };
 use faceproof_testkit::net::closes_every_connection;
 use tonic::transport::Channel;
@@ -38,7 +39,6 @@ fn queue_full() -> MatcherScript {
 /// one gRPC connection to it.
 struct TestGateway {
     grpc: Channel,
-    grpc_addr: SocketAddr,
     http_addr: SocketAddr,
     _gateway: faceproof_testkit::fake_backend::TestGateway,
 }
@@ -66,7 +66,6 @@ async fn spawn_gateway(matcher: SocketAddr, max_in_flight: usize) -> TestGateway
     .await;
     TestGateway {
         grpc: gateway.channel().await,
-        grpc_addr: gateway.grpc_addr,
         http_addr: gateway.http_addr,
         _gateway: gateway,
     }
@@ -395,72 +394,18 @@ async fn reflection_lists_only_the_public_services_over_v1_and_v1alpha() {
         "grpc.health.v1.Health",
     ];
 
-    use tonic_reflection::pb::v1;
-    let list = v1::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-    };
-    let mut answers = within(
-        v1::server_reflection_client::ServerReflectionClient::new(gateway.grpc.clone())
-            .server_reflection_info(tokio_stream::iter([list])),
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    let answer = within(answers.message()).await.unwrap().unwrap();
-    let Some(v1::server_reflection_response::MessageResponse::ListServicesResponse(services)) =
-        answer.message_response
-    else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = services.service.into_iter().map(|s| s.name).collect();
-    for name in expected {
-        assert!(names.iter().any(|listed| listed == name), "{names:?}");
+    for names in [
+        reflected_services(gateway.grpc.clone()).await,
+        reflected_services_v1alpha(gateway.grpc.clone()).await,
+    ] {
+        for name in expected {
+            assert!(names.iter().any(|listed| listed == name), "{names:?}");
+        }
+        assert!(
+            !names
+                .iter()
+                .any(|name| name.contains("matcher") || name.contains("liveness")),
+            "{names:?}"
+        );
     }
-    assert!(
-        !names
-            .iter()
-            .any(|name| name.contains("matcher") || name.contains("liveness")),
-        "{names:?}"
-    );
-
-    use tonic_reflection::pb::v1alpha;
-    let list = v1alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-    };
-    let channel = within(
-        Channel::from_shared(format!("http://{}", gateway.grpc_addr))
-            .unwrap()
-            .connect(),
-    )
-    .await
-    .unwrap();
-    let mut answers = within(
-        v1alpha::server_reflection_client::ServerReflectionClient::new(channel)
-            .server_reflection_info(tokio_stream::iter([list])),
-    )
-    .await
-    .unwrap()
-    .into_inner();
-    let answer = within(answers.message()).await.unwrap().unwrap();
-    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(services)) =
-        answer.message_response
-    else {
-        panic!("expected a service list");
-    };
-    let names: Vec<String> = services.service.into_iter().map(|s| s.name).collect();
-    for name in expected {
-        assert!(names.iter().any(|listed| listed == name), "{names:?}");
-    }
-    assert!(
-        !names
-            .iter()
-            .any(|name| name.contains("matcher") || name.contains("liveness")),
-        "{names:?}"
-    );
 }
