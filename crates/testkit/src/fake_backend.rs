@@ -850,18 +850,26 @@ pub fn reason(status: &Status) -> String {
         .unwrap_or_default()
 }
 
-/// The fields of a status's `BadRequest` violations, in order.
-pub fn violation_fields(status: &Status) -> Vec<String> {
+/// The `(field, reason)` of a status's `BadRequest` violations, in order.
+pub fn violations(status: &Status) -> Vec<(String, String)> {
     status
         .get_error_details()
         .bad_request()
         .map(|bad| {
             bad.field_violations
                 .iter()
-                .map(|v| v.field.clone())
+                .map(|violation| (violation.field.clone(), violation.reason.clone()))
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// The fields of a status's `BadRequest` violations, in order.
+pub fn violation_fields(status: &Status) -> Vec<String> {
+    violations(status)
+        .into_iter()
+        .map(|(field, _)| field)
+        .collect()
 }
 
 /// The `RetryInfo` delay of a status.
@@ -870,6 +878,16 @@ pub fn retry_delay(status: &Status) -> Option<Duration> {
         .get_error_details()
         .retry_info()
         .and_then(|info| info.retry_delay)
+}
+
+/// Whether `text` is a record time as the reference writes them: RFC 3339 in UTC with
+/// milliseconds (`2026-01-02T03:04:05.678Z`).
+pub fn is_rfc3339_millis_utc(text: &str) -> bool {
+    text.len() == 24
+        && text.ends_with('Z')
+        && text.as_bytes()[10] == b'T'
+        && text.as_bytes()[19] == b'.'
+        && chrono::DateTime::parse_from_rfc3339(text).is_ok()
 }
 
 // ---------------------------------------------------------------- raw HTTP/1.1

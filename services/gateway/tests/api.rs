@@ -17,8 +17,8 @@ use faceproof_signing::{PublicKeySet, VerifyError};
 use faceproof_testkit::fake_backend::{
     API_KEY, COMPARE_PATH, FakeLiveness, FakeMatcher, GatewaySetup, Jwt, LivenessScript,
     MatcherScript, SECRET, TestGateway, authorize, compare_request, face, gallery_image,
-    hs256_token, probe, reason, reflected_services, retry_delay, serve, sign_token,
-    violation_fields, within,
+    hs256_token, is_rfc3339_millis_utc, probe, reason, reflected_services, retry_delay, serve,
+    sign_token, violation_fields, within,
 };
 use faceproof_testkit::net::RefusingAddress;
 use serde_json::{Value, json};
@@ -44,14 +44,6 @@ async fn quick_error(app: &TestGateway, request: pb::CompareWithLivenessRequest)
         started.elapsed()
     );
     status
-}
-
-fn is_rfc3339_millis_utc(text: &str) -> bool {
-    text.len() == 24
-        && text.ends_with('Z')
-        && text.as_bytes()[10] == b'T'
-        && text.as_bytes()[19] == b'.'
-        && chrono::DateTime::parse_from_rfc3339(text).is_ok()
 }
 
 // ---------------------------------------------------------------- success and records

@@ -203,6 +203,19 @@ async fn survivor_takes_over(replicas: &[MatcherReplica], traffic: Traffic) {
     );
 }
 
+/// Sends 20 requests and checks that the first replica answered them all and the second none;
+/// returns how many the second had answered.
+async fn only_the_first_answers(gateway: &Arc<TestGateway>, replicas: &[MatcherReplica]) -> usize {
+    let (first, second) = (
+        replicas[0].matcher.answered(),
+        replicas[1].matcher.answered(),
+    );
+    gateway.compare_many(20, 4).await;
+    assert_eq!(replicas[0].matcher.answered(), first + 20);
+    assert_eq!(replicas[1].matcher.answered(), second);
+    second
+}
+
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,13 +244,7 @@ async fn a_replica_stopping_gracefully_loses_no_request() {
     // A request met the stopped replica, took it out of rotation and was answered by the
     // survivor; everything now goes there.
     assert_eq!(gateway.replicas("matcher"), (1, 1));
-    let (first, second) = (
-        replicas[0].matcher.answered(),
-        replicas[1].matcher.answered(),
-    );
-    gateway.compare_many(20, 4).await;
-    assert_eq!(replicas[0].matcher.answered(), first + 20);
-    assert_eq!(replicas[1].matcher.answered(), second);
+    only_the_first_answers(&gateway, &replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,9 +264,7 @@ async fn a_replica_killed_with_requests_in_flight_loses_none() {
     survivor_takes_over(&replicas, traffic).await;
 
     assert_eq!(gateway.replicas("matcher"), (1, 1));
-    let first = replicas[0].matcher.answered();
-    gateway.compare_many(20, 4).await;
-    assert_eq!(replicas[0].matcher.answered(), first + 20);
+    only_the_first_answers(&gateway, &replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -267,13 +272,7 @@ async fn a_not_serving_replica_gets_no_requests_until_it_serves_again() {
     let (replicas, gateway) = replicas_behind_a_gateway(2, Refresh::Fast).await;
     replicas[1].set_serving(false).await;
     gateway.wait_for_matchers(1, 1).await;
-    let (first, second) = (
-        replicas[0].matcher.answered(),
-        replicas[1].matcher.answered(),
-    );
-    gateway.compare_many(20, 4).await;
-    assert_eq!(replicas[0].matcher.answered(), first + 20);
-    assert_eq!(replicas[1].matcher.answered(), second);
+    let second = only_the_first_answers(&gateway, &replicas).await;
 
     replicas[1].set_serving(true).await;
     gateway.wait_for_matchers(2, 0).await;
