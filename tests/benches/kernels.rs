@@ -1,7 +1,7 @@
 //! Timings of faceproof-vision's kernels and networks, against candle's own operations where
 //! there is one to compare with (moved here from ignored tests of crates/vision: a timing is
 //! measured on demand, never asserted). Random inputs; the networks load their converted weights
-//! from `models/store`.
+//! from the model store (`FACEPROOF_MODEL_DIR` or `models/store`).
 //!
 //! `cargo bench -p faceproof-tests --bench kernels [-- NAME]`, NAME a part of a section's name
 //! (`depthwise`, `sface_blocks`, `elementwise`, `networks`, `minifasnet`); all sections without
@@ -9,10 +9,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
+use faceproof_models::{ModelName, ModelStore};
 use faceproof_vision::nets::minifasnet::{MiniFasNet, MiniFasNetVariant};
 use faceproof_vision::nets::sface::SFace;
 use faceproof_vision::nets::yunet::YuNet;
@@ -74,25 +74,11 @@ impl Xorshift {
     }
 }
 
-fn store_file(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/store")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "converted weights {} are missing ({error}): run \
-             `cargo run -p faceproof-cli -- models fetch --from ../shared/models` first",
-            path.display()
-        )
-    })
-}
-
-fn yunet() -> YuNet {
-    YuNet::from_safetensors(&store_file("yunet.safetensors"), &Device::Cpu).unwrap()
-}
-
-fn sface() -> SFace {
-    SFace::from_safetensors(&store_file("sface.safetensors"), &Device::Cpu).unwrap()
+/// The converted weights of `name`, checked against the store's manifest.
+fn weights(name: ModelName) -> Vec<u8> {
+    let store = ModelStore::discover()
+        .expect("no model store: run `faceproof models fetch --from ../shared/models` first");
+    store.read_verified(name).unwrap()
 }
 
 /// The depthwise kernel against candle's grouped convolution on the networks' layer shapes, on
@@ -399,8 +385,8 @@ fn elementwise() {
 /// The detection and embedding networks alone; run with `RAYON_NUM_THREADS=1` and `=2` (and
 /// the matching candle thread count) to compare with the reference timings in models/SOURCES.md.
 fn networks() {
-    let yunet = yunet();
-    let sface = sface();
+    let yunet = YuNet::from_safetensors(&weights(ModelName::YuNet), &Device::Cpu).unwrap();
+    let sface = SFace::from_safetensors(&weights(ModelName::SFace), &Device::Cpu).unwrap();
     for side in [320usize, 640] {
         let input = Tensor::rand(0f32, 255f32, (1, 3, side, side), &Device::Cpu).unwrap();
         let ms = median_ms(
@@ -428,11 +414,11 @@ fn minifasnet() {
     let mut rng = Xorshift(3);
     let one = (rng.tensor(&[1, 3, 80, 80]) * 127.0).unwrap();
     let two = Tensor::cat(&[&one, &one], 0).unwrap();
-    for (file, variant) in [
-        ("minifasnet_v2.safetensors", MiniFasNetVariant::V2),
-        ("minifasnet_v1se.safetensors", MiniFasNetVariant::V1Se),
+    for (name, variant) in [
+        (ModelName::MiniFasNetV2, MiniFasNetVariant::V2),
+        (ModelName::MiniFasNetV1Se, MiniFasNetVariant::V1Se),
     ] {
-        let net = MiniFasNet::from_safetensors(&store_file(file), variant, &Device::Cpu).unwrap();
+        let net = MiniFasNet::from_safetensors(&weights(name), variant, &Device::Cpu).unwrap();
         for threads in [1, 2] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
