@@ -63,9 +63,9 @@ pub struct StackOptions {
 impl Default for StackOptions {
     fn default() -> Self {
         let mut matcher = MatcherConfig::default();
-        matcher.serving.shutdown_grace_ms = 2_000;
+        matcher.host.serving.shutdown_grace_ms = 2_000;
         let mut liveness = LivenessConfig::default();
-        liveness.serving.shutdown_grace_ms = 2_000;
+        liveness.host.serving.shutdown_grace_ms = 2_000;
         Self {
             deadline_fast: Duration::from_secs(60),
             deadline_accurate: Duration::from_secs(60),
@@ -193,6 +193,58 @@ pub fn engines() -> anyhow::Result<&'static Engines> {
     ENGINES
         .get()
         .ok_or_else(|| anyhow!("engine cache is empty after being set"))
+}
+
+/// One comparison and its liveness check run on the engines directly, as the stack chains them
+/// (FAST, an iOS client, the matcher's probe face as the liveness hint), and when each ended.
+pub struct InProcess {
+    pub compared: faceproof_matcher::CompareOutcome,
+    pub checked: faceproof_liveness::LivenessVerdict,
+    /// From the start to the end of the comparison.
+    pub compared_after: Duration,
+    /// From the start to the end of the liveness check.
+    pub checked_after: Duration,
+}
+
+/// Runs [`InProcess`] (blocking: call it off the async runtime).
+pub fn run_in_process(
+    engines: &Engines,
+    probe: Vec<u8>,
+    gallery: Vec<u8>,
+) -> anyhow::Result<InProcess> {
+    use faceproof_liveness::{CheckJob, LivenessEngine as _};
+    use faceproof_matcher::{CompareJob, MatchEngine as _};
+    use faceproof_proto::common::v1::SearchMode;
+    let deadline = || {
+        faceproof_imaging::Cancellation::with_deadline(
+            std::time::Instant::now() + Duration::from_secs(120),
+        )
+    };
+    let started = std::time::Instant::now();
+    let compared = engines.matcher.compare(
+        CompareJob {
+            probe: probe.clone(),
+            gallery: vec![gallery],
+            mode: SearchMode::Fast,
+        },
+        &deadline(),
+    )?;
+    let compared_after = started.elapsed();
+    let checked = engines.liveness.check(
+        CheckJob {
+            image: probe,
+            mode: SearchMode::Fast,
+            face_hint: Some(compared.probe_face.clone()),
+            os: "IOS".into(),
+        },
+        &deadline(),
+    )?;
+    Ok(InProcess {
+        compared,
+        checked,
+        compared_after,
+        checked_after: started.elapsed(),
+    })
 }
 
 /// Boots matcher, liveness and gateway and returns once both model services report SERVING.

@@ -9,14 +9,15 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use faceproof_liveness::engine::{CheckJob, LivenessEngine};
-use faceproof_matcher::{CompareJob, MatchEngine};
-use faceproof_proto::common::v1::{FaceIssueReason, SearchMode};
+use faceproof_proto::common::v1::FaceIssueReason;
 use faceproof_proto::gateway::v1 as pb;
-use faceproof_tests::{NETWORK_WAIT, Stack, StackOptions, engines, fixture, spawn_stack};
+use faceproof_testkit::fake_backend::{is_rfc3339_millis_utc, reason, violation_fields};
+use faceproof_tests::{
+    NETWORK_WAIT, Stack, StackOptions, engines, fixture, run_in_process, spawn_stack,
+};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::{Code, Status};
+use tonic::Code;
 use tonic_types::StatusExt;
 
 const OBAMA_2009: &str = "obama_2009_congress.jpg";
@@ -82,35 +83,6 @@ fn big_noisy_png() -> Vec<u8> {
         }))
     });
     png(&image)
-}
-
-fn reason(status: &Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .map(|info| info.reason.clone())
-        .unwrap_or_default()
-}
-
-fn violation_fields(status: &Status) -> Vec<String> {
-    status
-        .get_error_details()
-        .bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .iter()
-                .map(|v| v.field.clone())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn is_rfc3339_millis_utc(text: &str) -> bool {
-    text.len() == 24
-        && text.ends_with('Z')
-        && text.as_bytes()[10] == b'T'
-        && text.as_bytes()[19] == b'.'
-        && chrono::DateTime::parse_from_rfc3339(text).is_ok()
 }
 
 fn is_uuid_like(text: &str) -> bool {
@@ -471,77 +443,62 @@ async fn image_size_limits_hold_and_a_6_mb_probe_goes_through_every_hop() {
     stack.shutdown().await.unwrap();
 }
 
-// ---------------------------------------------------------------- cost of the hops
+// ---------------------------------------------------------------- the hops change nothing
 
+/// Through gateway, matcher and liveness service the answer carries exactly what the engines
+/// find in process on the same photos: the similarity, the probe's face, the liveness score and
+/// attack split, and the pass decisions taken on them. (How much the hops cost is measured by
+/// `cargo bench -p faceproof-tests`, benches/stack.rs.)
 #[tokio::test]
-async fn timing_whole_stack_against_in_process_engines() {
+async fn the_stack_carries_the_engines_findings_unchanged() {
     let stack = stack().await;
     let engines = engines().unwrap();
-    let probe = fixture(OBAMA_2012).unwrap();
-    let gallery = fixture(OBAMA_2009).unwrap();
-    fn deadline() -> faceproof_imaging::Cancellation {
-        faceproof_imaging::Cancellation::with_deadline(
-            std::time::Instant::now() + Duration::from_secs(120),
-        )
-    }
-
-    let in_process = move |probe: Vec<u8>, gallery: Vec<u8>| {
-        let matcher = std::sync::Arc::clone(&engines.matcher);
-        let liveness = std::sync::Arc::clone(&engines.liveness);
-        let started = Instant::now();
-        let compared = matcher
-            .compare(
-                CompareJob {
-                    probe: probe.clone(),
-                    gallery: vec![gallery],
-                    mode: SearchMode::Fast,
-                },
-                &deadline(),
-            )
-            .unwrap();
-        let matched = started.elapsed();
-        liveness
-            .check(
-                CheckJob {
-                    image: probe,
-                    mode: SearchMode::Fast,
-                    face_hint: Some(compared.probe_face),
-                    os: "IOS".into(),
-                },
-                &deadline(),
-            )
-            .unwrap();
-        (matched, started.elapsed())
-    };
-    let through_stack = async |compare_min_score: Option<f64>, gallery: &str| {
-        let mut request = request(OBAMA_2012, gallery, "FAST");
-        request.compare_min_score = compare_min_score;
-        let started = Instant::now();
-        stack.compare(request).await.unwrap().unwrap();
-        started.elapsed()
-    };
-    // One of each first so every path is warm (connections, allocations); then the best of
-    // three, since other tests share the two cores.
-    through_stack(None, OBAMA_2009).await;
-    let (mut matched, mut both) = (Duration::MAX, Duration::MAX);
-    let (mut stack_full, mut stack_match_only) = (Duration::MAX, Duration::MAX);
-    for _ in 0..3 {
-        let (engine_match, engine_both) = tokio::task::spawn_blocking({
-            let (probe, gallery) = (probe.clone(), gallery.clone());
-            move || in_process(probe, gallery)
-        })
+    let (probe, gallery) = (fixture(OBAMA_2012).unwrap(), fixture(OBAMA_2009).unwrap());
+    let in_process = tokio::task::spawn_blocking(move || run_in_process(engines, probe, gallery))
         .await
+        .unwrap()
         .unwrap();
-        matched = matched.min(engine_match);
-        both = both.min(engine_both);
-        stack_full = stack_full.min(through_stack(None, OBAMA_2009).await);
-        stack_match_only =
-            stack_match_only.min(through_stack(Some(COMPARE_MIN_SCORE), BIDEN).await);
-    }
-    eprintln!(
-        "timing (FAST, debug build): in-process matcher {matched:?}, matcher + liveness {both:?}; \
-         through the stack: compare + liveness {stack_full:?}, compare only (liveness skipped, \
-         Biden gallery) {stack_match_only:?}"
+    let expected_similarity = in_process.compared.gallery[0]
+        .as_ref()
+        .expect("the gallery photo has a face")
+        .similarity;
+
+    let mut full = request(OBAMA_2012, OBAMA_2009, "FAST");
+    full.compare_min_score = None;
+    let response = stack.compare(full).await.unwrap().unwrap();
+    let data = response.data.clone().unwrap();
+    let result = data.comparison.unwrap().result.unwrap();
+    let similarity = result.gallery[0]
+        .similarity
+        .expect("a match has a similarity");
+    assert!(
+        (similarity - expected_similarity).abs() < 1e-6,
+        "stack {similarity} against in process {expected_similarity}"
     );
+    assert_eq!(
+        result.probe_face.as_ref(),
+        Some(&in_process.compared.probe_face)
+    );
+    assert!(result.score > COMPARE_MIN_SCORE, "{result:?}");
+
+    let liveness = data.liveness.expect("liveness ran").result.unwrap();
+    let expected = &in_process.checked;
+    let score = liveness.liveness_score.expect("a scored face");
+    assert!(
+        (score - expected.liveness_score).abs() < 1e-6,
+        "stack {score} against in process {}",
+        expected.liveness_score
+    );
+    assert!((0.0..=1.0).contains(&score), "{score}");
+    assert_eq!(liveness.passed, score > liveness.min_score, "{liveness:?}");
+    match (&liveness.attack, &expected.attack) {
+        (Some(attack), Some(split)) => {
+            assert!((attack.print_probability - split.print_probability).abs() < 1e-6);
+            assert!((attack.screen_probability - split.screen_probability).abs() < 1e-6);
+        }
+        (None, None) => {}
+        other => panic!("the attack split was not carried over: {other:?}"),
+    }
+    assert_verifies(&stack, &response).await;
     stack.shutdown().await.unwrap();
 }

@@ -160,6 +160,34 @@ impl Report {
     }
 }
 
+/// Whether the answer's reason, or one of its violations' reasons, is `allowed` (any reason when
+/// `allowed` is empty).
+fn reason_allowed<'a>(
+    allowed: &[&str],
+    reason: &str,
+    mut violation_reasons: impl Iterator<Item = &'a str>,
+) -> bool {
+    allowed.is_empty()
+        || allowed.contains(&reason)
+        || violation_reasons.any(|reason| allowed.contains(&reason))
+}
+
+/// A case's outcome: `observed` as the evidence, a failure when the answer does not `match` or
+/// came later than its bound (`(elapsed, within)`).
+fn verdict(
+    matches: bool,
+    (elapsed, within): (Duration, Duration),
+    observed: String,
+) -> Result<String, String> {
+    if elapsed > within {
+        Err(format!("too slow ({} ms): {observed}", elapsed.as_millis()))
+    } else if matches {
+        Ok(observed)
+    } else {
+        Err(observed)
+    }
+}
+
 /// What a gRPC answer must be.
 #[derive(Clone)]
 struct GrpcExpect {
@@ -198,22 +226,19 @@ impl GrpcExpect {
             status.code(),
             hostile::truncate_text(status.message(), 160)
         );
-        let reason_ok = self.reasons.is_empty()
-            || self.reasons.contains(&reason.as_str())
-            || violations
-                .iter()
-                .any(|(_, reason)| self.reasons.contains(&reason.as_str()));
+        let reason_ok = reason_allowed(
+            self.reasons,
+            &reason,
+            violations.iter().map(|(_, reason)| reason.as_str()),
+        );
         let field_ok = self
             .field
             .is_none_or(|field| violations.iter().any(|(name, _)| name == field));
-        let time_ok = elapsed <= self.within;
-        if status.code() == self.code && reason_ok && field_ok && time_ok {
-            Ok(observed)
-        } else if !time_ok {
-            Err(format!("too slow ({} ms): {observed}", elapsed.as_millis()))
-        } else {
-            Err(observed)
-        }
+        verdict(
+            status.code() == self.code && reason_ok && field_ok,
+            (elapsed, self.within),
+            observed,
+        )
     }
 }
 
@@ -255,20 +280,17 @@ impl RestExpect {
                 .iter()
                 .filter_map(|violation| violation["reason"].as_str().map(str::to_owned))
                 .collect();
-        let reason_ok = self.reasons.is_empty()
-            || self.reasons.contains(&reason.as_str())
-            || violation_reasons
-                .iter()
-                .any(|reason| self.reasons.contains(&reason.as_str()));
+        let reason_ok = reason_allowed(
+            self.reasons,
+            &reason,
+            violation_reasons.iter().map(String::as_str),
+        );
         let mention_ok = self.mentions.is_none_or(|text| answer.body.contains(text));
-        let time_ok = elapsed <= self.within;
-        if self.statuses.contains(&answer.status) && reason_ok && mention_ok && time_ok {
-            Ok(observed)
-        } else if !time_ok {
-            Err(format!("too slow ({} ms): {observed}", elapsed.as_millis()))
-        } else {
-            Err(observed)
-        }
+        verdict(
+            self.statuses.contains(&answer.status) && reason_ok && mention_ok,
+            (elapsed, self.within),
+            observed,
+        )
     }
 }
 

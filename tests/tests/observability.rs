@@ -173,7 +173,7 @@ async fn bind() -> TcpListener {
 async fn spawn_stack() -> Stack {
     let matcher_metrics = Metrics::new();
     let mut matcher_config = MatcherConfig::default();
-    matcher_config.serving.shutdown_grace_ms = 2_000;
+    matcher_config.host.serving.shutdown_grace_ms = 2_000;
     let matcher_app = faceproof_matcher::Application::build_with_metrics(
         matcher_config,
         bind().await,
@@ -196,7 +196,7 @@ async fn spawn_stack() -> Stack {
 
     let liveness_metrics = Metrics::new();
     let mut liveness_config = LivenessConfig::default();
-    liveness_config.serving.shutdown_grace_ms = 2_000;
+    liveness_config.host.serving.shutdown_grace_ms = 2_000;
     let liveness_app = faceproof_liveness::Application::build_with_metrics(
         liveness_config,
         bind().await,

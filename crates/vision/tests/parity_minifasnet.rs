@@ -7,7 +7,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use faceproof_imaging::{DecodeOptions, RgbImage, decode};
@@ -242,37 +241,5 @@ fn mapped_crops_run_end_to_end() {
         );
         // Every fixture is a genuine photograph of a live person.
         assert!(ensemble.real > 0.5, "{image}: {ensemble:?}");
-    }
-}
-
-/// Median time of one 80x80 crop through each network (and a batch of 2). Run with
-/// `RAYON_NUM_THREADS=1` and `=2`:
-/// `cargo test -p faceproof-vision --release --test parity_minifasnet -- --ignored --nocapture speed`.
-#[test]
-#[ignore = "timing, not a check"]
-fn speed() {
-    let golden = golden_io();
-    for variant in MiniFasNetVariant::ALL {
-        let net = load_net(variant);
-        let key = golden_key(variant);
-        let one = golden_tensor(&golden, &format!("astronaut/{key}_in"));
-        let two = Tensor::cat(&[&one, &one], 0).unwrap();
-        for (label, input) in [("batch 1", &one), ("batch 2", &two)] {
-            let mut times = Vec::new();
-            for _ in 0..200 {
-                let start = Instant::now();
-                let out = net.forward(input).unwrap();
-                let _ = out.to_vec2::<f32>().unwrap();
-                times.push(start.elapsed().as_secs_f64() * 1e3);
-            }
-            times.sort_by(f64::total_cmp);
-            println!(
-                "{key} {label}: median {:.3} ms, p10 {:.3}, p90 {:.3} (RAYON_NUM_THREADS={})",
-                times[times.len() / 2],
-                times[times.len() / 10],
-                times[times.len() * 9 / 10],
-                std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "unset".into())
-            );
-        }
     }
 }

@@ -6,7 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use candle_core::{Device, Tensor};
 use faceproof_imaging::{DecodeOptions, RgbImage, decode};
@@ -254,47 +253,5 @@ fn same_person_is_closer_than_different_people() {
             (got - reference).abs() < 0.06,
             "cosine {got} vs reference {reference}"
         );
-    }
-}
-
-fn median_ms(mut run: impl FnMut(), iterations: usize) -> f64 {
-    run();
-    let mut times: Vec<f64> = (0..iterations)
-        .map(|_| {
-            let start = Instant::now();
-            run();
-            start.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
-}
-
-/// Speed of the networks alone; run with `RAYON_NUM_THREADS=1` and `=2` (and the matching
-/// candle thread count) to compare with the reference timings in models/SOURCES.md.
-#[test]
-#[ignore = "timing, run explicitly"]
-fn network_timings() {
-    let yunet = yunet();
-    let sface = sface();
-    for side in [320usize, 640] {
-        let input = Tensor::rand(0f32, 255f32, (1, 3, side, side), &Device::Cpu).unwrap();
-        let ms = median_ms(
-            || {
-                yunet.forward(&input).unwrap();
-            },
-            20,
-        );
-        println!("yunet {side}x{side}: {ms:.2} ms");
-    }
-    for n in [1usize, 2] {
-        let input = Tensor::rand(0f32, 255f32, (n, 3, 112, 112), &Device::Cpu).unwrap();
-        let ms = median_ms(
-            || {
-                sface.embed(&input).unwrap();
-            },
-            20,
-        );
-        println!("sface batch {n}: {ms:.2} ms");
     }
 }

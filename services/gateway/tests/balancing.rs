@@ -5,228 +5,26 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use clap::Parser as _;
-use faceproof_gateway::auth::hash_api_key;
 use faceproof_gateway::balancer::StaticResolver;
-use faceproof_gateway::{Application, GatewayCli};
-use faceproof_proto::common::v1::{BoundingBox, Face};
-use faceproof_proto::gateway::v1 as pb;
 use faceproof_proto::gateway::v1::face_verification_client::FaceVerificationClient;
-use faceproof_proto::liveness::v1 as liveness_pb;
-use faceproof_proto::liveness::v1::liveness_server::{Liveness, LivenessServer};
-use faceproof_proto::matcher::v1 as matcher_pb;
-use faceproof_proto::matcher::v1::matcher_server::{Matcher, MatcherServer, SERVICE_NAME};
-use faceproof_signing::Signer;
 use faceproof_telemetry::Metrics;
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::metadata::MetadataValue;
+use faceproof_testkit::fake_backend::{
+    GatewaySetup, Jwt, MatcherReplica, MatcherScript, WAIT, authorize, compare_request, wait_until,
+    within,
+};
 use tonic::transport::Channel;
-use tonic::{Request, Response, Status};
-use tonic_health::ServingStatus;
-use tonic_health::server::HealthReporter;
+use tonic::{Request, Status};
 
-const WAIT: Duration = Duration::from_secs(15);
 const API_KEY: &str = "fp_balancing_test_key";
 /// The name the matcher replicas are found under.
 const MATCHERS: &str = "matchers.test";
 
-/// Fails the test instead of hanging when a network await does not finish.
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .expect("timed out waiting for the network")
-}
-
-/// Polls `condition` until it holds, failing the test after [`WAIT`].
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let started = tokio::time::Instant::now();
-    while !condition() {
-        assert!(started.elapsed() < WAIT, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn loopback(last: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, last))
-}
-
-fn face() -> Face {
-    Face {
-        r#box: Some(BoundingBox {
-            x: 10.0,
-            y: 10.0,
-            width: 100.0,
-            height: 120.0,
-        }),
-        landmarks: Vec::new(),
-        detection_score: 0.99,
-    }
-}
-
-// ---------------------------------------------------------------- fake matcher replicas
-
-#[derive(Clone, Default)]
-struct CountingMatcher {
-    calls: Arc<AtomicUsize>,
-    /// When set, requests are taken but never answered: a request in flight when the replica
-    /// dies.
-    hold: Arc<AtomicBool>,
-    held: Arc<AtomicUsize>,
-}
-
-#[tonic::async_trait]
-impl Matcher for CountingMatcher {
-    async fn compare(
-        &self,
-        request: Request<matcher_pb::CompareRequest>,
-    ) -> Result<Response<matcher_pb::CompareResponse>, Status> {
-        if self.hold.load(Ordering::SeqCst) {
-            self.held.fetch_add(1, Ordering::SeqCst);
-            std::future::pending::<()>().await;
-        }
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let gallery = (0..request.into_inner().gallery.len())
-            .map(|index| matcher_pb::GalleryItemResult {
-                index: index as u32,
-                outcome: Some(matcher_pb::gallery_item_result::Outcome::Match(
-                    matcher_pb::Match {
-                        face: Some(face()),
-                        similarity: 0.5,
-                        score: 0.9,
-                        near_identical: false,
-                    },
-                )),
-            })
-            .collect();
-        Ok(Response::new(matcher_pb::CompareResponse {
-            probe_face: Some(face()),
-            gallery,
-            best_index: 0,
-            best_score: 0.9,
-            calibration: "test".into(),
-        }))
-    }
-}
-
-/// One matcher replica with grpc.health.v1, in its own runtime so that it can also die
-/// abruptly (every socket closed at once, as when a pod is killed).
-struct MatcherReplica {
-    address: SocketAddr,
-    matcher: CountingMatcher,
-    health: HealthReporter,
-    stop: Option<oneshot::Sender<()>>,
-    stopped: Option<oneshot::Receiver<()>>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl MatcherReplica {
-    async fn start(address: SocketAddr) -> Self {
-        let listener = std::net::TcpListener::bind(address)
-            .unwrap_or_else(|error| panic!("cannot bind {address}: {error}"));
-        listener.set_nonblocking(true).unwrap();
-        let address = listener.local_addr().unwrap();
-        let matcher = CountingMatcher::default();
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-            .await;
-        let (stop, stop_signal) = oneshot::channel::<()>();
-        let (stopped_sender, stopped) = oneshot::channel();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let service = MatcherServer::new(matcher.clone());
-        runtime.spawn(async move {
-            let listener = TcpListener::from_std(listener).unwrap();
-            let _ = tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(service)
-                .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                    let _ = stop_signal.await;
-                })
-                .await;
-            let _ = stopped_sender.send(());
-        });
-        Self {
-            address,
-            matcher,
-            health,
-            stop: Some(stop),
-            stopped: Some(stopped),
-            runtime: Some(runtime),
-        }
-    }
-
-    fn calls(&self) -> usize {
-        self.matcher.calls.load(Ordering::SeqCst)
-    }
-
-    async fn set_serving(&self, serving: bool) {
-        let status = if serving {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        self.health.set_service_status(SERVICE_NAME, status).await;
-    }
-
-    /// Stops accepting and finishes what is in flight, without reporting NOT_SERVING first: the
-    /// gateway learns it only from the connection (GOAWAY, then refused connections).
-    async fn stop_gracefully(&mut self) {
-        let _ = self.stop.take().expect("running").send(());
-        within(self.stopped.take().expect("running"))
-            .await
-            .expect("the server task ended");
-    }
-
-    /// As a killed pod: every task and socket of the replica goes at once.
-    fn kill(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-impl Drop for MatcherReplica {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-#[derive(Clone, Default)]
-struct FakeLiveness {
-    calls: Arc<AtomicUsize>,
-}
-
-#[tonic::async_trait]
-impl Liveness for FakeLiveness {
-    async fn check(
-        &self,
-        _request: Request<liveness_pb::CheckRequest>,
-    ) -> Result<Response<liveness_pb::CheckResponse>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(Response::new(liveness_pb::CheckResponse {
-            outcome: Some(liveness_pb::check_response::Outcome::Score(
-                liveness_pb::LivenessScore {
-                    liveness_score: 0.97,
-                    attack: None,
-                    models: Vec::new(),
-                },
-            )),
-            face: Some(face()),
-        }))
-    }
 }
 
 // ---------------------------------------------------------------- the gateway
@@ -235,90 +33,38 @@ struct TestGateway {
     client: FaceVerificationClient<Channel>,
     metrics: Metrics,
     resolver: StaticResolver,
-    request: pb::CompareWithLivenessRequest,
-    _dir: tempfile::TempDir,
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+    _gateway: faceproof_testkit::fake_backend::TestGateway,
 }
 
 /// A gateway whose matcher URL is `http://matchers.test:<port>`, resolved by `resolver` and
 /// health checked every `refresh`; the liveness fake has no health service (it counts as healthy
 /// once it answers), at its loopback address.
 async fn spawn_gateway(resolver: StaticResolver, port: u16, refresh: Refresh) -> TestGateway {
-    let liveness_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let liveness_address = liveness_listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(LivenessServer::new(FakeLiveness::default()))
-            .serve_with_incoming(TcpListenerStream::new(liveness_listener)),
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).display().to_string();
-    std::fs::write(
-        path("api-keys"),
-        format!("balancing {}\n", hash_api_key(API_KEY)),
-    )
-    .unwrap();
-    std::fs::write(
-        path("signing.pem"),
-        Signer::generate().to_pkcs8_pem().unwrap(),
-    )
-    .unwrap();
-    let args = [
-        "faceproof-gateway".to_owned(),
-        format!("--matcher-url=http://{MATCHERS}:{port}"),
-        format!("--liveness-url=http://{liveness_address}"),
-        format!("--api-keys-file={}", path("api-keys")),
-        format!("--signing-key-file={}", path("signing.pem")),
-        "--rate-limit-per-second=0".to_owned(),
-        format!("--backend-refresh-ms={}", refresh as u64),
-        format!("--data-dir={}", path("data")),
-    ];
-    let config = GatewayCli::try_parse_from(args).unwrap().config;
-    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let metrics = Metrics::new();
-    let application = Application::build_with_resolver(
-        config,
-        grpc_listener,
-        http_listener,
-        metrics.clone(),
-        Arc::new(resolver.clone()),
-    )
-    .unwrap();
-    let grpc_url = format!("http://{}", application.grpc_addr());
-    tokio::spawn(application.run_until_stopped(std::future::pending()));
-    let client = within(FaceVerificationClient::connect(grpc_url))
-        .await
-        .unwrap();
+    let gateway = GatewaySetup {
+        matcher_url: Some(format!("http://{MATCHERS}:{port}")),
+        jwt: Jwt::None,
+        api_keys: vec![("balancing".into(), API_KEY.into())],
+        args: vec![
+            "--rate-limit-per-second=0".to_owned(),
+            format!("--backend-refresh-ms={}", refresh as u64),
+        ],
+        resolver: Some(resolver.clone()),
+        ..GatewaySetup::default()
+    }
+    .start()
+    .await;
     TestGateway {
-        client,
-        metrics,
+        client: gateway.client().await,
+        metrics: gateway.metrics.clone(),
         resolver,
-        request: pb::CompareWithLivenessRequest {
-            os: "IOS".into(),
-            probe: fixture("obama_2012_official_portrait.jpg").into(),
-            gallery: vec![fixture("obama_2009_congress.jpg").into()],
-            search_mode: "FAST".into(),
-            compare_min_score: None,
-            liveness_min_score: None,
-        },
-        _dir: dir,
+        _gateway: gateway,
     }
 }
 
 impl TestGateway {
     async fn compare(&self) -> Result<(), Status> {
-        let mut request = Request::new(self.request.clone());
-        request.metadata_mut().insert(
-            "authorization",
-            MetadataValue::try_from(format!("Bearer {API_KEY}")).unwrap(),
-        );
+        let mut request = Request::new(compare_request());
+        authorize(&mut request, API_KEY);
         within(self.client.clone().compare_with_liveness(request))
             .await
             .map(|_| ())
@@ -434,13 +180,52 @@ impl Traffic {
     }
 }
 
+/// Waits until both replicas have answered a few requests.
+async fn wait_for_both(replicas: &[MatcherReplica]) {
+    wait_until("both replicas answer", || {
+        replicas[0].matcher.answered() >= 5 && replicas[1].matcher.answered() >= 5
+    })
+    .await;
+}
+
+/// Once the second replica is gone: the survivor answers 20 more requests, then `traffic`
+/// stops, and every request it sent was answered exactly once.
+async fn survivor_takes_over(replicas: &[MatcherReplica], traffic: Traffic) {
+    let survivor_before = replicas[0].matcher.answered();
+    wait_until("the survivor answers more", || {
+        replicas[0].matcher.answered() >= survivor_before + 20
+    })
+    .await;
+    let sent = traffic.finish().await;
+    assert_eq!(
+        sent,
+        replicas[0].matcher.answered() + replicas[1].matcher.answered()
+    );
+}
+
+/// Sends 20 requests and checks that the first replica answered them all and the second none;
+/// returns how many the second had answered.
+async fn only_the_first_answers(gateway: &Arc<TestGateway>, replicas: &[MatcherReplica]) -> usize {
+    let (first, second) = (
+        replicas[0].matcher.answered(),
+        replicas[1].matcher.answered(),
+    );
+    gateway.compare_many(20, 4).await;
+    assert_eq!(replicas[0].matcher.answered(), first + 20);
+    assert_eq!(replicas[1].matcher.answered(), second);
+    second
+}
+
 // ---------------------------------------------------------------- tests
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_spread_over_every_resolved_replica() {
     let (replicas, gateway) = replicas_behind_a_gateway(2, Refresh::Fast).await;
     gateway.compare_many(40, 4).await;
-    let (first, second) = (replicas[0].calls(), replicas[1].calls());
+    let (first, second) = (
+        replicas[0].matcher.answered(),
+        replicas[1].matcher.answered(),
+    );
     assert_eq!(first + second, 40);
     assert!(first >= 4 && second >= 4, "{first} / {second}");
 }
@@ -452,57 +237,34 @@ async fn a_replica_stopping_gracefully_loses_no_request() {
     // retried on the survivor.
     let (mut replicas, gateway) = replicas_behind_a_gateway(2, Refresh::Never).await;
     let traffic = Traffic::start(&gateway, 4);
-    wait_until("both replicas answer", || {
-        replicas[0].calls() >= 5 && replicas[1].calls() >= 5
-    })
-    .await;
+    wait_for_both(&replicas).await;
     replicas[1].stop_gracefully().await;
-    let survivor_before = replicas[0].calls();
-    wait_until("the survivor answers more", || {
-        replicas[0].calls() >= survivor_before + 20
-    })
-    .await;
-    let sent = traffic.finish().await;
-    assert_eq!(sent, replicas[0].calls() + replicas[1].calls());
+    survivor_takes_over(&replicas, traffic).await;
 
     // A request met the stopped replica, took it out of rotation and was answered by the
     // survivor; everything now goes there.
     assert_eq!(gateway.replicas("matcher"), (1, 1));
-    let (first, second) = (replicas[0].calls(), replicas[1].calls());
-    gateway.compare_many(20, 4).await;
-    assert_eq!(replicas[0].calls(), first + 20);
-    assert_eq!(replicas[1].calls(), second);
+    only_the_first_answers(&gateway, &replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_with_requests_in_flight_loses_none() {
     let (mut replicas, gateway) = replicas_behind_a_gateway(2, Refresh::Never).await;
     let traffic = Traffic::start(&gateway, 4);
-    wait_until("both replicas answer", || {
-        replicas[0].calls() >= 5 && replicas[1].calls() >= 5
-    })
-    .await;
+    wait_for_both(&replicas).await;
     // The second replica takes requests without answering, then dies with them.
-    replicas[1].matcher.hold.store(true, Ordering::SeqCst);
-    let held = Arc::clone(&replicas[1].matcher.held);
+    replicas[1].matcher.set(MatcherScript::Hold);
+    let held = replicas[1].matcher.held_counter();
     wait_until("a request is in flight on the doomed replica", || {
         held.load(Ordering::SeqCst) >= 1
     })
     .await;
     replicas[1].kill();
-    let survivor_before = replicas[0].calls();
-    wait_until("the survivor answers more", || {
-        replicas[0].calls() >= survivor_before + 20
-    })
-    .await;
-    let sent = traffic.finish().await;
     // Every request was answered once, the held ones by the survivor after the retry.
-    assert_eq!(sent, replicas[0].calls() + replicas[1].calls());
+    survivor_takes_over(&replicas, traffic).await;
 
     assert_eq!(gateway.replicas("matcher"), (1, 1));
-    let first = replicas[0].calls();
-    gateway.compare_many(20, 4).await;
-    assert_eq!(replicas[0].calls(), first + 20);
+    only_the_first_answers(&gateway, &replicas).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -510,15 +272,16 @@ async fn a_not_serving_replica_gets_no_requests_until_it_serves_again() {
     let (replicas, gateway) = replicas_behind_a_gateway(2, Refresh::Fast).await;
     replicas[1].set_serving(false).await;
     gateway.wait_for_matchers(1, 1).await;
-    let (first, second) = (replicas[0].calls(), replicas[1].calls());
-    gateway.compare_many(20, 4).await;
-    assert_eq!(replicas[0].calls(), first + 20);
-    assert_eq!(replicas[1].calls(), second);
+    let second = only_the_first_answers(&gateway, &replicas).await;
 
     replicas[1].set_serving(true).await;
     gateway.wait_for_matchers(2, 0).await;
     gateway.compare_many(40, 4).await;
-    assert!(replicas[1].calls() > second, "{}", replicas[1].calls());
+    assert!(
+        replicas[1].matcher.answered() > second,
+        "{}",
+        replicas[1].matcher.answered()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -526,7 +289,7 @@ async fn replicas_follow_the_resolved_addresses() {
     let (replicas, gateway) = replicas_behind_a_gateway(1, Refresh::Fast).await;
     let port = replicas[0].address.port();
     gateway.compare_many(5, 1).await;
-    assert_eq!(replicas[0].calls(), 5);
+    assert_eq!(replicas[0].matcher.answered(), 5);
 
     // A replica that appears in DNS starts taking requests after a refresh.
     let added = MatcherReplica::start(SocketAddr::new(loopback(3), port)).await;
@@ -534,7 +297,7 @@ async fn replicas_follow_the_resolved_addresses() {
         .resolver
         .set(MATCHERS, vec![loopback(1), loopback(3)]);
     let started = tokio::time::Instant::now();
-    while added.calls() == 0 {
+    while added.matcher.answered() == 0 {
         assert!(started.elapsed() < WAIT, "the added replica got no request");
         gateway.compare().await.unwrap();
     }
@@ -542,8 +305,8 @@ async fn replicas_follow_the_resolved_addresses() {
     // One that leaves DNS is dropped although it still answers.
     gateway.resolver.set(MATCHERS, vec![loopback(3)]);
     gateway.wait_for_matchers(1, 0).await;
-    let (first, added_before) = (replicas[0].calls(), added.calls());
+    let (first, added_before) = (replicas[0].matcher.answered(), added.matcher.answered());
     gateway.compare_many(10, 2).await;
-    assert_eq!(replicas[0].calls(), first);
-    assert_eq!(added.calls(), added_before + 10);
+    assert_eq!(replicas[0].matcher.answered(), first);
+    assert_eq!(added.matcher.answered(), added_before + 10);
 }

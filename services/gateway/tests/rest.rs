@@ -6,343 +6,24 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use clap::Parser as _;
-use faceproof_gateway::auth::hash_api_key;
-use faceproof_gateway::{Application, GatewayCli};
-use faceproof_proto::common::v1::{BoundingBox, Face};
 use faceproof_proto::gateway::v1 as pb;
-use faceproof_proto::gateway::v1::face_verification_client::FaceVerificationClient;
-use faceproof_proto::liveness::v1 as liveness_pb;
-use faceproof_proto::liveness::v1::liveness_server::{Liveness, LivenessServer};
-use faceproof_proto::matcher::v1 as matcher_pb;
-use faceproof_proto::matcher::v1::matcher_server::{Matcher, MatcherServer};
-use faceproof_signing::Signer;
-use faceproof_telemetry::Metrics;
+use faceproof_testkit::fake_backend::{
+    COMPARE_PATH as PATH, GatewaySetup, HttpAnswer, MatcherScript, TestGateway, authorize,
+    exchange, gallery_image, hs256_token as token_for, probe, reason, within,
+};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::metadata::MetadataValue;
-use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt};
-
-const WAIT: Duration = Duration::from_secs(15);
-const SECRET: &str = "test-secret-that-is-long-enough-for-hs256!";
-const PATH: &str = "/v2/face-recognition/compare-with-liveness";
-
-async fn within<T>(future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .expect("timed out waiting for the network")
-}
-
-fn fixture(name: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/fixtures")
-        .join(name);
-    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
-}
-
-fn probe() -> Vec<u8> {
-    fixture("obama_2012_official_portrait.jpg")
-}
-
-fn gallery_image() -> Vec<u8> {
-    fixture("obama_2009_congress.jpg")
-}
-
-fn face() -> Face {
-    Face {
-        r#box: Some(BoundingBox {
-            x: 10.0,
-            y: 10.0,
-            width: 100.0,
-            height: 120.0,
-        }),
-        landmarks: Vec::new(),
-        detection_score: 0.9,
-    }
-}
-
-// ---------------------------------------------------------------- fakes
-
-#[derive(Clone, Default)]
-struct FakeMatcher {
-    failure: Arc<Mutex<Option<Status>>>,
-    last: Arc<Mutex<Option<matcher_pb::CompareRequest>>>,
-    calls: Arc<AtomicUsize>,
-}
-
-#[tonic::async_trait]
-impl Matcher for FakeMatcher {
-    async fn compare(
-        &self,
-        request: Request<matcher_pb::CompareRequest>,
-    ) -> Result<Response<matcher_pb::CompareResponse>, Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        if let Some(status) = self.failure.lock().unwrap().clone() {
-            return Err(status);
-        }
-        let request = request.into_inner();
-        let gallery = (0..request.gallery.len())
-            .map(|index| matcher_pb::GalleryItemResult {
-                index: index as u32,
-                outcome: Some(matcher_pb::gallery_item_result::Outcome::Match(
-                    matcher_pb::Match {
-                        face: Some(face()),
-                        similarity: 0.5,
-                        score: 0.9,
-                        near_identical: false,
-                    },
-                )),
-            })
-            .collect();
-        *self.last.lock().unwrap() = Some(request);
-        Ok(Response::new(matcher_pb::CompareResponse {
-            probe_face: Some(face()),
-            gallery,
-            best_index: 0,
-            best_score: 0.9,
-            calibration: "test".into(),
-        }))
-    }
-}
-
-#[derive(Clone, Default)]
-struct FakeLiveness {
-    last: Arc<Mutex<Option<liveness_pb::CheckRequest>>>,
-}
-
-#[tonic::async_trait]
-impl Liveness for FakeLiveness {
-    async fn check(
-        &self,
-        request: Request<liveness_pb::CheckRequest>,
-    ) -> Result<Response<liveness_pb::CheckResponse>, Status> {
-        *self.last.lock().unwrap() = Some(request.into_inner());
-        Ok(Response::new(liveness_pb::CheckResponse {
-            outcome: Some(liveness_pb::check_response::Outcome::Score(
-                liveness_pb::LivenessScore {
-                    liveness_score: 0.97,
-                    attack: None,
-                    models: Vec::new(),
-                },
-            )),
-            face: Some(face()),
-        }))
-    }
-}
-
-async fn serve_fake<S>(service: S) -> String
-where
-    S: tower::Service<
-            http::Request<tonic::body::Body>,
-            Response = http::Response<tonic::body::Body>,
-            Error = std::convert::Infallible,
-        > + tonic::server::NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(TcpListenerStream::new(listener)),
-    );
-    format!("http://{address}")
-}
-
-// ---------------------------------------------------------------- the app
-
-struct TestApp {
-    grpc_url: String,
-    http_addr: SocketAddr,
-    matcher: FakeMatcher,
-    liveness: FakeLiveness,
-    metrics: Metrics,
-    _dir: tempfile::TempDir,
-}
-
-async fn spawn_app(extra_args: &[&str]) -> TestApp {
-    let matcher = FakeMatcher::default();
-    let liveness = FakeLiveness::default();
-    let matcher_url = serve_fake(MatcherServer::new(matcher.clone())).await;
-    let liveness_url = serve_fake(LivenessServer::new(liveness.clone())).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = |name: &str| dir.path().join(name).display().to_string();
-    std::fs::write(
-        path("api-keys"),
-        format!("keyclient {}\n", hash_api_key("k")),
-    )
-    .unwrap();
-    std::fs::write(
-        path("signing.pem"),
-        Signer::generate().to_pkcs8_pem().unwrap(),
-    )
-    .unwrap();
-    std::fs::write(path("secret"), SECRET).unwrap();
-    let mut args: Vec<String> = [
-        "faceproof-gateway",
-        "--matcher-url",
-        &matcher_url,
-        "--liveness-url",
-        &liveness_url,
-        "--api-keys-file",
-        &path("api-keys"),
-        "--signing-key-file",
-        &path("signing.pem"),
-        "--jwt-algorithm",
-        "HS256",
-        "--jwt-secret-file",
-        &path("secret"),
-        "--rate-limit-per-second",
-        "1000",
-        "--rate-limit-burst",
-        "1000",
-        "--data-dir",
-        &path("data"),
-    ]
-    .iter()
-    .map(ToString::to_string)
-    .collect();
-    args.extend(extra_args.iter().map(ToString::to_string));
-    let config = GatewayCli::try_parse_from(args).unwrap().config;
-    let grpc_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let http_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let application = Application::build(config, grpc_listener, http_listener).unwrap();
-    let grpc_url = format!("http://{}", application.grpc_addr());
-    let http_addr = application.http_addr();
-    let metrics = application.metrics().clone();
-    tokio::spawn(application.run_until_stopped(std::future::pending()));
-    TestApp {
-        grpc_url,
-        http_addr,
-        matcher,
-        liveness,
-        metrics,
-        _dir: dir,
-    }
-}
-
-#[derive(serde::Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    exp: i64,
-}
-
-fn token_for(sub: &str, expires_in_s: i64) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &Claims {
-            sub,
-            exp: chrono::Utc::now().timestamp() + expires_in_s,
-        },
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
-}
+use tonic::{Code, Request, Status};
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 fn token() -> String {
     token_for("acme", 600)
 }
 
-struct HttpAnswer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Value,
-}
-
-impl HttpAnswer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
-    }
-
-    fn fields(&self) -> Vec<(String, String)> {
-        self.body["violations"]
-            .as_array()
-            .map(|violations| {
-                violations
-                    .iter()
-                    .map(|v| {
-                        (
-                            v["field"].as_str().unwrap().to_owned(),
-                            v["reason"].as_str().unwrap().to_owned(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
-
-/// One HTTP/1.1 exchange over a raw socket: `head` is everything after the request line
-/// (headers, CRLF-terminated), `body` is written concurrently with reading the answer (the server
-/// may answer before reading it all).
-async fn exchange(addr: SocketAddr, request_line: &str, head: &str, body: Vec<u8>) -> HttpAnswer {
-    let stream = within(tokio::net::TcpStream::connect(addr)).await.unwrap();
-    let (mut reader, mut writer) = stream.into_split();
-    let head =
-        format!("{request_line} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n{head}\r\n");
-    let writing = tokio::spawn(async move {
-        let _ = writer.write_all(head.as_bytes()).await;
-        let _ = writer.write_all(&body).await;
-        writer
-    });
-    let mut raw = Vec::new();
-    within(reader.read_to_end(&mut raw)).await.unwrap();
-    writing.abort();
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("not an HTTP answer: {text:?}"));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
-        .collect();
-    HttpAnswer {
-        status,
-        headers,
-        body: serde_json::from_str(body).unwrap_or(Value::String(body.to_owned())),
-    }
-}
-
-async fn post(app: &TestApp, token: Option<&str>, body: &str) -> HttpAnswer {
-    let mut head = format!(
-        "content-type: application/json\r\ncontent-length: {}\r\n",
-        body.len()
-    );
-    if let Some(token) = token {
-        head.push_str(&format!("authorization: Bearer {token}\r\n"));
-    }
-    exchange(
-        app.http_addr,
-        &format!("POST {PATH}"),
-        &head,
-        body.as_bytes().to_vec(),
-    )
-    .await
+async fn post(app: &TestGateway, token: Option<&str>, body: &str) -> HttpAnswer {
+    app.http("POST", PATH, token, body.as_bytes()).await
 }
 
 fn body() -> Value {
@@ -367,7 +48,7 @@ fn assert_envelope(answer: &HttpAnswer, status: u16, code: &str, reason: &str) {
 
 #[tokio::test]
 async fn a_huge_body_without_a_token_is_refused_without_being_read() {
-    let app = spawn_app(&[]).await;
+    let app = TestGateway::start().await;
     // 1 GB announced, none of it sent: an answer proves the body was never waited for.
     let head = "content-type: application/json\r\ncontent-length: 1000000000\r\n";
     let answer = exchange(app.http_addr, &format!("POST {PATH}"), head, Vec::new()).await;
@@ -377,12 +58,15 @@ async fn a_huge_body_without_a_token_is_refused_without_being_read() {
     let head = format!("{head}authorization: Bearer {}\r\n", token());
     let answer = exchange(app.http_addr, &format!("POST {PATH}"), &head, Vec::new()).await;
     assert_envelope(&answer, 413, "PayloadTooLarge", "request_body_too_large");
-    assert_eq!(app.matcher.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(app.matcher.calls(), 0);
 }
 
 #[tokio::test]
 async fn the_rate_limit_answers_before_the_body_is_read() {
-    let app = spawn_app(&["--rate-limit-per-second", "0.01", "--rate-limit-burst", "1"]).await;
+    let app =
+        GatewaySetup::with_args(&["--rate-limit-per-second", "0.01", "--rate-limit-burst", "1"])
+            .start()
+            .await;
     let first = post(&app, Some(&token()), &body().to_string()).await;
     assert_eq!(first.status, 200, "{}", first.body);
     let head = format!(
@@ -397,7 +81,9 @@ async fn the_rate_limit_answers_before_the_body_is_read() {
 #[tokio::test]
 async fn a_streamed_body_is_cut_at_the_limit() {
     // Limit: ((1 + 1) x 100000 + 64 KiB) x 4/3 + 64 KiB, about 418 KB.
-    let app = spawn_app(&["--max-image-bytes", "100000", "--max-gallery", "1"]).await;
+    let app = GatewaySetup::with_args(&["--max-image-bytes", "100000", "--max-gallery", "1"])
+        .start()
+        .await;
     let chunk = vec![b' '; 64 * 1024];
     let mut chunked = Vec::new();
     for _ in 0..10 {
@@ -416,7 +102,7 @@ async fn a_streamed_body_is_cut_at_the_limit() {
 
 #[tokio::test]
 async fn duplicated_keys_are_refused_at_every_level_naming_the_key() {
-    let app = spawn_app(&[]).await;
+    let app = TestGateway::start().await;
     let image = STANDARD.encode(probe());
     let gallery = STANDARD.encode(gallery_image());
     for (text, key) in [
@@ -443,12 +129,12 @@ async fn duplicated_keys_are_refused_at_every_level_naming_the_key() {
         );
         assert!(answer.body["message"].as_str().unwrap().contains(key));
     }
-    assert_eq!(app.matcher.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(app.matcher.calls(), 0);
 }
 
 #[tokio::test]
 async fn unknown_fields_are_ignored_and_enums_default_or_match_any_case() {
-    let app = spawn_app(&[]).await;
+    let app = TestGateway::start().await;
     let mut minimal = body();
     minimal["client_reference"] = json!({"nested": [1, {"deep": "x"}], "n": null});
     let answer = post(&app, Some(&token()), &minimal.to_string()).await;
@@ -458,10 +144,10 @@ async fn unknown_fields_are_ignored_and_enums_default_or_match_any_case() {
     assert_eq!(data["liveness"]["os"], "DESKTOP");
     assert_eq!(data["liveness"]["search_mode"], "FAST");
     // The images reach both model services as the decoded bytes.
-    let compared = app.matcher.last.lock().unwrap().clone().unwrap();
+    let compared = app.matcher.last_request().unwrap();
     assert_eq!(compared.probe, probe());
     assert_eq!(compared.gallery, [gallery_image()]);
-    let checked = app.liveness.last.lock().unwrap().clone().unwrap();
+    let checked = app.liveness.last_request().unwrap();
     assert_eq!(checked.image, probe());
     assert_eq!(checked.os, "DESKTOP");
 
@@ -476,7 +162,7 @@ async fn unknown_fields_are_ignored_and_enums_default_or_match_any_case() {
 
 #[tokio::test]
 async fn the_error_envelope_uses_the_reference_codes_and_reports_everything() {
-    let app = spawn_app(&[]).await;
+    let app = TestGateway::start().await;
     let answer = post(&app, Some(&token()), r#"{"gallery":["aGk="]}"#).await;
     assert_envelope(&answer, 409, "MissingParameter", "invalid_request");
     assert_eq!(answer.body["message"], "\"probe\" is required");
@@ -532,11 +218,12 @@ async fn the_error_envelope_uses_the_reference_codes_and_reports_everything() {
     // A face problem from the model service: 412, field and reason, no internal names.
     let mut details = ErrorDetails::with_bad_request_violation("probe", "no face found");
     details.set_error_info("no_face_detected", "faceproof.matcher", HashMap::new());
-    *app.matcher.failure.lock().unwrap() = Some(Status::with_error_details(
-        Code::InvalidArgument,
-        "the matcher found no face",
-        details,
-    ));
+    app.matcher
+        .set(MatcherScript::Fail(Status::with_error_details(
+            Code::InvalidArgument,
+            "the matcher found no face",
+            details,
+        )));
     let answer = post(&app, Some(&token()), &body().to_string()).await;
     assert_envelope(&answer, 412, "ERROR", "no_face_detected");
     assert_eq!(
@@ -545,7 +232,9 @@ async fn the_error_envelope_uses_the_reference_codes_and_reports_everything() {
     );
     assert!(!answer.body["message"].as_str().unwrap().contains("matcher"));
 
-    *app.matcher.failure.lock().unwrap() = Some(Status::unavailable("connection refused"));
+    app.matcher.set(MatcherScript::Fail(Status::unavailable(
+        "connection refused",
+    )));
     let answer = post(&app, Some(&token()), &body().to_string()).await;
     assert_envelope(&answer, 503, "ServiceUnavailable", "matcher_unavailable");
     assert!(!answer.body["message"].as_str().unwrap().contains("matcher"));
@@ -553,7 +242,7 @@ async fn the_error_envelope_uses_the_reference_codes_and_reports_everything() {
 
 #[tokio::test]
 async fn token_limits_hold_on_rest_and_grpc() {
-    let app = spawn_app(&[]).await;
+    let app = TestGateway::start().await;
     let long = "x".repeat(9 * 1024);
     let answer = post(&app, Some(&long), &body().to_string()).await;
     assert_envelope(
@@ -579,35 +268,24 @@ async fn token_limits_hold_on_rest_and_grpc() {
     let answer = post(&app, Some(&token_for("acme", -3600)), &body().to_string()).await;
     assert_envelope(&answer, 403, "FORBIDDEN", "token_expired");
 
-    let mut client = within(FaceVerificationClient::connect(app.grpc_url.clone()))
-        .await
-        .unwrap();
+    let mut client = app.client().await;
     for (token, expected) in [
         (long, "authorization_header_too_large"),
         (token_for("line\nbreak", 600), "invalid_subject"),
     ] {
         let mut request = Request::new(pb::CompareWithLivenessRequest::default());
-        request.metadata_mut().insert(
-            "authorization",
-            MetadataValue::try_from(format!("Bearer {token}")).unwrap(),
-        );
+        authorize(&mut request, &token);
         let status = within(client.compare_with_liveness(request))
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated);
-        assert_eq!(
-            status
-                .get_error_details()
-                .error_info()
-                .map(|info| info.reason.clone()),
-            Some(expected.to_owned())
-        );
+        assert_eq!(reason(&status), expected);
     }
 }
 
 #[tokio::test]
 async fn unknown_paths_and_methods_are_json_before_authentication() {
-    let app = spawn_app(&[]).await;
+    let app = TestGateway::start().await;
     let answer = exchange(app.http_addr, "GET /v2/nothing-here", "", Vec::new()).await;
     assert_envelope(&answer, 404, "NotFound", "not_found");
     let answer = exchange(app.http_addr, &format!("GET {PATH}"), "", Vec::new()).await;
@@ -617,7 +295,7 @@ async fn unknown_paths_and_methods_are_json_before_authentication() {
 
 #[tokio::test]
 async fn request_ids_are_kept_or_generated_and_echoed() {
-    let app = spawn_app(&[]).await;
+    let app = TestGateway::start().await;
     let answer = exchange(
         app.http_addr,
         "GET /healthz",
@@ -644,7 +322,7 @@ async fn cors_is_off_by_default_and_answers_allowed_origins_without_a_token() {
             "origin: {origin}\r\naccess-control-request-method: POST\r\naccess-control-request-headers: authorization, content-type\r\n"
         )
     };
-    let off = spawn_app(&[]).await;
+    let off = TestGateway::start().await;
     let answer = exchange(
         off.http_addr,
         &format!("OPTIONS {PATH}"),
@@ -655,10 +333,11 @@ async fn cors_is_off_by_default_and_answers_allowed_origins_without_a_token() {
     assert_eq!(answer.status, 405);
     assert_eq!(answer.header("access-control-allow-origin"), None);
 
-    let app = spawn_app(&[
+    let app = GatewaySetup::with_args(&[
         "--cors-allowed-origin",
         "https://app.example.com,https://admin.example.com",
     ])
+    .start()
     .await;
     let answer = exchange(
         app.http_addr,
@@ -708,7 +387,7 @@ async fn cors_is_off_by_default_and_answers_allowed_origins_without_a_token() {
 
 #[tokio::test]
 async fn rest_requests_are_counted_by_route_and_status() {
-    let app = spawn_app(&[]).await;
+    let app = TestGateway::start().await;
     assert_eq!(
         post(&app, Some(&token()), &body().to_string()).await.status,
         200
