@@ -5,74 +5,24 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use faceproof_proto::gateway::v1 as pb;
-use faceproof_signing::{Signer, response_to_json};
+use faceproof_signing::Signer;
+use faceproof_signing::testing::{SAMPLE_GALLERY, SAMPLE_PROBE, signed_sample_text};
 use sha2::{Digest as _, Sha256};
-
-const PROBE: &[u8] = b"the probe's bytes";
-const GALLERY: &[u8] = b"the gallery image's bytes";
 
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-/// A signed response and its keys JSON, written into `dir`.
+/// A signed response, its keys JSON and the two photos it names, written into `dir`.
 fn signed_files(dir: &Path) {
     let signer = Signer::generate();
-    let mut response = pb::CompareWithLivenessResponse {
-        id: "r1".into(),
-        data: Some(pb::ResponseData {
-            comparison: Some(pb::ComparisonRecord {
-                id: "c1".into(),
-                client: "acme".into(),
-                r#type: "compareLive".into(),
-                search_mode: "FAST".into(),
-                status: "success".into(),
-                result: Some(pb::ComparisonResult {
-                    score: 0.9,
-                    passed: true,
-                    min_score: 0.8,
-                    probe_sha256: sha256(PROBE),
-                    gallery: vec![pb::GalleryItem {
-                        index: 0,
-                        score: 0.9,
-                        similarity: Some(0.6),
-                        sha256: sha256(GALLERY),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            liveness: Some(pb::LivenessRecord {
-                id: "l1".into(),
-                r#type: "liveness".into(),
-                status: "success".into(),
-                result: Some(pb::LivenessResult {
-                    liveness_score: Some(0.97),
-                    passed: true,
-                    min_score: 0.6,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-        }),
-        signature: None,
-    };
-    signer
-        .sign(&mut response, "2026-12-06 06:00:00 UTC".into())
-        .expect("sign");
-    let json = response_to_json(&response).expect("json");
-    std::fs::write(
-        dir.join("result.json"),
-        serde_json::to_string_pretty(&json).expect("text"),
-    )
-    .expect("write");
+    std::fs::write(dir.join("result.json"), signed_sample_text(&signer)).expect("write");
     let keys = faceproof_signing::signing_keys_to_json(&pb::GetSigningKeysResponse {
         keys: vec![signer.public_key()],
     });
     std::fs::write(dir.join("keys.json"), keys.to_string()).expect("write");
-    std::fs::write(dir.join("probe.jpg"), PROBE).expect("write");
-    std::fs::write(dir.join("gallery.jpg"), GALLERY).expect("write");
+    std::fs::write(dir.join("probe.jpg"), SAMPLE_PROBE).expect("write");
+    std::fs::write(dir.join("gallery.jpg"), SAMPLE_GALLERY).expect("write");
 }
 
 fn verify(dir: &Path, extra: &[&str]) -> Output {
@@ -121,7 +71,7 @@ fn another_photo_is_named_with_both_digests() {
     let message = text(&swapped);
     assert!(message.contains("photos do NOT match: probe"), "{message}");
     assert!(
-        message.contains(&sha256(PROBE)) && message.contains(&sha256(GALLERY)),
+        message.contains(&sha256(SAMPLE_PROBE)) && message.contains(&sha256(SAMPLE_GALLERY)),
         "{message}"
     );
 }
@@ -132,7 +82,7 @@ fn a_duplicated_key_is_refused_naming_it() {
     signed_files(dir.path());
     let path = dir.path().join("result.json");
     let original = std::fs::read_to_string(&path).expect("read");
-    let forged = original.replacen("\"score\": 0.9", "\"score\": 0.01, \"score\": 0.9", 1);
+    let forged = original.replacen("\"score\": 0.8123", "\"score\": 0.01, \"score\": 0.8123", 1);
     assert_ne!(forged, original);
     std::fs::write(&path, forged).expect("write");
     let output = verify(dir.path(), &[]);

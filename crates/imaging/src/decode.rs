@@ -477,6 +477,7 @@ fn map_jpeg_error(error: jpeg_decoder::Error) -> ImageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{fix_png_ihdr_crc, png_chunk};
     use image::{ImageEncoder, Rgb};
 
     /// A minimal little-endian TIFF block holding only the orientation tag.
@@ -491,21 +492,6 @@ mod tests {
         tiff.extend_from_slice(&[0, 0]); // value padding
         tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
         tiff
-    }
-
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &byte in bytes {
-            crc ^= u32::from(byte);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
     }
 
     fn encode_png(image: &RgbImage) -> Vec<u8> {
@@ -549,14 +535,8 @@ mod tests {
 
     /// Inserts an `eXIf` chunk right after IHDR (8-byte signature + 25-byte IHDR chunk).
     fn png_with_exif(png: &[u8], orientation: u16) -> Vec<u8> {
-        let data = exif_orientation_block(orientation);
-        let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
-        let mut typed = b"eXIf".to_vec();
-        typed.extend_from_slice(&data);
-        chunk.extend_from_slice(&typed);
-        chunk.extend_from_slice(&crc32(&typed).to_be_bytes());
         let mut out = png[..33].to_vec();
-        out.extend_from_slice(&chunk);
+        out.extend(png_chunk(b"eXIf", &exif_orientation_block(orientation)));
         out.extend_from_slice(&png[33..]);
         out
     }
@@ -761,8 +741,7 @@ mod tests {
         let mut huge = png.clone();
         huge[16..20].copy_from_slice(&100_000u32.to_be_bytes());
         huge[20..24].copy_from_slice(&100_000u32.to_be_bytes());
-        let crc = crc32(&huge[12..29]);
-        huge[29..33].copy_from_slice(&crc.to_be_bytes());
+        fix_png_ihdr_crc(&mut huge);
         let options = DecodeOptions {
             limits: ImageLimits {
                 max_pixels: 1_000_000,

@@ -477,25 +477,8 @@ mod tests {
     use image::{ImageEncoder, RgbImage};
 
     use super::*;
+    use crate::testing::png_header_only;
     use crate::{DecodeOptions, decode};
-
-    fn png_header(width: u32, height: u32, bit_depth: u8, colour_type: u8) -> Vec<u8> {
-        let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
-        let mut ihdr = width.to_be_bytes().to_vec();
-        ihdr.extend_from_slice(&height.to_be_bytes());
-        ihdr.extend_from_slice(&[bit_depth, colour_type, 0, 0, 0]);
-        for (kind, data) in [
-            (&b"IHDR"[..], ihdr),
-            (b"IDAT", vec![0; 16]),
-            (b"IEND", vec![]),
-        ] {
-            bytes.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            bytes.extend_from_slice(kind);
-            bytes.extend_from_slice(&data);
-            bytes.extend_from_slice(&[0; 4]); // CRC: not checked by the walk
-        }
-        bytes
-    }
 
     fn encode_jpeg(width: u32, height: u32) -> Vec<u8> {
         let image = RgbImage::from_fn(width, height, |x, y| {
@@ -517,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_tall_line_is_refused_by_its_aspect_ratio() {
-        let png = png_header(1, 39_999_999, 8, 2);
+        let png = png_header_only(1, 39_999_999, 8, 2);
         let limits = ImageLimits {
             max_side: u32::MAX,
             ..ImageLimits::default()
@@ -535,7 +518,7 @@ mod tests {
 
     #[test]
     fn sixteen_bit_rgba_counts_eight_bytes_per_pixel_and_is_streamed() {
-        let png = png_header(6300, 6300, 16, 6);
+        let png = png_header_only(6300, 6300, 16, 6);
         let header = check_header(&png, &ImageLimits::default()).unwrap();
         assert_eq!(header.bytes_per_pixel, 8);
         assert_eq!(header.full_decode_bytes(), 6300 * 6300 * 11);

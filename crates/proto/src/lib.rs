@@ -3,29 +3,26 @@
 // Generated code is not held to the workspace's hand-written style.
 #![allow(clippy::all, clippy::pedantic, rust_2018_idioms)]
 
-pub mod common {
-    pub mod v1 {
-        tonic::include_proto!("faceproof.common.v1");
-    }
+/// Declares `$package::v1` holding the code generated for the proto package
+/// `faceproof.$package.v1` (what `tonic::include_proto!` does, for a name built from `$package`).
+macro_rules! proto_packages {
+    ($($package:ident),+) => {
+        $(
+            pub mod $package {
+                pub mod v1 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/faceproof.",
+                        stringify!($package),
+                        ".v1.rs"
+                    ));
+                }
+            }
+        )+
+    };
 }
 
-pub mod gateway {
-    pub mod v1 {
-        tonic::include_proto!("faceproof.gateway.v1");
-    }
-}
-
-pub mod matcher {
-    pub mod v1 {
-        tonic::include_proto!("faceproof.matcher.v1");
-    }
-}
-
-pub mod liveness {
-    pub mod v1 {
-        tonic::include_proto!("faceproof.liveness.v1");
-    }
-}
+proto_packages!(common, gateway, matcher, liveness);
 
 /// Encoded `FileDescriptorSet` of every faceproof proto, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =

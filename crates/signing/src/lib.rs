@@ -14,6 +14,8 @@ mod canonical;
 mod keys;
 mod reference;
 mod strict_json;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod verify;
 
 pub use canonical::{CANONICALIZATION, canonicalize, format_double};

@@ -240,93 +240,14 @@ fn diagnose(envelope: &Value) -> Result<VerifyError, SigningError> {
 
 #[cfg(test)]
 mod tests {
-    use faceproof_proto::common::v1::{BoundingBox, Face, Point};
-    use faceproof_proto::gateway::v1 as pb;
-
     use super::*;
-    use crate::{Signer, response_to_json};
-
-    const PROBE: &[u8] = b"probe image bytes";
-    const GALLERY: &[u8] = b"gallery image bytes";
-
-    fn sample_response() -> pb::CompareWithLivenessResponse {
-        let face = Face {
-            r#box: Some(BoundingBox {
-                x: 10.5,
-                y: 20.25,
-                width: 100.0,
-                height: 120.0,
-            }),
-            landmarks: vec![Point { x: 0.1, y: 0.2 }; 5],
-            detection_score: 0.93,
-        };
-        pb::CompareWithLivenessResponse {
-            id: "d6b1f7a0-0000-4000-8000-000000000001".into(),
-            data: Some(pb::ResponseData {
-                comparison: Some(pb::ComparisonRecord {
-                    id: "c1".into(),
-                    client: "acme".into(),
-                    r#type: "compareLive".into(),
-                    search_mode: "FAST".into(),
-                    status: "success".into(),
-                    result: Some(pb::ComparisonResult {
-                        score: 0.8123,
-                        false_accept_rate: Some(1e-4),
-                        best_gallery_index: 0,
-                        probe_face: Some(face.clone()),
-                        gallery: vec![pb::GalleryItem {
-                            index: 0,
-                            score: 0.8123,
-                            face: Some(face),
-                            issue: None,
-                            similarity: Some(0.61),
-                            sha256: hex::encode(Sha256::digest(GALLERY)),
-                            probe_copy: false,
-                        }],
-                        passed: true,
-                        min_score: 0.8,
-                        probe_sha256: hex::encode(Sha256::digest(PROBE)),
-                        probe_is_gallery_copy: false,
-                    }),
-                    compared_at: "2026-11-28T06:41:02.123Z".into(),
-                    created_at: "2026-11-28T06:41:02.001Z".into(),
-                    updated_at: "2026-11-28T06:41:02.300Z".into(),
-                }),
-                liveness: Some(pb::LivenessRecord {
-                    id: "l1".into(),
-                    client: "acme".into(),
-                    r#type: "liveness".into(),
-                    status: "success".into(),
-                    search_mode: "FAST".into(),
-                    os: "IOS".into(),
-                    liveness_min_score: 0.6,
-                    result: Some(pb::LivenessResult {
-                        liveness_score: Some(0.97),
-                        passed: true,
-                        min_score: 0.6,
-                        attack: Some(pb::AttackEvidence {
-                            print_probability: 0.02,
-                            screen_probability: 0.01,
-                        }),
-                        issue: None,
-                        reason: String::new(),
-                        comparison_score: None,
-                    }),
-                    created_at: "2026-11-28T06:41:02.124Z".into(),
-                    updated_at: "2026-11-28T06:41:02.299Z".into(),
-                }),
-            }),
-            signature: None,
-        }
-    }
+    use crate::Signer;
+    use crate::testing::{SAMPLE_GALLERY, SAMPLE_PROBE, SAMPLE_SIGNED_AT, signed_sample_text};
+    use faceproof_proto::gateway::v1 as pb;
 
     fn signed() -> (String, PublicKeySet, Signer) {
         let signer = Signer::generate();
-        let mut response = sample_response();
-        signer
-            .sign(&mut response, "2026-11-28 06:41:02 UTC".into())
-            .unwrap();
-        let text = serde_json::to_string_pretty(&response_to_json(&response).unwrap()).unwrap();
+        let text = signed_sample_text(&signer);
         let mut keys = PublicKeySet::default();
         keys.insert(signer.verifying_key());
         (text, keys, signer)
@@ -337,7 +258,7 @@ mod tests {
         let (text, keys, signer) = signed();
         let verified = verify_response_text(&text, &keys).unwrap();
         assert_eq!(verified.key_id, signer.key_id());
-        assert_eq!(verified.signed_at, "2026-11-28 06:41:02 UTC");
+        assert_eq!(verified.signed_at, SAMPLE_SIGNED_AT);
         let compact =
             serde_json::to_string(&serde_json::from_str::<Value>(&text).unwrap()).unwrap();
         verify_response_text(&compact, &keys).unwrap();
@@ -447,11 +368,11 @@ mod tests {
         verify_response_json(&envelope, &keys).unwrap();
         assert_eq!(
             envelope["data"]["comparison"]["result"]["probe_sha256"],
-            hex::encode(Sha256::digest(PROBE))
+            hex::encode(Sha256::digest(SAMPLE_PROBE))
         );
-        let gallery = vec![GALLERY.to_vec()];
+        let gallery = vec![SAMPLE_GALLERY.to_vec()];
         assert_eq!(
-            check_image_digests(&envelope, Some(PROBE), Some(gallery.as_slice())).unwrap(),
+            check_image_digests(&envelope, Some(SAMPLE_PROBE), Some(gallery.as_slice())).unwrap(),
             2
         );
         assert_eq!(check_image_digests(&envelope, None, None).unwrap(), 0);
@@ -462,7 +383,7 @@ mod tests {
         let (text, _, _) = signed();
         let envelope = parse_response_text(&text).unwrap();
         let error = check_image_digests(&envelope, Some(&b"another selfie"[..]), None).unwrap_err();
-        let expected = hex::encode(Sha256::digest(PROBE));
+        let expected = hex::encode(Sha256::digest(SAMPLE_PROBE));
         let actual = hex::encode(Sha256::digest(b"another selfie"));
         assert_eq!(
             error.to_string(),
@@ -471,12 +392,12 @@ mod tests {
                  is {actual}"
             )
         );
-        let swapped = vec![PROBE.to_vec()];
-        match check_image_digests(&envelope, Some(PROBE), Some(swapped.as_slice())) {
+        let swapped = vec![SAMPLE_PROBE.to_vec()];
+        match check_image_digests(&envelope, Some(SAMPLE_PROBE), Some(swapped.as_slice())) {
             Err(VerifyError::ImageMismatch { image, .. }) => assert_eq!(image, "gallery[0]"),
             other => panic!("expected a gallery mismatch, got {other:?}"),
         }
-        let two = vec![GALLERY.to_vec(), GALLERY.to_vec()];
+        let two = vec![SAMPLE_GALLERY.to_vec(), SAMPLE_GALLERY.to_vec()];
         assert!(matches!(
             check_image_digests(&envelope, None, Some(two.as_slice())),
             Err(VerifyError::GalleryCount {
@@ -489,7 +410,7 @@ mod tests {
     #[test]
     fn a_tampered_image_digest_breaks_the_signature() {
         let (text, keys, _) = signed();
-        let real = hex::encode(Sha256::digest(PROBE));
+        let real = hex::encode(Sha256::digest(SAMPLE_PROBE));
         let forged = hex::encode(Sha256::digest(b"another selfie"));
         let tampered = text.replace(&real, &forged);
         assert_ne!(tampered, text);

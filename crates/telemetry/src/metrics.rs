@@ -13,7 +13,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::TelemetryError;
 
@@ -163,6 +163,17 @@ struct Instruments {
     backend_replicas: Family<BackendReplicaLabels, Gauge>,
 }
 
+/// Builds the registry: each metric is registered under `faceproof_<name>` and its handle kept to
+/// record into.
+struct Registrar(Registry);
+
+impl Registrar {
+    fn add<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+}
+
 /// The process's metrics; cheap to clone and share between the gRPC layer, the inference
 /// worker and the `/metrics` endpoint. All names carry the `faceproof_` prefix.
 #[derive(Clone)]
@@ -184,92 +195,68 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("faceproof");
-        let grpc_handled = Family::<GrpcCallLabels, Counter>::default();
-        registry.register(
-            "grpc_server_handled",
-            "gRPC calls completed, by service, method and status code",
-            grpc_handled.clone(),
-        );
-        let grpc_handling_seconds: HistogramFamily<GrpcMethodLabels> =
-            Family::new_with_constructor(request_histogram);
-        registry.register(
-            "grpc_server_handling_seconds",
-            "gRPC call latency from request headers to final status",
-            grpc_handling_seconds.clone(),
-        );
-        let http_handled = Family::<HttpRequestLabels, Counter>::default();
-        registry.register(
-            "http_server_handled",
-            "REST requests completed, by route (the path template, `other` for unknown paths), \
-             method and HTTP status",
-            http_handled.clone(),
-        );
-        let http_handling_seconds: HistogramFamily<HttpRouteLabels> =
-            Family::new_with_constructor(request_histogram);
-        registry.register(
-            "http_server_handling_seconds",
-            "REST request latency from request headers to response headers",
-            http_handling_seconds.clone(),
-        );
-        let stage_seconds: HistogramFamily<StageLabels> =
-            Family::new_with_constructor(stage_histogram);
-        registry.register(
-            "inference_stage_seconds",
-            "Time spent in each face pipeline stage",
-            stage_seconds.clone(),
-        );
-        let queue_depth = Gauge::default();
-        registry.register(
-            "inference_queue_depth",
-            "Requests waiting for an inference thread",
-            queue_depth.clone(),
-        );
-        let queue_rejected = Counter::default();
-        registry.register(
-            "inference_queue_rejected",
-            "Requests refused with RESOURCE_EXHAUSTED because the inference queue was full",
-            queue_rejected.clone(),
-        );
-        let compare_outcomes = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "compare_decisions",
-            "Comparison outcomes against the caller's compare_min_score",
-            compare_outcomes.clone(),
-        );
-        let liveness_outcomes = Family::<OutcomeLabels, Counter>::default();
-        registry.register(
-            "liveness_decisions",
-            "Liveness outcomes: passed, failed, or skipped below compare_min_score",
-            liveness_outcomes.clone(),
-        );
-        let model_info = Family::<ModelLabels, Gauge>::default();
-        registry.register(
-            "model_info",
-            "Loaded models (value 1) with their sha256 prefix",
-            model_info.clone(),
-        );
-        let backend_replicas = Family::<BackendReplicaLabels, Gauge>::default();
-        registry.register(
-            "backend_replicas",
-            "Known replicas of each model service the gateway balances over, by health",
-            backend_replicas.clone(),
-        );
+        let mut metrics = Registrar(Registry::with_prefix("faceproof"));
+        let instruments = Instruments {
+            grpc_handled: metrics.add(
+                "grpc_server_handled",
+                "gRPC calls completed, by service, method and status code",
+                Family::default(),
+            ),
+            grpc_handling_seconds: metrics.add(
+                "grpc_server_handling_seconds",
+                "gRPC call latency from request headers to final status",
+                Family::new_with_constructor(request_histogram),
+            ),
+            http_handled: metrics.add(
+                "http_server_handled",
+                "REST requests completed, by route (the path template, `other` for unknown paths), \
+                 method and HTTP status",
+                Family::default(),
+            ),
+            http_handling_seconds: metrics.add(
+                "http_server_handling_seconds",
+                "REST request latency from request headers to response headers",
+                Family::new_with_constructor(request_histogram),
+            ),
+            stage_seconds: metrics.add(
+                "inference_stage_seconds",
+                "Time spent in each face pipeline stage",
+                Family::new_with_constructor(stage_histogram),
+            ),
+            queue_depth: metrics.add(
+                "inference_queue_depth",
+                "Requests waiting for an inference thread",
+                Gauge::default(),
+            ),
+            queue_rejected: metrics.add(
+                "inference_queue_rejected",
+                "Requests refused with RESOURCE_EXHAUSTED because the inference queue was full",
+                Counter::default(),
+            ),
+            compare_outcomes: metrics.add(
+                "compare_decisions",
+                "Comparison outcomes against the caller's compare_min_score",
+                Family::default(),
+            ),
+            liveness_outcomes: metrics.add(
+                "liveness_decisions",
+                "Liveness outcomes: passed, failed, or skipped below compare_min_score",
+                Family::default(),
+            ),
+            model_info: metrics.add(
+                "model_info",
+                "Loaded models (value 1) with their sha256 prefix",
+                Family::default(),
+            ),
+            backend_replicas: metrics.add(
+                "backend_replicas",
+                "Known replicas of each model service the gateway balances over, by health",
+                Family::default(),
+            ),
+            registry: metrics.0,
+        };
         Self {
-            inner: Arc::new(Instruments {
-                registry,
-                grpc_handled,
-                grpc_handling_seconds,
-                http_handled,
-                http_handling_seconds,
-                stage_seconds,
-                queue_depth,
-                queue_rejected,
-                compare_outcomes,
-                liveness_outcomes,
-                model_info,
-                backend_replicas,
-            }),
+            inner: Arc::new(instruments),
         }
     }
 

@@ -980,6 +980,20 @@ mod tests {
         stride: &'a [u32],
     }
 
+    impl<'a> TestTensor<'a> {
+        /// A view of storage "1", which holds `f32`s.
+        fn float(name: &'a str, offset: u32, size: &'a [u32], stride: &'a [u32]) -> Self {
+            Self {
+                name,
+                storage: "1",
+                storage_class: "FloatStorage",
+                offset,
+                size,
+                stride,
+            }
+        }
+    }
+
     fn unicode(out: &mut Vec<u8>, s: &str) {
         out.push(b'X');
         out.extend((s.len() as u32).to_le_bytes());
@@ -1057,39 +1071,15 @@ mod tests {
         let storage: Vec<f32> = (0..12).map(|v| v as f32).collect();
         legacy_file(
             &[
-                TestTensor {
-                    name: "module.a.weight",
-                    storage: "1",
-                    storage_class: "FloatStorage",
-                    offset: 0,
-                    size: &[3, 4],
-                    stride: &[4, 1],
-                },
+                TestTensor::float("module.a.weight", 0, &[3, 4], &[4, 1]),
                 // Transposed view of the same storage.
-                TestTensor {
-                    name: "module.a.weight_t",
-                    storage: "1",
-                    storage_class: "FloatStorage",
-                    offset: 0,
-                    size: &[4, 3],
-                    stride: &[1, 4],
-                },
+                TestTensor::float("module.a.weight_t", 0, &[4, 3], &[1, 4]),
                 // Offset, strided 1-d view: elements 5, 7, 9.
+                TestTensor::float("module.b", 5, &[3], &[2]),
                 TestTensor {
-                    name: "module.b",
-                    storage: "1",
-                    storage_class: "FloatStorage",
-                    offset: 5,
-                    size: &[3],
-                    stride: &[2],
-                },
-                TestTensor {
-                    name: "module.bn.num_batches_tracked",
                     storage: "2",
                     storage_class: "LongStorage",
-                    offset: 0,
-                    size: &[],
-                    stride: &[],
+                    ..TestTensor::float("module.bn.num_batches_tracked", 0, &[], &[])
                 },
             ],
             &[
@@ -1121,12 +1111,8 @@ mod tests {
     fn refuses_other_dtypes_by_name() {
         let file = legacy_file(
             &[TestTensor {
-                name: "half",
-                storage: "1",
                 storage_class: "HalfStorage",
-                offset: 0,
-                size: &[2],
-                stride: &[1],
+                ..TestTensor::float("half", 0, &[2], &[1])
             }],
             &[("1", 2, vec![0; 4])],
         );
@@ -1140,14 +1126,7 @@ mod tests {
     #[test]
     fn refuses_views_outside_their_storage() {
         let file = legacy_file(
-            &[TestTensor {
-                name: "w",
-                storage: "1",
-                storage_class: "FloatStorage",
-                offset: 2,
-                size: &[2, 2],
-                stride: &[2, 1],
-            }],
+            &[TestTensor::float("w", 2, &[2, 2], &[2, 1])],
             &[("1", 4, f32_bytes([0.0; 4]))],
         );
         assert!(matches!(
@@ -1156,14 +1135,7 @@ mod tests {
         ));
         // A stride-0 view larger than its storage would multiply the allocation: refused.
         let file = legacy_file(
-            &[TestTensor {
-                name: "w",
-                storage: "1",
-                storage_class: "FloatStorage",
-                offset: 0,
-                size: &[1_000_000, 1_000_000],
-                stride: &[0, 0],
-            }],
+            &[TestTensor::float("w", 0, &[1_000_000, 1_000_000], &[0, 0])],
             &[("1", 1, f32_bytes([0.0]))],
         );
         assert!(matches!(
