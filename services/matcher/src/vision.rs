@@ -63,11 +63,6 @@ impl VisionMatchEngine {
             pipeline: self.pipeline.with_stage_timer(timer),
         }
     }
-
-    /// The pipeline itself, for callers that need more than a comparison.
-    pub fn pipeline(&self) -> &MatchPipeline {
-        &self.pipeline
-    }
 }
 
 impl MatchEngine for VisionMatchEngine {

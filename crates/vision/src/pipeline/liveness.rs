@@ -8,11 +8,11 @@ use faceproof_imaging::{Cancellation, ImageLimits, RgbImage};
 use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
 
 use super::{
-    FaceRejection, Intake, PipelineResult, Stage, StageTimer, Timer, blank_frame, internal,
+    FaceRejection, Intake, PipelineResult, Stage, StageTimer, Timer, blank_frame, find_subject,
+    internal,
 };
 use crate::VisionError;
 use crate::face::liveness_crop::liveness_crop;
-use crate::face::subject::{DEFAULT_RIVAL_AREA_RATIO, choose_subject, has_rival_face};
 use crate::face::{DetectorConfig, FaceDetector};
 use crate::nets::minifasnet::{
     LivenessProbabilities, MiniFasNet, MiniFasNetVariant, softmax_probabilities,
@@ -135,10 +135,7 @@ impl LivenessPipeline {
         face_hint: Option<Face>,
         cancel: &Cancellation,
     ) -> PipelineResult<LivenessScores> {
-        let decoded = match self.intake.decode(image, cancel)? {
-            Ok(decoded) => decoded,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
+        let decoded = or_reject!(self.intake.decode(image, cancel));
         cancel.check()?;
         // An image over the decoded-bytes budget arrives at reduced scale: hints come in and
         // faces go out in full-resolution pixels, the size gate applies at full resolution.
@@ -229,17 +226,9 @@ impl LivenessPipeline {
         let faces = self.intake.timer.timed(Stage::Detect, || {
             self.detector.detect_cancellable(image, cancel)
         })?;
-        let (width, height) = image.dimensions();
-        let Some(subject) = choose_subject(&faces, width, height) else {
-            return Ok(Err(FaceRejection::new(
-                FaceIssueReason::NoFaceDetected,
-                "no face found",
-            )));
-        };
-        let Some(face) = faces.get(subject) else {
-            return Err(internal("subject index out of range"));
-        };
-        if has_rival_face(&faces, subject, DEFAULT_RIVAL_AREA_RATIO) {
+        let subject = or_reject!(find_subject(&faces, image));
+        let face = subject.face;
+        if subject.has_rival {
             return Ok(Err(FaceRejection {
                 face: Some(super::to_proto(face)),
                 ..FaceRejection::new(
@@ -330,6 +319,8 @@ fn rescale_face(mut face: Face, factor: f32) -> Face {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

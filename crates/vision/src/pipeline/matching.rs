@@ -11,11 +11,11 @@ use faceproof_imaging::{Cancellation, Decoded, ImageLimits, RgbImage};
 use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
 
 use super::{
-    FaceRejection, Intake, PipelineResult, Stage, StageTimer, Timer, blank_frame, internal,
+    FaceRejection, Intake, PipelineResult, Stage, StageTimer, Timer, blank_frame, find_subject,
+    internal,
 };
 use crate::VisionError;
 use crate::face::align::align_face;
-use crate::face::subject::{DEFAULT_RIVAL_AREA_RATIO, choose_subject, has_rival_face};
 use crate::face::{DetectedFace, DetectorConfig, FaceDetector};
 use crate::nets::sface::{SFace, cosine_similarity, faces_to_batch};
 use crate::nets::yunet::YuNet;
@@ -157,10 +157,7 @@ impl MatchPipeline {
         mode: SearchMode,
         cancel: &Cancellation,
     ) -> PipelineResult<CompareOutcome> {
-        let (probe_aligned, probe_face) = match self.prepare(probe, mode, true, cancel)? {
-            Ok(prepared) => prepared,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
+        let (probe_aligned, probe_face) = or_reject!(self.prepare(probe, mode, true, cancel));
         let mut prepared = Vec::with_capacity(gallery.len());
         for bytes in gallery {
             cancel.check()?;
@@ -253,23 +250,14 @@ impl MatchPipeline {
         refuse_rivals: bool,
         cancel: &Cancellation,
     ) -> PipelineResult<(RgbImage, DetectedFace)> {
-        let mut decoded = match self.intake.decode(bytes, cancel)? {
-            Ok(decoded) => decoded,
-            Err(rejection) => return Ok(Err(rejection)),
-        };
+        let mut decoded = or_reject!(self.intake.decode(bytes, cancel));
         let image = std::mem::take(&mut decoded.image);
         let detector = self.detector(mode);
         let faces = self.intake.timer.timed(Stage::Detect, || {
             detect_with_context(detector, &image, cancel)
         })?;
-        let (width, height) = image.dimensions();
-        let Some(subject) = choose_subject(&faces, width, height) else {
-            return Ok(Err(FaceRejection::new(
-                FaceIssueReason::NoFaceDetected,
-                "no face found",
-            )));
-        };
-        if refuse_rivals && has_rival_face(&faces, subject, DEFAULT_RIVAL_AREA_RATIO) {
+        let subject = or_reject!(find_subject(&faces, &image));
+        if refuse_rivals && subject.has_rival {
             return Ok(Err(FaceRejection::new(
                 FaceIssueReason::MultipleFacesDetected,
                 format!(
@@ -278,9 +266,7 @@ impl MatchPipeline {
                 ),
             )));
         }
-        let Some(face) = faces.get(subject).cloned() else {
-            return Err(internal("subject index out of range"));
-        };
+        let face = subject.face.clone();
         // Detected, chosen and aligned in the decoded pixels; gated and reported at full
         // resolution.
         let full_resolution_face = to_full_resolution(&decoded, &face);
@@ -424,6 +410,8 @@ fn to_full_resolution(decoded: &Decoded, face: &DetectedFace) -> DetectedFace {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn image(width: u32, height: u32) -> RgbImage {

@@ -13,6 +13,17 @@
 //! one result the same way. Nothing here is async: the services run the pipelines on their
 //! inference threads and time each [`Stage`] through a [`StageTimer`].
 
+/// The value of a step's inner `Ok`; a rejection returns from the enclosing pipeline function
+/// as its answer, a failure as its error.
+macro_rules! or_reject {
+    ($step:expr) => {
+        match $step? {
+            Ok(value) => value,
+            Err(rejection) => return Ok(Err(rejection)),
+        }
+    };
+}
+
 pub mod calibration;
 pub mod liveness;
 pub mod matching;
@@ -26,6 +37,7 @@ pub use faceproof_telemetry::Stage;
 
 use crate::VisionError;
 use crate::face::DetectedFace;
+use crate::face::subject::{DEFAULT_RIVAL_AREA_RATIO, choose_subject, has_rival_face};
 
 pub use calibration::Calibration;
 pub use liveness::{LivenessPipeline, LivenessScores, LivenessSettings, ModelVerdict};
@@ -159,6 +171,32 @@ impl Intake {
     }
 }
 
+/// The face a pipeline works on among those detected in an image.
+struct Subject<'a> {
+    face: &'a DetectedFace,
+    /// A second face nearly as large as the subject: whose face is meant is unclear.
+    has_rival: bool,
+}
+
+/// The subject among `faces` (the face [`choose_subject`] picks) and whether a rival is nearly
+/// as large; `no_face_detected` when there is none.
+fn find_subject<'a>(faces: &'a [DetectedFace], image: &RgbImage) -> PipelineResult<Subject<'a>> {
+    let (width, height) = image.dimensions();
+    let Some(index) = choose_subject(faces, width, height) else {
+        return Ok(Err(FaceRejection::new(
+            FaceIssueReason::NoFaceDetected,
+            "no face found",
+        )));
+    };
+    let face = faces
+        .get(index)
+        .ok_or_else(|| internal("subject index out of range"))?;
+    Ok(Ok(Subject {
+        face,
+        has_rival: has_rival_face(faces, index, DEFAULT_RIVAL_AREA_RATIO),
+    }))
+}
+
 /// A mid-grey 640x480 frame: what warm-ups run the networks on.
 fn blank_frame() -> Result<RgbImage, VisionError> {
     RgbImage::from_raw(640, 480, vec![128; 640 * 480 * 3]).ok_or_else(|| internal("warm-up frame"))
@@ -202,6 +240,8 @@ pub fn to_proto(face: &DetectedFace) -> Face {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]
