@@ -20,7 +20,7 @@ use faceproof_gateway::GatewayCli;
 use faceproof_liveness::LivenessConfig;
 use faceproof_liveness::vision::{LivenessSettings, VisionLivenessEngine};
 use faceproof_matcher::MatcherConfig;
-use faceproof_matcher::vision::{VisionMatchEngine, VisionMatchSettings};
+use faceproof_matcher::vision::VisionMatchEngine;
 use faceproof_models::{ModelName, ModelStore};
 use faceproof_proto::gateway::v1 as pb;
 use faceproof_proto::gateway::v1::face_verification_client::FaceVerificationClient;
@@ -177,7 +177,7 @@ pub fn engines() -> anyhow::Result<&'static Engines> {
     let matcher = VisionMatchEngine::from_weights(
         &read(ModelName::YuNet)?,
         &read(ModelName::SFace)?,
-        VisionMatchSettings::from_config(&matcher_config),
+        faceproof_matcher::vision::settings_from_config(&matcher_config),
     )?;
     let liveness = VisionLivenessEngine::from_weights(
         &read(ModelName::YuNet)?,

@@ -1,4 +1,4 @@
-//! `faceproof bench`: per-stage latency of the vision pipeline on the benchmark photos, on a
+//! `faceproof bench`: per-stage latency of the vision pipelines on the benchmark photos, on a
 //! chosen number of threads, as a table or as JSON that `bench/compare.sh` sets beside the
 //! onnxruntime/OpenCV reference (`bench/reference.py`) run on the same inputs.
 
@@ -8,15 +8,20 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use candle_core::{Device, Tensor};
-use faceproof_imaging::{DecodeOptions, RgbImage, decode, resize_bilinear};
+use faceproof_imaging::{Cancellation, DecodeOptions, RgbImage, decode, resize_bilinear};
 use faceproof_models::{ModelName, ModelStore, resolve_dir};
+use faceproof_proto::common::v1::SearchMode;
 use faceproof_vision::face::align::align_face;
 use faceproof_vision::face::liveness_crop::liveness_crop;
 use faceproof_vision::face::subject::choose_subject;
-use faceproof_vision::face::{DetectedFace, DetectorConfig, FaceDetector};
-use faceproof_vision::nets::minifasnet::{MiniFasNet, MiniFasNetVariant};
-use faceproof_vision::nets::sface::{SFace, cosine_similarity, faces_to_batch};
+use faceproof_vision::face::{DetectorConfig, FaceDetector};
+use faceproof_vision::nets::minifasnet::MiniFasNetVariant;
+use faceproof_vision::nets::sface::faces_to_batch;
 use faceproof_vision::nets::yunet::YuNet;
+use faceproof_vision::pipeline::matching::DECODE_MIN_LONG_SIDE;
+use faceproof_vision::pipeline::{
+    LivenessPipeline, LivenessSettings, MatchPipeline, MatchSettings,
+};
 
 const PROBE: &str = "probe_640x480.jpg";
 const GALLERY: &str = "gallery_640x480.jpg";
@@ -50,9 +55,9 @@ struct Timing {
 }
 
 /// Runs `stage` 3 times untimed, then `runs` times timed.
-fn time_stage<T>(
+fn time_stage(
     runs: usize,
-    mut stage: impl FnMut() -> anyhow::Result<T>,
+    mut stage: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<Timing> {
     for _ in 0..3 {
         stage()?;
@@ -60,7 +65,7 @@ fn time_stage<T>(
     let mut samples = Vec::with_capacity(runs);
     for _ in 0..runs {
         let start = Instant::now();
-        std::hint::black_box(stage()?);
+        stage()?;
         samples.push(start.elapsed().as_secs_f64() * 1e3);
     }
     samples.sort_by(f64::total_cmp);
@@ -77,17 +82,17 @@ fn time_stage<T>(
     })
 }
 
-/// The networks, loaded once from the model store.
-struct Networks {
-    detector_640: FaceDetector,
+/// The pipelines, loaded once from the model store, and the one detector they do not hold.
+struct Pipelines {
+    /// The matcher's pipeline detecting at 640 in FAST mode (one embedding per face), as the
+    /// reference does.
+    matcher: MatchPipeline,
+    liveness: LivenessPipeline,
     detector_320: FaceDetector,
-    sface: SFace,
-    minifasnet_v2: MiniFasNet,
-    minifasnet_v1se: MiniFasNet,
     device: Device,
 }
 
-impl Networks {
+impl Pipelines {
     fn load(store: &ModelStore) -> anyhow::Result<Self> {
         let device = Device::Cpu;
         let read = |name: ModelName| {
@@ -95,71 +100,58 @@ impl Networks {
                 .read_verified(name)
                 .with_context(|| format!("reading {name:?} (run `faceproof models fetch`)"))
         };
-        let yunet = YuNet::from_safetensors(&read(ModelName::YuNet)?, &device)?;
-        let detector = |side: u32| {
-            let config = DetectorConfig {
-                max_input_side: side,
-                ..DetectorConfig::default()
-            };
-            FaceDetector::new(yunet.clone(), config, device.clone())
+        let yunet = read(ModelName::YuNet)?;
+        let settings = MatchSettings {
+            fast_detector_side: 640,
+            ..MatchSettings::default()
+        };
+        let config = DetectorConfig {
+            max_input_side: 320,
+            ..DetectorConfig::default()
         };
         Ok(Self {
-            detector_640: detector(640)?,
-            detector_320: detector(320)?,
-            sface: SFace::from_safetensors(&read(ModelName::SFace)?, &device)?,
-            minifasnet_v2: MiniFasNet::from_safetensors(
+            matcher: MatchPipeline::from_weights(&yunet, &read(ModelName::SFace)?, settings)?,
+            liveness: LivenessPipeline::from_weights(
+                &yunet,
                 &read(ModelName::MiniFasNetV2)?,
-                MiniFasNetVariant::V2,
-                &device,
-            )?,
-            minifasnet_v1se: MiniFasNet::from_safetensors(
                 &read(ModelName::MiniFasNetV1Se)?,
-                MiniFasNetVariant::V1Se,
-                &device,
+                LivenessSettings::default(),
+            )?,
+            detector_320: FaceDetector::new(
+                YuNet::from_safetensors(&yunet, &device)?,
+                config,
+                device.clone(),
             )?,
             device,
         })
     }
 
-    /// The subject face of a full frame, detected at the default (640) size.
-    fn subject(&self, image: &RgbImage) -> anyhow::Result<DetectedFace> {
-        let faces = self.detector_640.detect(image)?;
-        let index = choose_subject(&faces, image.width(), image.height())
-            .context("no face found in a benchmark photo")?;
-        Ok(faces[index].clone())
-    }
-
-    fn embed(&self, image: &RgbImage, face: &DetectedFace) -> anyhow::Result<Vec<f32>> {
-        let aligned = align_face(image, &face.landmarks)?;
-        let batch = faces_to_batch(&[aligned], &self.device)?;
-        Ok(self.sface.embed(&batch)?.flatten_all()?.to_vec1::<f32>()?)
-    }
-
-    /// Real-class probability of both anti-spoofing models on `face` of `image`, averaged.
-    fn liveness(&self, image: &RgbImage, face: &DetectedFace) -> anyhow::Result<f32> {
-        let mut real = 0.0;
-        for (net, variant) in [
-            (&self.minifasnet_v2, MiniFasNetVariant::V2),
-            (&self.minifasnet_v1se, MiniFasNetVariant::V1Se),
-        ] {
-            let crop = liveness_crop(image, face.bbox, variant, &self.device)?.unsqueeze(0)?;
-            let logits = net.forward(&crop)?.flatten_all()?.to_vec1::<f32>()?;
-            real += softmax_real(&logits)?;
+    /// The whole work of one compare as the services do it: the matcher's pipeline on both
+    /// photos and, with liveness, the liveness pipeline (both networks) on the probe with the
+    /// matcher's face as its hint. The product of the similarity and the liveness score.
+    fn compare(
+        &self,
+        probe: &[u8],
+        gallery: &[Vec<u8>],
+        with_liveness: bool,
+    ) -> anyhow::Result<f64> {
+        let never = Cancellation::never();
+        let outcome = self
+            .matcher
+            .compare(probe, gallery, SearchMode::Fast, &never)?
+            .map_err(|rejection| anyhow::anyhow!("probe: {}", rejection.detail))?;
+        let Some(Ok(matched)) = outcome.gallery.first() else {
+            bail!("no usable face in the gallery photo");
+        };
+        if !with_liveness {
+            return Ok(matched.similarity);
         }
-        Ok(real / 2.0)
-    }
-}
-
-/// Probability of class 1 ("real") from the 3 logits.
-fn softmax_real(logits: &[f32]) -> anyhow::Result<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = logits.iter().map(|l| (l - max).exp()).sum();
-    match logits.get(1) {
-        Some(real) if sum > 0.0 => Ok((real - max).exp() / sum),
-        _ => bail!(
-            "anti-spoofing output has {} logits, expected 3",
-            logits.len()
-        ),
+        let hint = Some(outcome.probe_face.clone());
+        let scores = self
+            .liveness
+            .check(probe, SearchMode::Accurate, hint, &never)?
+            .map_err(|rejection| anyhow::anyhow!("liveness: {}", rejection.detail))?;
+        Ok(matched.similarity * scores.liveness_score)
     }
 }
 
@@ -168,17 +160,34 @@ fn read_photo(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(&path).with_context(|| format!("reading {} (see --bench-dir)", path.display()))
 }
 
-fn decode_photo(bytes: &[u8]) -> anyhow::Result<RgbImage> {
-    Ok(decode(bytes, &DecodeOptions::default())?.image)
+fn decode_photo(bytes: &[u8], options: &DecodeOptions) -> anyhow::Result<RgbImage> {
+    Ok(decode(bytes, options)?.image)
 }
 
-fn run_stages(args: &Args, nets: &Networks) -> anyhow::Result<Vec<(&'static str, Timing)>> {
+/// One timed stage: its name, its timed runs and the work of one run.
+type StageWork<'a> = (
+    &'static str,
+    usize,
+    Box<dyn FnMut() -> anyhow::Result<()> + 'a>,
+);
+
+fn run_stages(args: &Args, nets: &Pipelines) -> anyhow::Result<Vec<(&'static str, Timing)>> {
     let runs = args.iterations as usize;
+    let rare = (runs / 5).max(3);
     let probe_bytes = read_photo(&args.bench_dir, PROBE)?;
-    let gallery_bytes = read_photo(&args.bench_dir, GALLERY)?;
+    let gallery_bytes = vec![read_photo(&args.bench_dir, GALLERY)?];
     let large_bytes = read_photo(&args.bench_dir, LARGE)?;
-    let probe = decode_photo(&probe_bytes)?;
-    let probe_face = nets.subject(&probe)?;
+    let full = DecodeOptions::default();
+    // As the matcher decodes it: at 1/2 scale in the DCT domain (2000x1500).
+    let half_scale = DecodeOptions {
+        min_long_side: Some(DECODE_MIN_LONG_SIDE),
+        ..DecodeOptions::default()
+    };
+    let probe = decode_photo(&probe_bytes, &full)?;
+    let faces = nets.matcher.detector(SearchMode::Fast).detect(&probe)?;
+    let subject = choose_subject(&faces, probe.width(), probe.height())
+        .context("no face found in the probe photo")?;
+    let probe_face = &faces[subject];
     let aligned = align_face(&probe, &probe_face.landmarks)?;
     let face_batch = faces_to_batch(&[aligned], &nets.device)?;
     let crop = |variant| -> anyhow::Result<Tensor> {
@@ -187,70 +196,69 @@ fn run_stages(args: &Args, nets: &Networks) -> anyhow::Result<Vec<(&'static str,
     let (crop_v2, crop_v1se) = (crop(MiniFasNetVariant::V2)?, crop(MiniFasNetVariant::V1Se)?);
     let square = |side: u32| resize_bilinear(&probe, side, side);
     let (probe_320, probe_640) = (square(320), square(640));
+    let network = |variant| nets.liveness.network(variant);
 
-    let mut stages = vec![(
-        "decode_640x480",
-        time_stage(runs, || decode_photo(&probe_bytes))?,
-    )];
-    stages.push((
-        "decode_3000x4000",
-        time_stage((runs / 5).max(3), || decode_photo(&large_bytes))?,
-    ));
-    // As the matcher decodes it: at 1/2 scale in the DCT domain (2000x1500).
-    let half_scale = DecodeOptions {
-        min_long_side: Some(1600),
-        ..DecodeOptions::default()
-    };
-    stages.push((
-        "decode_3000x4000_half",
-        time_stage((runs / 5).max(3), || {
-            Ok(decode(&large_bytes, &half_scale)?.image)
-        })?,
-    ));
-    stages.push((
-        "detect_320",
-        time_stage(runs, || Ok(nets.detector_320.detect(&probe_320)?))?,
-    ));
-    stages.push((
-        "detect_640",
-        time_stage(runs, || Ok(nets.detector_640.detect(&probe_640)?))?,
-    ));
-    stages.push((
-        "embed_sface",
-        time_stage(runs, || Ok(nets.sface.embed(&face_batch)?))?,
-    ));
-    stages.push((
-        "liveness_minifasnet_v2",
-        time_stage(runs, || Ok(nets.minifasnet_v2.forward(&crop_v2)?))?,
-    ));
-    stages.push((
-        "liveness_minifasnet_v1se",
-        time_stage(runs, || Ok(nets.minifasnet_v1se.forward(&crop_v1se)?))?,
-    ));
-    // The whole work of one compare: decode both, detect both, align and embed both, and (with
-    // liveness) both anti-spoofing models on the probe.
-    let compare = |with_liveness: bool| -> anyhow::Result<f32> {
-        let probe = decode_photo(&probe_bytes)?;
-        let gallery = decode_photo(&gallery_bytes)?;
-        let probe_face = nets.subject(&probe)?;
-        let gallery_face = nets.subject(&gallery)?;
-        let similarity = cosine_similarity(
-            &nets.embed(&probe, &probe_face)?,
-            &nets.embed(&gallery, &gallery_face)?,
-        );
-        let liveness = if with_liveness {
-            nets.liveness(&probe, &probe_face)?
-        } else {
-            1.0
-        };
-        Ok(similarity * liveness)
-    };
-    stages.push((
-        "compare_without_liveness",
-        time_stage(runs, || compare(false))?,
-    ));
-    stages.push(("compare_with_liveness", time_stage(runs, || compare(true))?));
-    Ok(stages)
+    let work: Vec<StageWork<'_>> = vec![
+        (
+            "decode_640x480",
+            runs,
+            Box::new(|| done(decode_photo(&probe_bytes, &full)?)),
+        ),
+        (
+            "decode_3000x4000",
+            rare,
+            Box::new(|| done(decode_photo(&large_bytes, &full)?)),
+        ),
+        (
+            "decode_3000x4000_half",
+            rare,
+            Box::new(|| done(decode_photo(&large_bytes, &half_scale)?)),
+        ),
+        (
+            "detect_320",
+            runs,
+            Box::new(|| done(nets.detector_320.detect(&probe_320)?)),
+        ),
+        (
+            "detect_640",
+            runs,
+            Box::new(|| done(nets.matcher.detector(SearchMode::Fast).detect(&probe_640)?)),
+        ),
+        (
+            "embed_sface",
+            runs,
+            Box::new(|| done(nets.matcher.embedder().embed(&face_batch)?)),
+        ),
+        (
+            "liveness_minifasnet_v2",
+            runs,
+            Box::new(|| done(network(MiniFasNetVariant::V2).forward(&crop_v2)?)),
+        ),
+        (
+            "liveness_minifasnet_v1se",
+            runs,
+            Box::new(|| done(network(MiniFasNetVariant::V1Se).forward(&crop_v1se)?)),
+        ),
+        (
+            "compare_without_liveness",
+            runs,
+            Box::new(|| done(nets.compare(&probe_bytes, &gallery_bytes, false)?)),
+        ),
+        (
+            "compare_with_liveness",
+            runs,
+            Box::new(|| done(nets.compare(&probe_bytes, &gallery_bytes, true)?)),
+        ),
+    ];
+    work.into_iter()
+        .map(|(name, runs, stage)| Ok((name, time_stage(runs, stage)?)))
+        .collect()
+}
+
+/// A stage's result, kept from being optimised away.
+fn done<T>(output: T) -> anyhow::Result<()> {
+    std::hint::black_box(output);
+    Ok(())
 }
 
 /// The environment variables that change candle's threading, recorded with every result:
@@ -273,7 +281,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => resolve_dir(None, &std::env::current_dir()?)?,
     };
     let store = ModelStore::at(dir)?;
-    let nets = Networks::load(&store)?;
+    let nets = Pipelines::load(&store)?;
     // Every kernel (candle's matmul and convolutions, faceproof's ops) runs on rayon's current
     // pool: run the whole benchmark inside a pool of the requested size.
     let pool = rayon::ThreadPoolBuilder::new()

@@ -1,6 +1,7 @@
 //! The vision crate's single error type.
 
-/// Why a vision step (loading a network, running it, detecting or aligning a face) failed.
+/// Why a vision step (loading a network, running it, detecting or aligning a face, a whole
+/// pipeline, reading the calibration table) failed.
 #[derive(Debug, thiserror::Error)]
 pub enum VisionError {
     /// A tensor operation failed (shape mismatch, missing weight, bad weights file).
@@ -21,4 +22,21 @@ pub enum VisionError {
     /// An image operation from faceproof-imaging failed.
     #[error("image operation failed: {0}")]
     Imaging(String),
+    /// A pipeline step failed in a way no input explains (a model fault or a bug).
+    #[error("{0}")]
+    Internal(String),
+    /// The cosine -> score table is malformed.
+    #[error("invalid calibration table: {0}")]
+    Calibration(String),
+}
+
+impl VisionError {
+    /// The stop this failure is, when the work was cancelled (the deadline passed or the caller
+    /// went away) rather than failed.
+    pub fn cancellation(&self) -> Option<faceproof_imaging::Cancelled> {
+        match self {
+            Self::Cancelled(cancelled) => Some(*cancelled),
+            _ => None,
+        }
+    }
 }

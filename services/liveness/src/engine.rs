@@ -2,8 +2,12 @@
 //! inference pool's threads, never on the async runtime.
 
 use faceproof_imaging::{Cancellation, Cancelled};
-use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
+use faceproof_proto::common::v1::{Face, SearchMode};
 use faceproof_runtime::DeadlineExceeded;
+use faceproof_vision::VisionError;
+/// Why an image cannot be scored (with the face concerned, when one was found) and each
+/// network's verdict: the pipeline's own types.
+pub use faceproof_vision::pipeline::{FaceRejection, ModelVerdict};
 
 /// A validated liveness request, owned so it can move to a worker thread.
 #[derive(Debug, Clone)]
@@ -15,14 +19,6 @@ pub struct CheckJob {
     pub face_hint: Option<Face>,
     /// DESKTOP, IOS or ANDROID, as the caller said.
     pub os: String,
-}
-
-/// One network's verdict, e.g. `MiniFASNetV2@2.7`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ModelVerdict {
-    pub model: String,
-    /// Probability of the "real" class, 0..1.
-    pub liveness_score: f64,
 }
 
 /// The scores for the face that was checked.
@@ -44,39 +40,6 @@ pub struct AttackSplit {
     pub screen_probability: f64,
 }
 
-/// Why an image cannot be scored, e.g. `FaceTooSmall` with "face is 31 px wide, minimum 48".
-#[derive(Debug, Clone, PartialEq)]
-pub struct FaceRejection {
-    pub reason: FaceIssueReason,
-    pub detail: String,
-    /// The face concerned, when one was found (e.g. the subject that is too close to the border).
-    pub face: Option<Face>,
-}
-
-impl FaceRejection {
-    pub fn new(reason: FaceIssueReason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-            face: None,
-        }
-    }
-
-    /// Whether the image itself is unusable (undecodable, too large, unsupported format) as
-    /// opposed to a capture-quality gate on its face.
-    pub fn is_image_level(&self) -> bool {
-        matches!(
-            self.reason,
-            FaceIssueReason::ImageUndecodable
-                | FaceIssueReason::ImageTooLarge
-                | FaceIssueReason::UnsupportedFormat
-                | FaceIssueReason::ImageTruncated
-                | FaceIssueReason::ImageBadAspectRatio
-                | FaceIssueReason::Unspecified
-        )
-    }
-}
-
 /// Failures that end a liveness check.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -93,6 +56,14 @@ pub enum EngineError {
     /// A model or bug failure; logged, answered INTERNAL.
     #[error("engine failure: {0}")]
     Internal(String),
+}
+
+/// The pipeline's failures: a stop stays a stop, anything else is answered INTERNAL.
+impl From<VisionError> for EngineError {
+    fn from(error: VisionError) -> Self {
+        let cancelled = error.cancellation();
+        cancelled.map_or_else(|| Self::Internal(error.to_string()), Self::Cancelled)
+    }
 }
 
 /// Passive anti-spoofing, run inside the inference pool.

@@ -82,7 +82,7 @@ impl ModelService for Matcher {
         config: &MatcherConfig,
         inference: Inference<dyn MatchEngine>,
     ) -> Result<Self::Handler, HostError> {
-        let calibration = Calibration::builtin()?;
+        let calibration = Calibration::builtin().map_err(crate::calibration::start_error)?;
         if calibration.is_provisional() {
             tracing::warn!(
                 calibration = calibration.id(),

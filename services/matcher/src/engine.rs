@@ -3,8 +3,12 @@
 //! on the inference pool's threads, never on the async runtime.
 
 use faceproof_imaging::{Cancellation, Cancelled};
-use faceproof_proto::common::v1::{Face, FaceIssueReason, SearchMode};
+use faceproof_proto::common::v1::SearchMode;
 use faceproof_runtime::DeadlineExceeded;
+use faceproof_vision::VisionError;
+/// Why an image has no usable face, one gallery image's similarity and the whole answer: the
+/// match pipeline's own types.
+pub use faceproof_vision::pipeline::{CompareOutcome, FaceRejection, GalleryMatch};
 
 /// A validated comparison request, owned so it can move to a worker thread.
 #[derive(Debug, Clone)]
@@ -12,37 +16,6 @@ pub struct CompareJob {
     pub probe: Vec<u8>,
     pub gallery: Vec<Vec<u8>>,
     pub mode: SearchMode,
-}
-
-/// Why an image has no usable face, e.g. `FaceTooSmall` with "face is 31 px wide, minimum 48".
-#[derive(Debug, Clone, PartialEq)]
-pub struct FaceRejection {
-    pub reason: FaceIssueReason,
-    pub detail: String,
-}
-
-impl FaceRejection {
-    pub fn new(reason: FaceIssueReason, detail: impl Into<String>) -> Self {
-        Self {
-            reason,
-            detail: detail.into(),
-        }
-    }
-}
-
-/// One gallery image compared with the probe.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GalleryMatch {
-    pub face: Face,
-    /// Cosine similarity of the embeddings, -1..1.
-    pub similarity: f64,
-}
-
-/// The engine's answer: the probe's subject face and one entry per gallery image, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompareOutcome {
-    pub probe_face: Face,
-    pub gallery: Vec<Result<GalleryMatch, FaceRejection>>,
 }
 
 /// Failures that end a comparison. Gallery-item problems are not errors: they are entries of
@@ -61,6 +34,14 @@ pub enum EngineError {
     /// A model or bug failure; logged, answered INTERNAL.
     #[error("engine failure: {0}")]
     Internal(String),
+}
+
+/// The pipeline's failures: a stop stays a stop, anything else is answered INTERNAL.
+impl From<VisionError> for EngineError {
+    fn from(error: VisionError) -> Self {
+        let cancelled = error.cancellation();
+        cancelled.map_or_else(|| Self::Internal(error.to_string()), Self::Cancelled)
+    }
 }
 
 /// Face comparison, run inside the inference pool.

@@ -443,7 +443,7 @@ mod real_models {
     fn engine(fast_detector_side: u32) -> VisionMatchEngine {
         engine_with(VisionMatchSettings {
             fast_detector_side,
-            ..VisionMatchSettings::from_config(&MatcherConfig::default())
+            ..VisionMatchSettings::default()
         })
     }
 
@@ -475,7 +475,7 @@ mod real_models {
         assert!(side > 100.0, "{side}");
         let strict = engine_with(VisionMatchSettings {
             min_face_px: side.ceil() as u32 + 1,
-            ..VisionMatchSettings::from_config(&MatcherConfig::default())
+            ..VisionMatchSettings::default()
         });
         match strict.compare(job(), &deadline) {
             Err(EngineError::Probe(rejection)) => {

@@ -1,4 +1,4 @@
-//! `faceproof eval liveness`: run the liveness service's engine on labelled live/spoof frames
+//! `faceproof eval liveness`: run the liveness service's pipeline on labelled live/spoof frames
 //! and report ROC AUC and APCER/BPCER/ACER per threshold and per attack type.
 
 use std::collections::BTreeMap;
@@ -8,10 +8,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use faceproof_imaging::Cancellation;
-use faceproof_liveness::vision::{LivenessSettings, VisionLivenessEngine};
-use faceproof_liveness::{CheckJob, EngineError, LivenessEngine};
 use faceproof_models::ModelName;
 use faceproof_proto::common::v1::SearchMode;
+use faceproof_vision::pipeline::{LivenessPipeline, LivenessSettings};
 use rayon::prelude::*;
 
 use super::input::{LabelledImage, parse_labels, read_text};
@@ -49,7 +48,7 @@ struct Scored {
 }
 
 fn check_all(
-    engine: &VisionLivenessEngine,
+    pipeline: &LivenessPipeline,
     common: &CommonArgs,
     pool: &rayon::ThreadPool,
     images: &[LabelledImage],
@@ -61,24 +60,18 @@ fn check_all(
             .par_iter()
             .map(|image| {
                 let bytes = common.read_image(&image.path).map_err(anyhow::Error::msg)?;
-                let job = CheckJob {
-                    image: bytes,
-                    mode,
-                    face_hint: None,
-                    os: "DESKTOP".to_owned(),
-                };
-                // No deadline in an offline evaluation: a day stands for "none".
+                // No deadline in an offline evaluation.
                 let never = Cancellation::never();
-                let checked = match engine.check(job, &never) {
-                    Ok(verdict) => Ok(Scored {
-                        score: verdict.liveness_score,
-                        per_model: verdict
+                let checked = match pipeline.check(&bytes, mode, None, &never) {
+                    Ok(Ok(scores)) => Ok(Scored {
+                        score: scores.liveness_score,
+                        per_model: scores
                             .models
                             .into_iter()
                             .map(|model| (model.model, model.liveness_score))
                             .collect(),
                     }),
-                    Err(EngineError::Rejected(rejection)) => Err(format!(
+                    Ok(Err(rejection)) => Err(format!(
                         "{} ({})",
                         rejection.reason.code(),
                         rejection.detail
@@ -101,7 +94,7 @@ pub fn run_liveness(args: &LivenessArgs) -> anyhow::Result<ExitCode> {
     let images = parse_labels(&read_text(&args.labels)?)
         .with_context(|| format!("reading {}", args.labels.display()))?;
     let store = args.common.store()?;
-    let engine = VisionLivenessEngine::from_weights(
+    let pipeline = LivenessPipeline::from_weights(
         &CommonArgs::read_model(&store, ModelName::YuNet)?,
         &CommonArgs::read_model(&store, ModelName::MiniFasNetV2)?,
         &CommonArgs::read_model(&store, ModelName::MiniFasNetV1Se)?,
@@ -113,7 +106,7 @@ pub fn run_liveness(args: &LivenessArgs) -> anyhow::Result<ExitCode> {
     for &mode in &modes {
         results.push((
             mode,
-            check_all(&engine, &args.common, &pool, &images, mode)?,
+            check_all(&pipeline, &args.common, &pool, &images, mode)?,
         ));
     }
     if let Some(out) = &args.scores_out {

@@ -2,18 +2,28 @@
 //! accepted when its score is at or above the threshold (verification) or strictly above it
 //! (liveness: "passes when the score is above `liveness_min_score`").
 
+/// Every score with `true` for genuine and `false` for impostor, sorted by `order`.
+fn labelled(
+    genuine: &[f64],
+    impostor: &[f64],
+    order: impl Fn(f64, f64) -> std::cmp::Ordering,
+) -> Vec<(f64, bool)> {
+    let mut all: Vec<(f64, bool)> = genuine
+        .iter()
+        .map(|&s| (s, true))
+        .chain(impostor.iter().map(|&s| (s, false)))
+        .collect();
+    all.sort_by(|a, b| order(a.0, b.0));
+    all
+}
+
 /// Area under the ROC curve: the probability that a random genuine score beats a random
 /// impostor score, ties counting one half (Mann-Whitney U). `None` when a class is empty.
 pub fn roc_auc(genuine: &[f64], impostor: &[f64]) -> Option<f64> {
     if genuine.is_empty() || impostor.is_empty() {
         return None;
     }
-    let mut all: Vec<(f64, bool)> = genuine
-        .iter()
-        .map(|&s| (s, true))
-        .chain(impostor.iter().map(|&s| (s, false)))
-        .collect();
-    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let all = labelled(genuine, impostor, |a, b| a.total_cmp(&b));
     // Average 1-based ranks over runs of tied scores.
     let mut genuine_rank_sum = 0.0;
     let mut start = 0;
@@ -44,12 +54,7 @@ pub fn best_accuracy(genuine: &[f64], impostor: &[f64]) -> Option<BestAccuracy> 
     if total == 0 {
         return None;
     }
-    let mut all: Vec<(f64, bool)> = genuine
-        .iter()
-        .map(|&s| (s, true))
-        .chain(impostor.iter().map(|&s| (s, false)))
-        .collect();
-    all.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let all = labelled(genuine, impostor, |a, b| b.total_cmp(&a));
     // Threshold above everything: every impostor correctly rejected.
     let mut correct = impostor.len();
     let mut best = (correct, f64::INFINITY);

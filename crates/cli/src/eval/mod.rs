@@ -1,6 +1,6 @@
 //! `faceproof eval`: the evaluation tools (verification, calibration fitting, liveness). They
-//! read a labelled CSV and a folder of images, run exactly the services' in-process pipelines
-//! (the matcher's and liveness service's engines) and print the quality bars of DESIGN.md
+//! read a labelled CSV and a folder of images, run exactly the services' pipelines
+//! (faceproof-vision's match and liveness pipelines) and print the quality bars of DESIGN.md
 //! section 6. See docs/evaluation.md.
 
 use std::path::{Path, PathBuf};

@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
-use faceproof_matcher::config::MatcherConfig;
-use faceproof_matcher::vision::{VisionMatchEngine, VisionMatchSettings};
-use faceproof_matcher::{Calibration, EngineError};
 use faceproof_models::ModelName;
 use faceproof_proto::common::v1::SearchMode;
+use faceproof_vision::pipeline::calibration::BUILTIN_TABLE;
+use faceproof_vision::pipeline::{Calibration, MatchPipeline, MatchSettings};
 use rayon::prelude::*;
 
 use super::fit::{ImpostorDistribution, add_impostor_pairs, documented_far, dot, normalized};
@@ -21,8 +20,6 @@ use super::metrics::{ErrorCounts, best_accuracy, roc_auc, tar_at_far};
 use super::progress::Progress;
 use super::{CommonArgs, describe_input, mode_name, percent, print_table, rate};
 
-/// The table the matcher compiles in, read here too so both modes' tables are visible.
-const BUILTIN_TABLE: &str = include_str!("../../../../services/matcher/calibration.json");
 /// The `compare_min_score` values the documentation quotes FARs for.
 const DOCUMENTED_THRESHOLDS: [f64; 4] = [0.67, 0.75, 0.85, 0.95];
 /// Exact largest impostor cosines kept while fitting (the rest go to a 1e-4 histogram).
@@ -50,7 +47,7 @@ pub struct CalibrateArgs {
     pairs: PathBuf,
     #[command(flatten)]
     common: CommonArgs,
-    /// Where to write the table (the matcher compiles in services/matcher/calibration.json).
+    /// Where to write the table (the matcher compiles in crates/vision/calibration.json).
     #[arg(long, value_name = "JSON")]
     out: PathBuf,
     /// Identifier of the table [default: sface-<set>-<date>].
@@ -68,12 +65,16 @@ enum Embedded {
     Failed(String),
 }
 
-fn load_engine(common: &CommonArgs) -> anyhow::Result<VisionMatchEngine> {
+/// The matcher's pipeline with the matcher's default settings.
+fn load_pipeline(common: &CommonArgs) -> anyhow::Result<MatchPipeline> {
     let store = common.store()?;
     let yunet = CommonArgs::read_model(&store, ModelName::YuNet)?;
     let sface = CommonArgs::read_model(&store, ModelName::SFace)?;
-    let settings = VisionMatchSettings::from_config(&MatcherConfig::default());
-    Ok(VisionMatchEngine::from_weights(&yunet, &sface, settings)?)
+    Ok(MatchPipeline::from_weights(
+        &yunet,
+        &sface,
+        MatchSettings::default(),
+    )?)
 }
 
 /// The distinct image paths of the pairs, in first-seen order.
@@ -93,7 +94,7 @@ fn distinct_paths(pairs: &[Pair]) -> Vec<String> {
 /// Embeds every path once in `mode`; unreadable files stop the run (the data set is wrong),
 /// images without a usable face are `Failed` with the rejection code.
 fn embed_all(
-    engine: &VisionMatchEngine,
+    pipeline: &MatchPipeline,
     common: &CommonArgs,
     pool: &rayon::ThreadPool,
     paths: &[String],
@@ -105,7 +106,7 @@ fn embed_all(
             .par_iter()
             .map(|path| {
                 let bytes = common.read_image(path).map_err(anyhow::Error::msg)?;
-                let embedded = match engine.embed_image(&bytes, mode) {
+                let embedded = match pipeline.embed_image(&bytes, mode) {
                     Ok(Ok(image)) => Embedded::Face {
                         embedding: normalized(&image.embedding),
                         rival_face: image.rival_face,
@@ -115,9 +116,6 @@ fn embed_all(
                         rejection.reason.code(),
                         rejection.detail
                     )),
-                    Err(EngineError::Probe(rejection)) => {
-                        Embedded::Failed(rejection.reason.code().to_owned())
-                    }
                     Err(error) => return Err(anyhow::anyhow!("{path}: {error}")),
                 };
                 progress.tick();
@@ -242,12 +240,12 @@ pub fn run_verification(args: &VerificationArgs) -> anyhow::Result<ExitCode> {
         None => BUILTIN_TABLE.to_owned(),
     };
     let calibrations = Calibrations::parse(&calibration_text).context("calibration table")?;
-    let engine = load_engine(&args.common)?;
+    let pipeline = load_pipeline(&args.common)?;
     let pool = args.common.pool()?;
     let paths = distinct_paths(&pairs);
     let mut results = Vec::new();
     for mode in args.common.search_mode.modes() {
-        let embedded = embed_all(&engine, &args.common, &pool, &paths, mode)?;
+        let embedded = embed_all(&pipeline, &args.common, &pool, &paths, mode)?;
         results.push(score_pairs(
             &pairs,
             &embedded,
@@ -383,12 +381,12 @@ pub fn run_calibrate(args: &CalibrateArgs) -> anyhow::Result<ExitCode> {
     if paths.iter().any(|path| identity_of(path).is_empty()) {
         bail!("every image path needs a folder naming its identity (e.g. images/<name>/x.jpg)");
     }
-    let engine = load_engine(&args.common)?;
+    let pipeline = load_pipeline(&args.common)?;
     let pool = args.common.pool()?;
     let mut fits = Vec::new();
     let mut embedded_per_mode = Vec::new();
     for mode in args.common.search_mode.modes() {
-        let embedded = embed_all(&engine, &args.common, &pool, &paths, mode)?;
+        let embedded = embed_all(&pipeline, &args.common, &pool, &paths, mode)?;
         let mut embeddings = Vec::new();
         let mut identities = Vec::new();
         for path in &paths {
