@@ -270,6 +270,19 @@ pub fn faces_to_batch(faces: &[RgbImage], device: &Device) -> Result<Tensor, Vis
     )?)
 }
 
+/// The face mirrored left to right: flip fusion embeds a face and its mirror image.
+pub fn mirror_face(face: &RgbImage) -> RgbImage {
+    let (width, height) = face.dimensions();
+    let row_bytes = width as usize * 3;
+    let mut pixels = Vec::with_capacity(face.as_raw().len());
+    for row in face.as_raw().chunks_exact(row_bytes) {
+        for pixel in row.chunks_exact(3).rev() {
+            pixels.extend_from_slice(pixel);
+        }
+    }
+    RgbImage::from_raw(width, height, pixels).unwrap_or_else(|| face.clone())
+}
+
 /// Cosine similarity of two embeddings (0 when either is all zeros or they differ in length).
 pub fn cosine_similarity(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {
