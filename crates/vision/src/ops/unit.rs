@@ -754,41 +754,19 @@ fn select_band_kernel() -> BandKernel {
     run_band::<false>
 }
 
-#[cfg(target_arch = "x86_64")]
-fn band_avx2_fma_entry(
-    weights: &UnitWeights,
-    plan: &Plan,
-    source: Source<'_>,
-    band: Range<usize>,
-    out: &mut [&mut [MaybeUninit<f32>]],
-    scratch: &mut Scratch,
-) {
-    assert!(
-        super::cpu_has_avx2_fma(),
-        "AVX2+FMA kernel on a CPU without them"
-    );
-    // SAFETY: the assert above confirmed AVX2 and FMA on the running CPU, the only requirement
-    // of `band_avx2_fma` (itself safe, bounds-checked code).
-    #[allow(unsafe_code)]
-    unsafe {
-        band_avx2_fma(weights, plan, source, band, out, scratch)
-    }
-}
-
-/// The portable band compiled with AVX2 and FMA (the 1x1 tile and the depthwise rows
-/// autovectorise to 256-bit FMAs).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn band_avx2_fma(
-    weights: &UnitWeights,
-    plan: &Plan,
-    source: Source<'_>,
-    band: Range<usize>,
-    out: &mut [&mut [MaybeUninit<f32>]],
-    scratch: &mut Scratch,
-) {
-    run_band::<true>(weights, plan, source, band, out, scratch);
-}
+avx2_fma_copy!(
+    band_avx2_fma_entry,
+    band_avx2_fma,
+    run_band,
+    (
+        weights: &UnitWeights,
+        plan: &Plan,
+        source: Source<'_>,
+        band: Range<usize>,
+        out: &mut [&mut [MaybeUninit<f32>]],
+        scratch: &mut Scratch,
+    )
+);
 
 /// Runs the unit on every image of the batch: `image(b)` is image `b`'s source.
 fn run_unit<'a>(
@@ -877,16 +855,11 @@ fn nchw<'a>(
     layout: &Layout,
     what: &str,
 ) -> Result<(&'a [f32], [usize; 4])> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("unit: {what} must be f32")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("unit: {what} must be contiguous")
-    };
+    let data = super::input_slice(storage, layout, "unit", what)?;
     let &[n, c, h, w] = layout.dims() else {
         bail!("unit: {what} must be NCHW, got {:?}", layout.dims())
     };
-    Ok((&data[start..end], [n, c, h, w]))
+    Ok((data, [n, c, h, w]))
 }
 
 struct UnitOp<'a> {
