@@ -301,19 +301,8 @@ impl PlaneDepthwise {
 
 type PlaneKernel = fn(&Geometry, &[f32], &[f32], Epilogue, &mut Scratch, &mut [f32]);
 
-/// Picks the AVX2+FMA copy of the kernel when the CPU has it (decided at run time: the build
-/// targets baseline x86-64), else the portable one.
-fn select_kernel() -> PlaneKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::avx2_fma_available() {
-            return plane_avx2_fma_entry;
-        }
-    }
-    conv_plane::<false>
-}
-
 avx2_fma_copy!(
+    select_kernel -> PlaneKernel,
     plane_avx2_fma_entry,
     plane_avx2_fma,
     conv_plane,
@@ -630,18 +619,8 @@ impl CustomOp1 for DenseFewChannelsOp<'_> {
 
 type DenseKernel = fn(&Geometry, &[f32], usize, &[f32], Epilogue, &mut [f32], &mut [f32]);
 
-/// As [`select_kernel`], for the dense kernel.
-fn select_dense_kernel() -> DenseKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::avx2_fma_available() {
-            return dense_avx2_fma_entry;
-        }
-    }
-    dense_plane::<false>
-}
-
 avx2_fma_copy!(
+    select_dense_kernel -> DenseKernel,
     dense_avx2_fma_entry,
     dense_avx2_fma,
     dense_plane,

@@ -7,13 +7,30 @@
 //! - [`FusedBottleneck`] / [`FusedHead`]: MiniFASNet's inverted bottlenecks and head, one op each.
 //! - [`depthwise_pointwise_unit`]: YuNet's 1x1 + 3x3 depthwise unit fused over row bands.
 
-/// Defines `$entry`, a safe function that runs `$generic::<true>` compiled with AVX2 and FMA
-/// enabled (through `$compiled`, its `#[target_feature]` copy, where `mul_add` lowers to
-/// `vfmadd` and the loops vectorise to 256 bits). The kernels take `$entry` only where
-/// [`avx2_fma_available`] said yes; its own check keeps every other call path from reaching the
-/// compiled copy on a CPU without them.
+/// Defines `$select() -> $kernel`, which picks `$entry` when the running CPU has AVX2 and FMA
+/// (decided at run time: the build targets baseline x86-64), else `$generic::<false>`, the
+/// portable copy. `$entry` is a safe function that runs `$generic::<true>` compiled with AVX2 and
+/// FMA enabled (through `$compiled`, its `#[target_feature]` copy, where `mul_add` lowers to
+/// `vfmadd` and the loops vectorise to 256 bits); its own check keeps every other call path from
+/// reaching the compiled copy on a CPU without them.
 macro_rules! avx2_fma_copy {
-    ($entry:ident, $compiled:ident, $generic:ident, ($($arg:ident: $ty:ty),* $(,)?)) => {
+    (
+        $select:ident -> $kernel:ty,
+        $entry:ident,
+        $compiled:ident,
+        $generic:ident,
+        ($($arg:ident: $ty:ty),* $(,)?)
+    ) => {
+        fn $select() -> $kernel {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if super::avx2_fma_available() {
+                    return $entry;
+                }
+            }
+            $generic::<false>
+        }
+
         #[cfg(target_arch = "x86_64")]
         fn $entry($($arg: $ty),*) {
             assert!(

@@ -743,18 +743,8 @@ fn run_band<const FMA: bool>(
 type BandKernel =
     fn(&UnitWeights, &Plan, Source<'_>, Range<usize>, &mut [&mut [MaybeUninit<f32>]], &mut Scratch);
 
-/// The AVX2+FMA copy of the band when the running CPU has it, else the portable one.
-fn select_band_kernel() -> BandKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::avx2_fma_available() {
-            return band_avx2_fma_entry;
-        }
-    }
-    run_band::<false>
-}
-
 avx2_fma_copy!(
+    select_band_kernel -> BandKernel,
     band_avx2_fma_entry,
     band_avx2_fma,
     run_band,
