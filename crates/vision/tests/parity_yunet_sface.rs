@@ -5,14 +5,17 @@
 //! fail, never skip, when they are missing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use faceproof_imaging::{DecodeOptions, RgbImage, decode};
+use faceproof_imaging::{Cancellation, DecodeOptions, RgbImage, decode};
 use faceproof_vision::face::align::{align_face, alignment_matrix};
 use faceproof_vision::face::subject::choose_subject;
 use faceproof_vision::face::{DetectorConfig, FaceDetector};
-use faceproof_vision::nets::sface::{SFace, cosine_similarity, faces_to_batch};
+use faceproof_vision::nets::sface::{
+    SFace, cosine_similarity, faces_to_batch, fuse_flip, mirror_face,
+};
 use faceproof_vision::nets::yunet::YuNet;
 use serde_json::Value;
 
@@ -83,6 +86,14 @@ fn max_abs(a: &[f32]) -> f32 {
     a.iter().map(|x| x.abs()).fold(0.0, f32::max)
 }
 
+/// The reference network inputs and outputs, by `<image>/<tensor>`.
+fn net_io() -> HashMap<String, Tensor> {
+    Tensor::read_npz(golden_dir().join("net_io.npz"))
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
 fn embed_one(net: &SFace, face: &RgbImage) -> Vec<f32> {
     let batch = faces_to_batch(std::slice::from_ref(face), &Device::Cpu).unwrap();
     net.embed(&batch)
@@ -96,11 +107,7 @@ fn embed_one(net: &SFace, face: &RgbImage) -> Vec<f32> {
 #[test]
 fn sface_matches_reference_network_outputs() {
     let net = sface();
-    let npz: std::collections::HashMap<String, Tensor> =
-        Tensor::read_npz(golden_dir().join("net_io.npz"))
-            .unwrap()
-            .into_iter()
-            .collect();
+    let npz = net_io();
     for (image, _) in IMAGES {
         let input = &npz[&format!("{image}/sface_in")];
         let expected = npz[&format!("{image}/sface_out")]
@@ -126,11 +133,7 @@ fn sface_matches_reference_network_outputs() {
 #[test]
 fn sface_batch_equals_single_faces() {
     let net = sface();
-    let npz: std::collections::HashMap<String, Tensor> =
-        Tensor::read_npz(golden_dir().join("net_io.npz"))
-            .unwrap()
-            .into_iter()
-            .collect();
+    let npz = net_io();
     let a = &npz["astronaut/sface_in"];
     let b = &npz["biden_2010_blue_room/sface_in"];
     let batch = Tensor::cat(&[a, b], 0).unwrap();
@@ -145,6 +148,38 @@ fn sface_batch_equals_single_faces() {
             .unwrap();
         let in_batch = together.get(i).unwrap().to_vec1::<f32>().unwrap();
         assert!(max_abs_diff(&alone, &in_batch) < 1e-4);
+    }
+}
+
+/// ACCURATE's batch: each fixture's aligned face and its mirror image in one forward pass give
+/// the embeddings of two single-image passes (max abs difference per element, cosine), and the
+/// flip-fused embedding equals fusing the two single-image ones.
+#[test]
+fn face_and_mirror_batch_equals_two_single_passes() {
+    let net = sface();
+    let never = Cancellation::never();
+    for (image, file) in IMAGES {
+        let picture = fixture(file);
+        let kps = floats(&golden(image)["chosen"]["kps"]);
+        let landmarks: [[f32; 2]; 5] = std::array::from_fn(|i| [kps[2 * i], kps[2 * i + 1]]);
+        let face = align_face(&picture, &landmarks).unwrap();
+        let mirrored = mirror_face(&face);
+        let singles = [embed_one(&net, &face), embed_one(&net, &mirrored)];
+        let pair = net.embed_faces(&[face.clone(), mirrored], &never).unwrap();
+        for (single, batched) in singles.iter().zip(&pair) {
+            let diff = max_abs_diff(single, batched);
+            let cosine = cosine_similarity(single, batched);
+            println!(
+                "sface pair {image}: max abs diff {diff:.2e} (max abs {:.2}), cosine {cosine:.8}",
+                max_abs(single)
+            );
+            assert!(diff <= 1e-5 * max_abs(single).max(1.0), "{image}: {diff}");
+            assert!(cosine >= 0.99999, "{image}: cosine {cosine}");
+        }
+        let fused = net.embed_flip_fused(&[face], &never).unwrap();
+        let expected = fuse_flip(&singles[0], &singles[1]);
+        assert_eq!(fused.len(), 1);
+        assert!(max_abs_diff(&fused[0], &expected) <= 1e-5, "{image}: fused");
     }
 }
 

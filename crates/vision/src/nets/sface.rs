@@ -243,6 +243,36 @@ impl SFace {
         let y = x.matmul(&self.fc_weight_t)?.broadcast_add(&self.fc_bias)?;
         Ok(y)
     }
+
+    /// Embeds aligned 112x112 faces in one forward pass (a batch of `faces.len()`): one raw
+    /// embedding per face, in order. Each equals the embedding of that face alone to float
+    /// rounding (the kernels sum every image in the same order whatever the batch).
+    pub fn embed_faces(
+        &self,
+        faces: &[RgbImage],
+        cancel: &Cancellation,
+    ) -> Result<Vec<Vec<f32>>, VisionError> {
+        let batch = faces_to_batch(faces, self.fc_bias.device())?;
+        Ok(self.embed_cancellable(&batch, cancel)?.to_vec2::<f32>()?)
+    }
+
+    /// Flip fusion (ACCURATE): every face and its mirror image embedded in one forward pass of
+    /// `2 * faces.len()`, each pair fused by [`fuse_flip`]; one embedding per face, in order.
+    pub fn embed_flip_fused(
+        &self,
+        faces: &[RgbImage],
+        cancel: &Cancellation,
+    ) -> Result<Vec<Vec<f32>>, VisionError> {
+        let mut batch = faces.to_vec();
+        batch.extend(faces.iter().map(mirror_face));
+        let rows = self.embed_faces(&batch, cancel)?;
+        let (plain, mirrored) = rows.split_at(faces.len());
+        Ok(plain
+            .iter()
+            .zip(mirrored)
+            .map(|(a, b)| fuse_flip(a, b))
+            .collect())
+    }
 }
 
 /// Stacks aligned 112x112 faces into the `[N, 3, 112, 112]` RGB 0..255 batch [`SFace::embed`]
@@ -268,6 +298,27 @@ pub fn faces_to_batch(faces: &[RgbImage], device: &Device) -> Result<Tensor, Vis
         (faces.len(), 3, side, side),
         device,
     )?)
+}
+
+/// The face mirrored left to right: flip fusion embeds a face and its mirror image.
+pub fn mirror_face(face: &RgbImage) -> RgbImage {
+    let (width, height) = face.dimensions();
+    let row_bytes = width as usize * 3;
+    let mut pixels = Vec::with_capacity(face.as_raw().len());
+    for row in face.as_raw().chunks_exact(row_bytes) {
+        for pixel in row.chunks_exact(3).rev() {
+            pixels.extend_from_slice(pixel);
+        }
+    }
+    RgbImage::from_raw(width, height, pixels).unwrap_or_else(|| face.clone())
+}
+
+/// Sum of the two L2-normalised embeddings of a face and its mirror image (cosine is
+/// scale-free, so no renormalisation).
+pub fn fuse_flip(a: &[f32], b: &[f32]) -> Vec<f32> {
+    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    let (na, nb) = (norm(a), norm(b));
+    a.iter().zip(b).map(|(x, y)| x / na + y / nb).collect()
 }
 
 /// Cosine similarity of two embeddings (0 when either is all zeros or they differ in length).

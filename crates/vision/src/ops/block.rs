@@ -20,6 +20,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, b
 
 use super::depthwise::PlaneDepthwise;
 use super::gemm::{Epilogue, PackedMatrix, matmul_into};
+use super::input_slice;
 
 /// Below this many multiply-adds a step runs on the calling thread. A rayon fork/join costs a
 /// few microseconds on an idle machine and far more when the other core is busy (measured on the
@@ -71,17 +72,6 @@ fn packed(t: &Tensor, what: &str) -> Result<PackedMatrix> {
 /// Whether a step of `macs` multiply-adds is worth splitting over two threads.
 fn split_worth_it(macs: usize, tiles: usize) -> bool {
     tiles >= 2 && macs >= PARALLEL_MIN_MACS && rayon::current_num_threads() >= 2
-}
-
-/// The contiguous f32 input of a custom op.
-fn input_slice<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(x) = storage else {
-        bail!("{op}: input must be f32")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("{op}: input must be contiguous")
-    };
-    Ok(&x[start..end])
 }
 
 /// The weights of one bottleneck, BatchNorms already folded (each bias is per output channel).
@@ -421,7 +411,7 @@ impl CustomOp1 for FusedBottleneck {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = input_slice(storage, layout, "bottleneck")?;
+        let x = input_slice(storage, layout, "bottleneck", "input")?;
         let (batch, channels, h, w) = layout.shape().dims4()?;
         let mut dw = PlaneDepthwise::new(h, w, self.kernel, self.stride, self.kernel / 2)?;
         let (out_h, out_w) = (dw.out_h(), dw.out_w());
@@ -569,7 +559,7 @@ impl CustomOp1 for FusedHead {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = input_slice(storage, layout, "head")?;
+        let x = input_slice(storage, layout, "head", "input")?;
         let (batch, channels, _, _) = layout.shape().dims4()?;
         let plane = self.side * self.side;
         let features = self.pointwise.rows();

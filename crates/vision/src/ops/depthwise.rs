@@ -196,13 +196,7 @@ impl CustomOp1 for DepthwiseOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else {
-            bail!("depthwise_conv2d: input must be f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("depthwise_conv2d: input must be contiguous")
-        };
-        let x = &x[start..end];
+        let x = super::input_slice(storage, layout, "depthwise_conv2d", "input")?;
         let g = Geometry::new(layout.dims(), self.weight.dims(), self.stride, self.padding)?;
         let weight = small_tensor_values(self.weight, "weight")?;
         let bias = per_channel(self.bias, g.channels, "bias")?;
@@ -307,52 +301,20 @@ impl PlaneDepthwise {
 
 type PlaneKernel = fn(&Geometry, &[f32], &[f32], Epilogue, &mut Scratch, &mut [f32]);
 
-/// Picks the AVX2+FMA copy of the kernel when the CPU has it (decided at run time: the build
-/// targets baseline x86-64), else the portable one.
-fn select_kernel() -> PlaneKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::avx2_fma_available() {
-            return plane_avx2_fma_entry;
-        }
-    }
-    conv_plane::<false>
-}
-
-#[cfg(target_arch = "x86_64")]
-fn plane_avx2_fma_entry(
-    g: &Geometry,
-    input: &[f32],
-    taps: &[f32],
-    epilogue: Epilogue,
-    scratch: &mut Scratch,
-    out: &mut [f32],
-) {
-    assert!(
-        super::cpu_has_avx2_fma(),
-        "AVX2+FMA kernel on a CPU without them"
-    );
-    // SAFETY: the assert above confirmed AVX2 and FMA on the running CPU, the only requirement
-    // of `plane_avx2_fma`; the function itself is safe code (bounds-checked slices).
-    #[allow(unsafe_code)]
-    unsafe {
-        plane_avx2_fma(g, input, taps, epilogue, scratch, out)
-    }
-}
-
-/// The generic kernel compiled with AVX2 and FMA enabled (and `mul_add` lowering to `vfmadd`).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn plane_avx2_fma(
-    g: &Geometry,
-    input: &[f32],
-    taps: &[f32],
-    epilogue: Epilogue,
-    scratch: &mut Scratch,
-    out: &mut [f32],
-) {
-    conv_plane::<true>(g, input, taps, epilogue, scratch, out);
-}
+avx2_fma_copy!(
+    select_kernel -> PlaneKernel,
+    plane_avx2_fma_entry,
+    plane_avx2_fma,
+    conv_plane,
+    (
+        g: &Geometry,
+        input: &[f32],
+        taps: &[f32],
+        epilogue: Epilogue,
+        scratch: &mut Scratch,
+        out: &mut [f32],
+    )
+);
 
 /// One (batch, channel) plane: fill the phase planes, then accumulate and write out row blocks.
 #[inline(always)]
@@ -594,13 +556,7 @@ impl CustomOp1 for DenseFewChannelsOp<'_> {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(x) = storage else {
-            bail!("dense_conv2d: input must be f32")
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            bail!("dense_conv2d: input must be contiguous")
-        };
-        let x = &x[start..end];
+        let x = super::input_slice(storage, layout, "dense_conv2d", "input")?;
         let &[out_channels, in_channels, k_h, k_w] = self.weight.dims() else {
             bail!("dense_conv2d: weight must be [C_out, C_in, kh, kw]")
         };
@@ -663,52 +619,21 @@ impl CustomOp1 for DenseFewChannelsOp<'_> {
 
 type DenseKernel = fn(&Geometry, &[f32], usize, &[f32], Epilogue, &mut [f32], &mut [f32]);
 
-/// As [`select_kernel`], for the dense kernel.
-fn select_dense_kernel() -> DenseKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::avx2_fma_available() {
-            return dense_avx2_fma_entry;
-        }
-    }
-    dense_plane::<false>
-}
-
-#[cfg(target_arch = "x86_64")]
-fn dense_avx2_fma_entry(
-    g: &Geometry,
-    phases: &[f32],
-    phase_set: usize,
-    taps: &[f32],
-    epilogue: Epilogue,
-    acc: &mut [f32],
-    out: &mut [f32],
-) {
-    assert!(
-        super::cpu_has_avx2_fma(),
-        "AVX2+FMA kernel on a CPU without them"
-    );
-    // SAFETY: the assert above confirmed AVX2 and FMA on the running CPU, the only requirement
-    // of `dense_avx2_fma` (itself safe, bounds-checked code).
-    #[allow(unsafe_code)]
-    unsafe {
-        dense_avx2_fma(g, phases, phase_set, taps, epilogue, acc, out)
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn dense_avx2_fma(
-    g: &Geometry,
-    phases: &[f32],
-    phase_set: usize,
-    taps: &[f32],
-    epilogue: Epilogue,
-    acc: &mut [f32],
-    out: &mut [f32],
-) {
-    dense_plane::<true>(g, phases, phase_set, taps, epilogue, acc, out);
-}
+avx2_fma_copy!(
+    select_dense_kernel -> DenseKernel,
+    dense_avx2_fma_entry,
+    dense_avx2_fma,
+    dense_plane,
+    (
+        g: &Geometry,
+        phases: &[f32],
+        phase_set: usize,
+        taps: &[f32],
+        epilogue: Epilogue,
+        acc: &mut [f32],
+        out: &mut [f32],
+    )
+);
 
 /// One output channel of a dense convolution: `taps` is that channel's `[C_in, kh, kw]` weights,
 /// `phases` holds `C_in` sets of phase planes of `phase_set` floats each.

@@ -29,6 +29,8 @@ use rayon::prelude::*;
 const OUT_BLOCK: usize = 4;
 /// Columns per step of the 1x1 kernel (two AVX registers).
 const COLUMNS: usize = 16;
+/// Output columns per step of the depthwise row (one AVX register).
+const DEPTHWISE_STEP: usize = 8;
 /// Target size in floats of the per-thread ring of 1x1 outputs (fits in L2 beside its input).
 const RING_FLOATS: usize = 48 * 1024;
 /// Below this many multiply-adds a unit runs on the calling thread.
@@ -182,8 +184,11 @@ impl PanelWeights {
 pub struct StemWeights {
     inputs: usize,
     outputs: usize,
-    /// `[outputs, inputs, 3, 3]`, padded with zero channels to a multiple of `STEM_OUT_BLOCK`.
-    weight: Vec<f32>,
+    /// The taps as the kernel reads them: per block of `STEM_OUT_BLOCK` output channels, per
+    /// input row `(channel, ky)`, the block's three taps of that row, channel after channel
+    /// (`[blocks][inputs * 3][STEM_OUT_BLOCK * 3]`), output channels padded with zeros to whole
+    /// blocks.
+    taps: Vec<f32>,
     bias: Vec<f32>,
 }
 
@@ -201,14 +206,22 @@ impl StemWeights {
         }
         // Zero output channels pad the weights to whole blocks of the kernel (never written out).
         let padded = outputs.next_multiple_of(STEM_OUT_BLOCK);
-        let mut weight = values(weight, outputs * inputs * 9, "stem weight")?;
-        weight.resize(padded * inputs * 9, 0.0);
+        let weight = values(weight, outputs * inputs * 9, "stem weight")?;
+        let mut taps = vec![0.0; padded * inputs * 9];
+        for (o, per_output) in weight.chunks_exact(inputs * 9).enumerate() {
+            let (block, k) = (o / STEM_OUT_BLOCK, o % STEM_OUT_BLOCK);
+            // `r` = 3 * channel + ky: one input row of the kernel, its taps kx = 0, 1, 2.
+            for (r, row_taps) in per_output.chunks_exact(3).enumerate() {
+                let at = ((block * inputs * 3 + r) * STEM_OUT_BLOCK + k) * 3;
+                taps[at..at + 3].copy_from_slice(row_taps);
+            }
+        }
         let mut bias = values(bias, outputs, "stem bias")?;
         bias.resize(padded, 0.0);
         Ok(Self {
             inputs,
             outputs,
-            weight,
+            taps,
             bias,
         })
     }
@@ -413,6 +426,41 @@ fn panel_product<const FMA: bool>(
     }
 }
 
+/// Output columns `1 + x` for `x` in `columns` of [`depthwise_row`]'s interior (column `1 + x`
+/// reads columns `x..x + 3` of the three rows). A loop over a run-time range, which the compiler
+/// vectorises by eight (a fixed-length one it would only unroll).
+#[inline(always)]
+fn depthwise_interior<const FMA: bool>(
+    rows: [&[f32]; 3],
+    t: &[f32; 9],
+    bias: f32,
+    relu: bool,
+    columns: Range<usize>,
+    out: &mut [MaybeUninit<f32>],
+) {
+    let (start, n) = (columns.start, columns.len());
+    let [up, mid, down] = rows.map(|row| &row[start..start + n + 2]);
+    let (u0, u1, u2) = (&up[..n], &up[1..n + 1], &up[2..n + 2]);
+    let (m0, m1, m2) = (&mid[..n], &mid[1..n + 1], &mid[2..n + 2]);
+    let (d0, d1, d2) = (&down[..n], &down[1..n + 1], &down[2..n + 2]);
+    let interior = &mut out[start + 1..start + 1 + n];
+    for x in 0..n {
+        // One partial sum per input row: three short dependency chains instead of one of nine.
+        let mut up_sum = bias;
+        up_sum = madd::<FMA>(t[0], u0[x], up_sum);
+        up_sum = madd::<FMA>(t[1], u1[x], up_sum);
+        up_sum = madd::<FMA>(t[2], u2[x], up_sum);
+        let mut mid_sum = t[3] * m0[x];
+        mid_sum = madd::<FMA>(t[4], m1[x], mid_sum);
+        mid_sum = madd::<FMA>(t[5], m2[x], mid_sum);
+        let mut down_sum = t[6] * d0[x];
+        down_sum = madd::<FMA>(t[7], d1[x], down_sum);
+        down_sum = madd::<FMA>(t[8], d2[x], down_sum);
+        let v = up_sum + mid_sum + down_sum;
+        interior[x].write(if relu { v.max(0.0) } else { v });
+    }
+}
+
 /// One output row of the 3x3 depthwise convolution (padding 1) from the rows above, at and
 /// below it (`zeros` outside the map), with bias and optional ReLU.
 #[inline(always)]
@@ -434,26 +482,15 @@ fn depthwise_row<const FMA: bool>(
         out[0].write(finish(v));
         return;
     }
-    // Interior columns: nine shifted runs, one branch-free loop.
+    // Interior columns 1..w-1: whole steps of eight, then the columns left over as one more
+    // step of eight moved back to end at the last column (it rewrites a few columns with the
+    // same values), so no column goes through the scalar remainder loop.
     let n = w - 2;
-    let [up, mid, down] = rows;
-    let (u0, u1, u2) = (&up[..n], &up[1..n + 1], &up[2..n + 2]);
-    let (m0, m1, m2) = (&mid[..n], &mid[1..n + 1], &mid[2..n + 2]);
-    let (d0, d1, d2) = (&down[..n], &down[1..n + 1], &down[2..n + 2]);
-    let interior = &mut out[1..n + 1];
-    for x in 0..n {
-        // One partial sum per input row: three short dependency chains instead of one of nine.
-        let mut up_sum = bias;
-        up_sum = madd::<FMA>(t[0], u0[x], up_sum);
-        up_sum = madd::<FMA>(t[1], u1[x], up_sum);
-        up_sum = madd::<FMA>(t[2], u2[x], up_sum);
-        let mut mid_sum = t[3] * m0[x];
-        mid_sum = madd::<FMA>(t[4], m1[x], mid_sum);
-        mid_sum = madd::<FMA>(t[5], m2[x], mid_sum);
-        let mut down_sum = t[6] * d0[x];
-        down_sum = madd::<FMA>(t[7], d1[x], down_sum);
-        down_sum = madd::<FMA>(t[8], d2[x], down_sum);
-        interior[x].write(finish(up_sum + mid_sum + down_sum));
+    let whole = n - n % DEPTHWISE_STEP;
+    depthwise_interior::<FMA>(rows, &t, bias, relu, 0..whole, out);
+    if whole < n {
+        let tail = n.saturating_sub(DEPTHWISE_STEP)..n;
+        depthwise_interior::<FMA>(rows, &t, bias, relu, tail, out);
     }
     // The first and last columns, whose left / right neighbour is padding.
     let mut first = bias;
@@ -498,8 +535,8 @@ fn stem_row<const FMA: bool>(
     for c in 0..stem.inputs {
         for ky in 0..3 {
             let pair = &mut rows[(3 * c + ky) * 2 * pitch..][..2 * pitch];
-            pair.fill(0.0);
             let Some(iy) = (2 * y + ky).checked_sub(1).filter(|&iy| iy < src_h) else {
+                pair.fill(0.0);
                 continue;
             };
             let src = &x[(c * src_h + iy) * src_w..][..src_w];
@@ -513,37 +550,39 @@ fn stem_row<const FMA: bool>(
                 *o = pair[0];
                 *e = pair[1];
             }
+            // Only the padding: everything else was just written.
+            even[0] = 0.0;
+            even[1 + src_w / 2..].fill(0.0);
+            odd[src_w.div_ceil(2)..].fill(0.0);
         }
     }
     // Four output channels x 16 columns per step: eight independent accumulators hide the FMA
-    // latency, and each loaded input vector feeds four channels.
-    let taps_per_output = stem.inputs * 9;
-    let mut o0 = 0;
-    while o0 < stem.outputs {
-        let block = STEM_OUT_BLOCK.min(stem.outputs - o0);
+    // latency, and each loaded input vector feeds four channels; the taps are read in the order
+    // they were laid out at load time, without bounds checks.
+    let row_count = 3 * stem.inputs;
+    let block_len = row_count * STEM_OUT_BLOCK * 3;
+    let rows = &rows[..row_count * 2 * pitch];
+    let (blocks, _) = stem.taps.as_chunks::<{ STEM_OUT_BLOCK * 3 }>();
+    let (biases, _) = stem.bias.as_chunks::<STEM_OUT_BLOCK>();
+    for (block, (block_taps, bias)) in blocks.chunks_exact(row_count).zip(biases).enumerate() {
+        debug_assert_eq!(block_taps.len() * STEM_OUT_BLOCK * 3, block_len);
+        let o0 = block * STEM_OUT_BLOCK;
+        let live = STEM_OUT_BLOCK.min(stem.outputs - o0);
         let mut x0 = 0;
         while x0 < w {
-            let mut acc = [[0.0f32; 2 * STEM_LANES]; STEM_OUT_BLOCK];
-            for (k, row) in acc.iter_mut().enumerate() {
-                *row = [stem.bias[o0 + k]; 2 * STEM_LANES];
-            }
-            for r in 0..3 * stem.inputs {
-                let pair = &rows[r * 2 * pitch..][..2 * pitch];
+            let mut acc: [[f32; 2 * STEM_LANES]; STEM_OUT_BLOCK] =
+                std::array::from_fn(|k| [bias[k]; 2 * STEM_LANES]);
+            for (pair, t) in rows.chunks_exact(2 * pitch).zip(block_taps) {
                 let (even, odd) = pair.split_at(pitch);
+                // In bounds: the pitch covers `w` rounded up to whole steps plus one vector.
                 let mut e0 = [0.0f32; 2 * STEM_LANES];
                 let mut od = [0.0f32; 2 * STEM_LANES];
                 let mut e1 = [0.0f32; 2 * STEM_LANES];
                 e0.copy_from_slice(&even[x0..x0 + 2 * STEM_LANES]);
                 od.copy_from_slice(&odd[x0..x0 + 2 * STEM_LANES]);
                 e1.copy_from_slice(&even[x0 + 1..x0 + 1 + 2 * STEM_LANES]);
-                for (k, row) in acc.iter_mut().enumerate() {
-                    // Padded to whole blocks at load time: always in bounds.
-                    let base = (o0 + k) * taps_per_output + 3 * r;
-                    let (t0, t1, t2) = (
-                        stem.weight[base],
-                        stem.weight[base + 1],
-                        stem.weight[base + 2],
-                    );
+                for (row, taps) in acc.iter_mut().zip(t.as_chunks::<3>().0) {
+                    let (t0, t1, t2) = (taps[0], taps[1], taps[2]);
                     for l in 0..2 * STEM_LANES {
                         row[l] = madd::<FMA>(t0, e0[l], row[l]);
                         row[l] = madd::<FMA>(t1, od[l], row[l]);
@@ -552,7 +591,7 @@ fn stem_row<const FMA: bool>(
                 }
             }
             let valid = (2 * STEM_LANES).min(w - x0);
-            for (k, row) in acc.iter().enumerate().take(block) {
+            for (k, row) in acc.iter().enumerate().take(live) {
                 let dst = &mut out[(o0 + k) * len + offset + x0..][..valid];
                 for (d, a) in dst.iter_mut().zip(row) {
                     *d = a.max(0.0);
@@ -560,7 +599,6 @@ fn stem_row<const FMA: bool>(
             }
             x0 += 2 * STEM_LANES;
         }
-        o0 += block;
     }
 }
 
@@ -705,52 +743,20 @@ fn run_band<const FMA: bool>(
 type BandKernel =
     fn(&UnitWeights, &Plan, Source<'_>, Range<usize>, &mut [&mut [MaybeUninit<f32>]], &mut Scratch);
 
-/// The AVX2+FMA copy of the band when the running CPU has it, else the portable one.
-fn select_band_kernel() -> BandKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if super::avx2_fma_available() {
-            return band_avx2_fma_entry;
-        }
-    }
-    run_band::<false>
-}
-
-#[cfg(target_arch = "x86_64")]
-fn band_avx2_fma_entry(
-    weights: &UnitWeights,
-    plan: &Plan,
-    source: Source<'_>,
-    band: Range<usize>,
-    out: &mut [&mut [MaybeUninit<f32>]],
-    scratch: &mut Scratch,
-) {
-    assert!(
-        super::cpu_has_avx2_fma(),
-        "AVX2+FMA kernel on a CPU without them"
-    );
-    // SAFETY: the assert above confirmed AVX2 and FMA on the running CPU, the only requirement
-    // of `band_avx2_fma` (itself safe, bounds-checked code).
-    #[allow(unsafe_code)]
-    unsafe {
-        band_avx2_fma(weights, plan, source, band, out, scratch)
-    }
-}
-
-/// The portable band compiled with AVX2 and FMA (the 1x1 tile and the depthwise rows
-/// autovectorise to 256-bit FMAs).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn band_avx2_fma(
-    weights: &UnitWeights,
-    plan: &Plan,
-    source: Source<'_>,
-    band: Range<usize>,
-    out: &mut [&mut [MaybeUninit<f32>]],
-    scratch: &mut Scratch,
-) {
-    run_band::<true>(weights, plan, source, band, out, scratch);
-}
+avx2_fma_copy!(
+    select_band_kernel -> BandKernel,
+    band_avx2_fma_entry,
+    band_avx2_fma,
+    run_band,
+    (
+        weights: &UnitWeights,
+        plan: &Plan,
+        source: Source<'_>,
+        band: Range<usize>,
+        out: &mut [&mut [MaybeUninit<f32>]],
+        scratch: &mut Scratch,
+    )
+);
 
 /// Runs the unit on every image of the batch: `image(b)` is image `b`'s source.
 fn run_unit<'a>(
@@ -839,16 +845,11 @@ fn nchw<'a>(
     layout: &Layout,
     what: &str,
 ) -> Result<(&'a [f32], [usize; 4])> {
-    let CpuStorage::F32(data) = storage else {
-        bail!("unit: {what} must be f32")
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("unit: {what} must be contiguous")
-    };
+    let data = super::input_slice(storage, layout, "unit", what)?;
     let &[n, c, h, w] = layout.dims() else {
         bail!("unit: {what} must be NCHW, got {:?}", layout.dims())
     };
-    Ok((&data[start..end], [n, c, h, w]))
+    Ok((data, [n, c, h, w]))
 }
 
 struct UnitOp<'a> {
