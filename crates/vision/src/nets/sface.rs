@@ -345,3 +345,27 @@ pub fn l2_normalize(embeddings: &Tensor) -> Result<Tensor, VisionError> {
     let norm = embeddings.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
     Ok(embeddings.broadcast_div(&norm.clamp(1e-12f32, f32::MAX)?)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn image(width: u32, height: u32) -> RgbImage {
+        let pixels = (0..width * height * 3).map(|i| (i % 251) as u8).collect();
+        RgbImage::from_raw(width, height, pixels).expect("sized buffer")
+    }
+
+    #[test]
+    fn mirror_reverses_each_row_and_is_an_involution() {
+        let original = image(3, 2);
+        let mirrored = mirror_face(&original);
+        assert_eq!(mirrored.as_raw()[0..3], original.as_raw()[6..9]);
+        assert_eq!(mirror_face(&mirrored), original);
+    }
+
+    #[test]
+    fn fusion_of_identical_embeddings_keeps_the_direction() {
+        let fused = fuse_flip(&[3.0, 4.0], &[3.0, 4.0]);
+        assert!((cosine_similarity(&fused, &[3.0, 4.0]) - 1.0).abs() < 1e-6);
+    }
+}

@@ -17,7 +17,7 @@ use super::{
 use crate::VisionError;
 use crate::face::align::align_face;
 use crate::face::{DetectedFace, DetectorConfig, FaceDetector};
-use crate::nets::sface::{SFace, cosine_similarity, faces_to_batch};
+use crate::nets::sface::{SFace, cosine_similarity};
 use crate::nets::yunet::YuNet;
 
 /// A JPEG whose long side is at least twice this is decoded at 1/2, 1/4 or 1/8 scale in the
@@ -95,7 +95,7 @@ pub struct MatchPipeline {
     fast_detector: FaceDetector,
     accurate_detector: FaceDetector,
     embedder: SFace,
-    device: Device,
+
     intake: Intake,
 }
 
@@ -119,7 +119,6 @@ impl MatchPipeline {
             fast_detector: detector(settings.fast_detector_side)?,
             accurate_detector: detector(settings.accurate_detector_side)?,
             embedder: SFace::from_safetensors(sface, &device)?,
-            device,
             intake: Intake::new(
                 settings.image_limits,
                 Some(DECODE_MIN_LONG_SIDE),
@@ -293,26 +292,12 @@ impl MatchPipeline {
         mode: SearchMode,
         cancel: &Cancellation,
     ) -> Result<Vec<Vec<f32>>, VisionError> {
-        let flip = mode == SearchMode::Accurate;
-        let mut batch: Vec<RgbImage> = faces.to_vec();
-        if flip {
-            batch.extend(faces.iter().map(mirror));
+        // ACCURATE fuses each face with its mirror image, embedded in the same forward pass.
+        if mode == SearchMode::Accurate {
+            self.embedder.embed_flip_fused(faces, cancel)
+        } else {
+            self.embedder.embed_faces(faces, cancel)
         }
-        let input = faces_to_batch(&batch, &self.device).map_err(internal)?;
-        let rows = self
-            .embedder
-            .embed_cancellable(&input, cancel)?
-            .to_vec2::<f32>()
-            .map_err(internal)?;
-        if !flip {
-            return Ok(rows);
-        }
-        let (plain, mirrored) = rows.split_at(faces.len());
-        Ok(plain
-            .iter()
-            .zip(mirrored)
-            .map(|(a, b)| fuse(a, b))
-            .collect())
     }
 }
 
@@ -368,26 +353,6 @@ fn pad(image: &RgbImage, pad_x: u32, pad_y: u32) -> Option<RgbImage> {
     RgbImage::from_raw(out_width, out_height, pixels)
 }
 
-/// The face mirrored left to right.
-fn mirror(face: &RgbImage) -> RgbImage {
-    let (width, height) = face.dimensions();
-    let row_bytes = width as usize * 3;
-    let mut pixels = Vec::with_capacity(face.as_raw().len());
-    for row in face.as_raw().chunks_exact(row_bytes) {
-        for pixel in row.chunks_exact(3).rev() {
-            pixels.extend_from_slice(pixel);
-        }
-    }
-    RgbImage::from_raw(width, height, pixels).unwrap_or_else(|| face.clone())
-}
-
-/// Sum of the two L2-normalised embeddings (cosine is scale-free, so no renormalisation).
-fn fuse(a: &[f32], b: &[f32]) -> Vec<f32> {
-    let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-    let (na, nb) = (norm(a), norm(b));
-    a.iter().zip(b).map(|(x, y)| x / na + y / nb).collect()
-}
-
 /// `face`, found in `decoded.image`, in the pixels of the full-resolution upright image (the
 /// coordinates the wire reports).
 fn to_full_resolution(decoded: &Decoded, face: &DetectedFace) -> DetectedFace {
@@ -420,14 +385,6 @@ mod tests {
     }
 
     #[test]
-    fn mirror_reverses_each_row_and_is_an_involution() {
-        let original = image(3, 2);
-        let mirrored = mirror(&original);
-        assert_eq!(mirrored.as_raw()[0..3], original.as_raw()[6..9]);
-        assert_eq!(mirror(&mirrored), original);
-    }
-
-    #[test]
     fn pad_centres_the_image_on_black() {
         let original = image(4, 2);
         let padded = pad(&original, 2, 1).unwrap();
@@ -435,11 +392,5 @@ mod tests {
         assert_eq!(padded.as_raw()[0..3], [0, 0, 0]);
         let row = 8 * 3;
         assert_eq!(padded.as_raw()[row + 6..row + 18], original.as_raw()[0..12]);
-    }
-
-    #[test]
-    fn fusion_of_identical_embeddings_keeps_the_direction() {
-        let fused = fuse(&[3.0, 4.0], &[3.0, 4.0]);
-        assert!((cosine_similarity(&fused, &[3.0, 4.0]) - 1.0).abs() < 1e-6);
     }
 }
