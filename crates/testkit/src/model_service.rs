@@ -57,16 +57,7 @@ pub fn error_details(status: &Status) -> (String, Vec<(String, String)>) {
         .error_info()
         .expect("the status carries an ErrorInfo");
     assert_eq!(info.domain, faceproof_runtime::ERROR_DOMAIN);
-    let violations = details
-        .bad_request()
-        .map(|bad| {
-            bad.field_violations
-                .iter()
-                .map(|violation| (violation.field.clone(), violation.reason.clone()))
-                .collect()
-        })
-        .unwrap_or_default();
-    (info.reason.clone(), violations)
+    (info.reason.clone(), crate::fake_backend::violations(status))
 }
 
 /// A path in this checkout, e.g. `models/store`.
