@@ -129,8 +129,10 @@ class Stack:
     def _find_children(self):
         """{service: pid} of `up`'s children (`faceproof serve <service>`)."""
         pid = self.process.pid
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            child_pids = [int(p) for p in f.read().split()]
+        child_pids = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                child_pids += [int(p) for p in f.read().split()]
         found = {}
         for child in child_pids:
             with open(f"/proc/{child}/cmdline", "rb") as f:
@@ -171,11 +173,14 @@ class Stack:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        # `up` stops its children; if it could not, end them (only the ones it started).
+        # `up` stops its children; if it could not, end the ones still running (by id, and only
+        # while that id is still a `faceproof serve` process).
         for pid in self.children.values():
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"serve" in f.read().split(b"\0"):
+                        os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
                 pass
         self.log.close()
         self.process = None
@@ -292,8 +297,9 @@ def latency_table(report):
         cell = lambda t: f"{t['p50_ms']:.1f} / {t['p90_ms']:.1f}"
         lines.append(f"| {row['case']} | {cell(row['FAST'])} | {cell(row['ACCURATE'])} | {cell(row['reference'])} "
                      f"| {row['FAST']['ratio_p50']:.2f} | {row['ACCURATE']['ratio_p50']:.2f} |")
-    lines.append("scores (service FAST / ACCURATE / reference): " + "; ".join(
-        f"{row['case']}: similarity {row['FAST']['score']} / {row['ACCURATE']['score']} / {row['reference']['similarity']}, "
+    lines.append("what each side computed (service FAST / ACCURATE: calibrated comparison score and liveness "
+                 "score; reference: cosine and mean real-class probability, another scale): " + "; ".join(
+        f"{row['case']}: comparison {row['FAST']['score']} / {row['ACCURATE']['score']} / {row['reference']['similarity']}, "
         f"liveness {row['FAST']['liveness_score']} / {row['ACCURATE']['liveness_score']} / {row['reference']['liveness_score']}"
         for row in report["cases"]))
     return "\n".join(lines)
@@ -338,6 +344,7 @@ def load_table(report):
         ms = run["latency_ms"]
         lines.append(f"| {run['mode']} | {run['requests_per_second']:.1f} | {ms['p50']:.1f} / {ms['p90']:.1f} / "
                      f"{ms['p99']:.1f} | {run['by_code']} |")
+    lines.append(f"gateway environment: {report['gateway_limits_seen_by_the_gateway']}")
     peaks = report["peak_rss_mib"]
     lines.append("peak RSS (VmHWM) after both rows: " + ", ".join(f"{s} {peaks[s]} MiB" for s in SERVICES))
     return "\n".join(lines)
@@ -345,6 +352,13 @@ def load_table(report):
 
 def emit(report, as_json, table):
     print(json.dumps(report, indent=2) if as_json else table(report))
+
+
+def default_bench_dir():
+    """`../shared/bench` beside the checkout, or beside its parent (as reference.shared_dir)."""
+    candidates = [os.path.join(REPO, "..", "shared"), os.path.join(REPO, "..", "..", "shared")]
+    shared = next((c for c in candidates if os.path.isdir(c)), candidates[0])
+    return os.path.normpath(os.path.join(shared, "bench"))
 
 
 def main():
@@ -372,11 +386,8 @@ def main():
         reference.add_model_arguments(latency_parser, with_backends=False)
     load_parser = sub.add_parser("load", parents=[common], help="throughput at saturation and peak RSS")
     load_parser.add_argument("--concurrency", type=int, default=8)
-    load_parser.add_argument("--requests", type=int, default=120, help="timed requests per search mode")
-    if not defaults_shared:
-        load_parser.add_argument("--bench-dir", default=os.path.join(REPO, "..", "shared", "bench"))
-    else:
-        load_parser.add_argument("--bench-dir", default=defaults_shared["bench_dir"])
+    load_parser.add_argument("--requests", type=int, default=200, help="timed requests per search mode")
+    load_parser.add_argument("--bench-dir", default=default_bench_dir())
     args = parser.parse_args()
     if args.requests < 1 or args.warmup < 0:
         parser.error("--requests must be at least 1 and --warmup at least 0")
