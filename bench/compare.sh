@@ -26,9 +26,11 @@ trap 'rm -rf "$out"' EXIT
 
 cd "$repo"
 cargo build --release --locked -p faceproof-cli >&2
-# faceproof bench's default --bench-dir is ../shared/bench of the current directory's repository.
+# ../shared beside the checkout, or beside its parent (a git worktree in a subfolder), as
+# reference.py's default.
 if [[ -z "$bench_dir" ]]; then
-  bench_dir="$(python3 -c 'import sys; sys.path.insert(0, "bench"); import reference; print(reference.default_paths()["bench_dir"])')"
+  bench_dir="$repo/../shared/bench"
+  [[ -d "$repo/../shared" ]] || bench_dir="$repo/../../shared/bench"
 fi
 # candle's second (spinning) elementwise pool fights rayon's on 2 cores: see README.md.
 CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}" ./target/release/faceproof bench --json --iterations "$iterations" --threads "$threads" \

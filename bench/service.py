@@ -6,6 +6,7 @@
                       12 MP photo as gallery; the 12 MP photo as probe), alternating in the same
                       loop with the reference's whole in-process compare_with_liveness
                       (bench/reference.py, one backend) on the same photos: p50/p90 and ratios.
+  service.py summary  the median over several `latency --json` reports, with the ratios' range.
   service.py load     throughput at saturation: `faceproof load` (gRPC) at --concurrency 8, FAST
                       then ACCURATE, then the peak RSS (VmHWM) of matcher, liveness and gateway.
 
@@ -350,6 +351,26 @@ def load_table(report):
     return "\n".join(lines)
 
 
+def summary_of_runs(paths):
+    """The median over several `latency --json` reports of each p50, and the range of the
+    per-run ratios (the README's three-run table)."""
+    reports = [json.load(open(path)) for path in paths]
+    median = lambda values: sorted(values)[len(values) // 2]
+    lines = [f"{len(reports)} runs of service.py latency ({reports[0]['reference']['backend']} reference); "
+             "p50 ms, median over the runs; ratio = service p50 / reference p50, median (min-max)",
+             "load average before each run: " + ", ".join(str(r["machine_before"]["loadavg"]) for r in reports),
+             "| case | FAST | ACCURATE | reference | FAST / ref | ACCURATE / ref |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for index, row in enumerate(reports[0]["cases"]):
+        rows = [r["cases"][index] for r in reports]
+        p50 = {name: median([r[name]["p50_ms"] for r in rows]) for name in (*MODES, "reference")}
+        ratios = {mode: [r[mode]["ratio_p50"] for r in rows] for mode in MODES}
+        cells = [f"{median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for v in ratios.values()]
+        lines.append(f"| {row['case']} | {p50['FAST']:.1f} | {p50['ACCURATE']:.1f} | {p50['reference']:.1f} | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def emit(report, as_json, table):
     print(json.dumps(report, indent=2) if as_json else table(report))
 
@@ -388,7 +409,12 @@ def main():
     load_parser.add_argument("--concurrency", type=int, default=8)
     load_parser.add_argument("--requests", type=int, default=200, help="timed requests per search mode")
     load_parser.add_argument("--bench-dir", default=default_bench_dir())
+    summary_parser = sub.add_parser("summary", help="median and ratio range over several `latency --json` reports")
+    summary_parser.add_argument("reports", nargs="+")
     args = parser.parse_args()
+    if args.command == "summary":
+        print(summary_of_runs(args.reports))
+        return
     if args.requests < 1 or args.warmup < 0:
         parser.error("--requests must be at least 1 and --warmup at least 0")
     if args.command == "latency":
