@@ -6,7 +6,8 @@
                       12 MP photo as gallery; the 12 MP photo as probe), alternating in the same
                       loop with the reference's whole in-process compare_with_liveness
                       (bench/reference.py, one backend) on the same photos: p50/p90 and ratios.
-  service.py summary  the median over several `latency --json` reports, with the ratios' range.
+  service.py summary  the median over several `latency --json` reports, with the ratios' range
+                      (what `latency --runs 3` prints at its end).
   service.py load     throughput at saturation: `faceproof load` (gRPC) at --concurrency 8, FAST
                       then ACCURATE, then the peak RSS (VmHWM) of matcher, liveness and gateway.
 
@@ -26,6 +27,7 @@ import math
 import os
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -234,45 +236,61 @@ def latency(args):
 
     photos = {name: open(os.path.join(args.bench_dir, name), "rb").read() for name in (PROBE, GALLERY, LARGE)}
     arrays = {name: np.frombuffer(data, np.uint8) for name, data in photos.items()}
-    before = machine()
-    rows = []
+    reports = []
     with tempfile.TemporaryDirectory() as tmp:
         backend = reference.load_backends([args.backend], args.wheel, args.store, tmp, args.threads)[args.backend]
         with Stack(args.faceproof, args.port_base, args.ready_timeout_s) as stack:
             client = RestClient(stack.ports["http"], stack.token)
-            for case, probe, gallery in CASES:
-                if args.cases and case not in args.cases:
-                    continue
-                bodies = {mode: rest_body(photos[probe], photos[gallery], mode) for mode in MODES}
-                run_reference = lambda: backend.compare(arrays[probe], arrays[gallery], True)
-                steps = [(mode, lambda mode=mode: client.compare(bodies[mode])) for mode in MODES]
-                steps.append(("reference", lambda: timed_reference(run_reference)))
-                samples = {name: [] for name, _ in steps}
-                results = {}
-                for i in range(args.warmup + args.requests):
-                    # Alternate service FAST, service ACCURATE and the reference, rotating which
-                    # goes first so no side always follows the same one.
-                    for name, step in steps[i % 3:] + steps[: i % 3]:
-                        elapsed, result = step()
-                        if i >= args.warmup:
-                            samples[name].append(elapsed)
-                        results[name] = result
-                row = {"case": case, "probe": probe, "gallery": gallery}
-                for name in samples:
-                    row[name] = summary(samples[name])
-                for mode in MODES:
-                    row[mode]["ratio_p50"] = round(row[mode]["p50_ms"] / row["reference"]["p50_ms"], 2)
-                    row[mode]["score"], row[mode]["liveness_score"] = (
-                        round(v, 4) for v in answer_scores(results[mode]))
-                similarity, liveness = results["reference"]
-                row["reference"]["similarity"], row["reference"]["liveness_score"] = round(similarity, 4), round(liveness, 4)
-                rows.append(row)
-                print_latency_row(row, file=sys.stderr)
-    report = {"tool": "service.py latency", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "reference": {"backend": args.backend, "versions": reference.versions(), "threads": args.threads},
-              "requests": args.requests, "warmup": args.warmup,
-              "machine_before": before, "machine_after": machine(), "cases": rows}
-    emit(report, args.json, latency_table)
+            for run in range(args.runs):
+                print(f"run {run + 1} of {args.runs}", file=sys.stderr)
+                report = latency_run(args, backend, client, photos, arrays)
+                report["reference"]["versions"] = reference.versions()
+                reports.append(report)
+    if args.runs == 1:
+        emit(reports[0], args.json, latency_table)
+    elif args.json:
+        print(json.dumps({"runs": reports}, indent=2))
+    else:
+        for report in reports:
+            print(latency_table(report) + "\n")
+        print(summary_of_runs(reports))
+
+
+def latency_run(args, backend, client, photos, arrays):
+    """One pass over the cases: warm-up, then `--requests` alternating iterations each."""
+    before = machine()
+    rows = []
+    for case, probe, gallery in CASES:
+        if args.cases and case not in args.cases:
+            continue
+        bodies = {mode: rest_body(photos[probe], photos[gallery], mode) for mode in MODES}
+        run_reference = lambda: backend.compare(arrays[probe], arrays[gallery], True)
+        steps = [(mode, lambda mode=mode: client.compare(bodies[mode])) for mode in MODES]
+        steps.append(("reference", lambda: timed_reference(run_reference)))
+        samples = {name: [] for name, _ in steps}
+        results = {}
+        for i in range(args.warmup + args.requests):
+            # Alternate service FAST, service ACCURATE and the reference, rotating which goes
+            # first so no side always follows the same one.
+            for name, step in steps[i % 3:] + steps[: i % 3]:
+                elapsed, result = step()
+                if i >= args.warmup:
+                    samples[name].append(elapsed)
+                results[name] = result
+        row = {"case": case, "probe": probe, "gallery": gallery}
+        for name in samples:
+            row[name] = summary(samples[name])
+        for mode in MODES:
+            row[mode]["ratio_p50"] = round(row[mode]["p50_ms"] / row["reference"]["p50_ms"], 2)
+            row[mode]["score"], row[mode]["liveness_score"] = (round(v, 4) for v in answer_scores(results[mode]))
+        similarity, liveness = results["reference"]
+        row["reference"]["similarity"], row["reference"]["liveness_score"] = round(similarity, 4), round(liveness, 4)
+        rows.append(row)
+        print_latency_row(row, file=sys.stderr)
+    return {"tool": "service.py latency", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "reference": {"backend": args.backend, "threads": args.threads},
+            "requests": args.requests, "warmup": args.warmup,
+            "machine_before": before, "machine_after": machine(), "cases": rows}
 
 
 def timed_reference(run):
@@ -351,11 +369,19 @@ def load_table(report):
     return "\n".join(lines)
 
 
-def summary_of_runs(paths):
-    """The median over several `latency --json` reports of each p50, and the range of the
-    per-run ratios (the README's three-run table)."""
-    reports = [json.load(open(path)) for path in paths]
-    median = lambda values: sorted(values)[len(values) // 2]
+def read_reports(paths):
+    """The latency reports in `latency --json` files (one report, or {"runs": [...]})."""
+    reports = []
+    for path in paths:
+        data = json.load(open(path))
+        reports += data["runs"] if "runs" in data else [data]
+    return reports
+
+
+def summary_of_runs(reports):
+    """The median over several latency reports of each p50, and the range of the per-run ratios
+    (the README's three-run table)."""
+    median = statistics.median
     lines = [f"{len(reports)} runs of service.py latency ({reports[0]['reference']['backend']} reference); "
              "p50 ms, median over the runs; ratio = service p50 / reference p50, median (min-max)",
              "load average before each run: " + ", ".join(str(r["machine_before"]["loadavg"]) for r in reports),
@@ -401,6 +427,9 @@ def main():
     common.add_argument("--json", action="store_true", help="print the report as JSON")
     latency_parser = sub.add_parser("latency", parents=[common], help="one request in flight, REST, against the reference")
     latency_parser.add_argument("--requests", type=int, default=20, help="timed requests per case and mode")
+    latency_parser.add_argument("--runs", type=int, default=1,
+                                help="repeat the whole measurement (same stack); more than 1 prints each "
+                                "run and the median with the ratios' range")
     latency_parser.add_argument("--backend", default="opencv5", help="reference backend (of this Python environment)")
     latency_parser.add_argument("--cases", nargs="*", choices=[c[0] for c in CASES], help="default: all")
     if defaults_shared:
@@ -413,10 +442,10 @@ def main():
     summary_parser.add_argument("reports", nargs="+")
     args = parser.parse_args()
     if args.command == "summary":
-        print(summary_of_runs(args.reports))
+        print(summary_of_runs(read_reports(args.reports)))
         return
-    if args.requests < 1 or args.warmup < 0:
-        parser.error("--requests must be at least 1 and --warmup at least 0")
+    if args.requests < 1 or args.warmup < 0 or getattr(args, "runs", 1) < 1:
+        parser.error("--requests and --runs must be at least 1, --warmup at least 0")
     if args.command == "latency":
         if not defaults_shared:
             parser.error("latency needs the reference's environment (numpy, OpenCV): run it with "
