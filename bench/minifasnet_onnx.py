@@ -30,6 +30,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# ../shared beside the checkout, or beside its parent (a git worktree in a subfolder).
+SHARED = next(
+    (d for d in (os.path.join(REPO, "..", "shared"), os.path.join(REPO, "..", "..", "shared")) if os.path.isdir(d)),
+    os.path.join(REPO, "..", "shared"),
+)
 INPUT_SIZE = 80
 NUM_CLASSES = 3
 OPSET = 13
@@ -336,7 +341,7 @@ def main():
         nargs="+",
         default=[
             os.path.join(REPO, "crates", "vision", "tests", "golden", "net_io.npz"),
-            os.path.join(REPO, "..", "shared", "golden", "net_inputs.npz"),
+            os.path.join(SHARED, "golden", "net_inputs.npz"),
         ],
         help="npz files with <fixture>/v2_in, v2_out, v1se_in, v1se_out (missing files are skipped)",
     )
