@@ -17,6 +17,19 @@ import sys
 from collections import Counter
 
 
+# The README's order (faceproof's JSON lists stages alphabetically); other stages follow.
+STAGE_ORDER = [
+    "decode_640x480", "decode_3000x4000", "decode_3000x4000_half", "detect_320", "detect_640",
+    "embed_sface", "liveness_minifasnet_v2", "liveness_minifasnet_v1se",
+    "compare_without_liveness", "compare_with_liveness",
+]
+
+
+def ordered(stages):
+    known = [stage for stage in STAGE_ORDER if stage in stages]
+    return known + [stage for stage in stages if stage not in STAGE_ORDER]
+
+
 def merge(references):
     """{stage: {backend: timing}} over every reference run, and their thread counts."""
     stages, threads = {}, set()
@@ -53,8 +66,8 @@ def one_run(faceproof_path, reference_paths):
     print(header)
     print("-" * len(header))
     cell = lambda t: f"{t['median_ms']:.2f} ({t['p90_ms']:.2f})" if t else "-"
-    for stage, by_backend in ours["stages"].items():
-        candle = by_backend["candle"]
+    for stage in ordered(ours["stages"]):
+        candle = ours["stages"][stage]["candle"]
         ref = stages.get(stage, {})
         best = fastest(ref)
         ratio = f"{candle['median_ms'] / best[1]:.2f}" if best else "n/a"
@@ -78,7 +91,7 @@ def several_runs(run_dirs):
     print("| stage | candle | " + " | ".join(backends) + " | ratio (median) | ratio (min-max) | fastest reference (runs) |")
     print("| --- " * (len(backends) + 5) + "|")
     median = lambda values: f"{statistics.median(values):.2f}" if values else "-"
-    for stage in runs[0][0]["stages"]:
+    for stage in ordered(runs[0][0]["stages"]):
         candle = [ours["stages"][stage]["candle"]["median_ms"] for ours, _, _, _ in runs]
         columns = [
             median([stages[stage][b]["median_ms"] for _, _, stages, _ in runs if b in stages.get(stage, {})])
