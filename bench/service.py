@@ -25,6 +25,7 @@ import http.client
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -102,7 +103,8 @@ class Stack:
             self._wait_ready()
             self.children = self._find_children()
         except BaseException:
-            self.__exit__(None, None, None)
+            self._stop()
+            print(f"faceproof up's output and the services' logs: {self.data_dir}", file=sys.stderr)
             raise
         print(f"faceproof up: gRPC {addr('grpc')}, REST {addr('http')}, data {self.data_dir}, "
               f"services {self.children}", file=sys.stderr)
@@ -166,7 +168,14 @@ class Stack:
                         peaks[service] = round(int(line.split()[1]) / 1024, 1)
         return peaks
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, traceback):
+        self._stop()
+        if exc_type is None:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        else:
+            print(f"faceproof up's output and the services' logs: {self.data_dir}", file=sys.stderr)
+
+    def _stop(self):
         if self.process is None:
             return
         if self.process.poll() is None:
