@@ -80,13 +80,14 @@ class Stack:
         )}
         self.ready_timeout_s = ready_timeout_s
         self.env = {**os.environ, **UNLIMITED, **(env or {})}
-        self.data_dir = tempfile.mkdtemp(prefix="faceproof-bench-")
+        self.data_dir = None
         self.process = None
         self.children = {}
 
     def __enter__(self):
         if not os.access(self.faceproof, os.X_OK):
             sys.exit(f"no {self.faceproof}: build it with `cargo build --release -p faceproof-cli`")
+        self.data_dir = tempfile.mkdtemp(prefix="faceproof-bench-")
         addr = lambda name: f"127.0.0.1:{self.ports[name]}"
         command = [self.faceproof, "up", "--data-dir", self.data_dir,
                    "--model-dir", os.path.join(REPO, "models", "store"),
