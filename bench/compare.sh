@@ -61,8 +61,11 @@ for ((run = 1; run <= runs; run++)); do
   CANDLE_NUM_THREADS="${CANDLE_NUM_THREADS:-1}" ./target/release/faceproof bench --json --iterations "$iterations" \
     --threads "$threads" --bench-dir "$bench_dir" > "$dir/faceproof.json"
   for venv in "${venvs[@]}"; do
+    # onnxruntime is in both environments (for service.py); it is timed in .venv only.
+    backends=()
+    [[ "$venv" == .venv-opencv5 ]] && backends=(--backends opencv5)
     "bench/$venv/bin/python" bench/reference.py --iterations "$iterations" --threads "$threads" \
-      --bench-dir "$bench_dir" > "$dir/reference${venv#.venv}.json"
+      --bench-dir "$bench_dir" "${backends[@]}" > "$dir/reference${venv#.venv}.json"
   done
   run_dirs+=("$dir")
 done

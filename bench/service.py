@@ -4,8 +4,9 @@
   service.py latency  one request in flight, through the REST API: N FAST and N ACCURATE
                       compare-with-liveness requests per case (the 640x480 probe and gallery; the
                       12 MP photo as gallery; the 12 MP photo as probe), alternating in the same
-                      loop with the reference's whole in-process compare_with_liveness
-                      (bench/reference.py, one backend) on the same photos: p50/p90 and ratios.
+                      loop with each reference backend's whole in-process compare_with_liveness
+                      (bench/reference.py) on the same photos: p50/p90, and ratios against the
+                      fastest reference of each case, named.
   service.py summary  the median over several `latency --json` reports, with the ratios' range
                       (what `latency --runs 3` prints at its end).
   service.py load     throughput at saturation: `faceproof load` (gRPC) at --concurrency 8, FAST
@@ -15,8 +16,9 @@ Each run starts its own `faceproof up` (target/release/faceproof) on its own por
 so it never meets a stack already running on the default ports) with a fresh data directory, with
 the gateway's per-client limits off (FACEPROOF_RATE_LIMIT_PER_SECOND=0,
 FACEPROOF_MAX_IN_FLIGHT_PER_CLIENT=0: `up`'s children inherit its environment), and stops it at
-the end. Run it with the Python of the environment holding the reference backend (latency; the
-default backend is OpenCV 5: bench/.venv-opencv5/bin/python); `load` needs only the standard library.
+the end. Run `latency` with the Python of the reference environment: bench/.venv-opencv5/bin/python
+(OpenCV 5 and onnxruntime, the fastest references measured here); `load` needs only the standard
+library.
 """
 
 import argparse
@@ -34,6 +36,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections import Counter
 
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
@@ -248,12 +251,12 @@ def latency(args):
     arrays = {name: np.frombuffer(data, np.uint8) for name, data in photos.items()}
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
-        backend = reference.load_backends([args.backend], args.wheel, args.store, tmp, args.threads)[args.backend]
+        backends = reference.load_backends(args.backends.split(","), args.wheel, args.store, tmp, args.threads)
         with Stack(args.faceproof, args.port_base, args.ready_timeout_s) as stack:
             client = RestClient(stack.ports["http"], stack.token)
             for run in range(args.runs):
                 print(f"run {run + 1} of {args.runs}", file=sys.stderr)
-                report = latency_run(args, backend, client, photos, arrays)
+                report = latency_run(args, backends, client, photos, arrays)
                 report["reference"]["versions"] = reference.versions()
                 reports.append(report)
     if args.runs == 1:
@@ -266,39 +269,46 @@ def latency(args):
         print(summary_of_runs(reports))
 
 
-def latency_run(args, backend, client, photos, arrays):
-    """One pass over the cases: warm-up, then `--requests` alternating iterations each."""
+def latency_run(args, backends, client, photos, arrays):
+    """One pass over the cases: warm-up, then `--requests` alternating iterations each. The ratios
+    are against the fastest reference backend of the case (by p50), named in the row."""
     before = machine()
     rows = []
     for case, probe, gallery in CASES:
         if args.cases and case not in args.cases:
             continue
         bodies = {mode: rest_body(photos[probe], photos[gallery], mode) for mode in MODES}
-        run_reference = lambda: backend.compare(arrays[probe], arrays[gallery], True)
         steps = [(mode, lambda mode=mode: client.compare(bodies[mode])) for mode in MODES]
-        steps.append(("reference", lambda: timed_reference(run_reference)))
+        for name, backend in backends.items():
+            run = lambda backend=backend: backend.compare(arrays[probe], arrays[gallery], True)
+            steps.append((name, lambda run=run: timed_reference(run)))
         samples = {name: [] for name, _ in steps}
         results = {}
         for i in range(args.warmup + args.requests):
-            # Alternate service FAST, service ACCURATE and the reference, rotating which goes
-            # first so no side always follows the same one.
-            for name, step in steps[i % 3:] + steps[: i % 3]:
+            # Alternate service FAST, service ACCURATE and each reference backend, rotating which
+            # goes first so no side always follows the same one.
+            turn = i % len(steps)
+            for name, step in steps[turn:] + steps[:turn]:
                 elapsed, result = step()
                 if i >= args.warmup:
                     samples[name].append(elapsed)
                 results[name] = result
-        row = {"case": case, "probe": probe, "gallery": gallery}
-        for name in samples:
-            row[name] = summary(samples[name])
+        row = {"case": case, "probe": probe, "gallery": gallery, "references": {}}
+        for mode in MODES:
+            row[mode] = summary(samples[mode])
+            row[mode]["score"], row[mode]["liveness_score"] = (round(v, 4) for v in answer_scores(results[mode]))
+        for name in backends:
+            similarity, liveness = results[name]
+            row["references"][name] = {**summary(samples[name]), "similarity": round(similarity, 4),
+                                       "liveness_score": round(liveness, 4)}
+        fastest = min(backends, key=lambda name: row["references"][name]["p50_ms"])
+        row["reference"] = {"backend": fastest, **row["references"][fastest]}
         for mode in MODES:
             row[mode]["ratio_p50"] = round(row[mode]["p50_ms"] / row["reference"]["p50_ms"], 2)
-            row[mode]["score"], row[mode]["liveness_score"] = (round(v, 4) for v in answer_scores(results[mode]))
-        similarity, liveness = results["reference"]
-        row["reference"]["similarity"], row["reference"]["liveness_score"] = round(similarity, 4), round(liveness, 4)
         rows.append(row)
         print_latency_row(row, file=sys.stderr)
     return {"tool": "service.py latency", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "reference": {"backend": args.backend, "threads": args.threads},
+            "reference": {"backends": list(backends), "threads": args.threads},
             "requests": args.requests, "warmup": args.warmup,
             "machine_before": before, "machine_after": machine(), "cases": rows}
 
@@ -310,21 +320,23 @@ def timed_reference(run):
 
 
 def print_latency_row(row, file):
+    timings = {**{mode: row[mode] for mode in MODES}, **row["references"]}
     print(f"  {row['case']}: " + ", ".join(
-        f"{name} p50 {row[name]['p50_ms']:.1f} p90 {row[name]['p90_ms']:.1f}" for name in (*MODES, "reference")), file=file)
+        f"{name} p50 {t['p50_ms']:.1f} p90 {t['p90_ms']:.1f}" for name, t in timings.items()), file=file)
 
 
 def latency_table(report):
     ref = report["reference"]
-    lines = [f"whole service through REST (faceproof up), one request in flight, against the reference "
-             f"({ref['backend']}, {ref['versions']}, {ref['threads']} threads) in the same loop; "
+    lines = [f"whole service through REST (faceproof up), one request in flight, against the fastest reference "
+             f"of {ref['backends']} ({ref['versions']}, {ref['threads']} threads) in the same loop; "
              f"{report['requests']} requests each after {report['warmup']} warm-up; ms",
              f"load average before {report['machine_before']['loadavg']}, after {report['machine_after']['loadavg']}",
              "| case | FAST p50 / p90 | ACCURATE p50 / p90 | reference p50 / p90 | FAST / ref | ACCURATE / ref |",
              "| --- | --- | --- | --- | --- | --- |"]
     for row in report["cases"]:
         cell = lambda t: f"{t['p50_ms']:.1f} / {t['p90_ms']:.1f}"
-        lines.append(f"| {row['case']} | {cell(row['FAST'])} | {cell(row['ACCURATE'])} | {cell(row['reference'])} "
+        lines.append(f"| {row['case']} | {cell(row['FAST'])} | {cell(row['ACCURATE'])} | "
+                     f"{cell(row['reference'])} ({row['reference']['backend']}) "
                      f"| {row['FAST']['ratio_p50']:.2f} | {row['ACCURATE']['ratio_p50']:.2f} |")
     lines.append("what each side computed (service FAST / ACCURATE: calibrated comparison score and liveness "
                  "score; reference: cosine and mean real-class probability, another scale): " + "; ".join(
@@ -392,18 +404,20 @@ def summary_of_runs(reports):
     """The median over several latency reports of each p50, and the range of the per-run ratios
     (the README's three-run table)."""
     median = statistics.median
-    lines = [f"{len(reports)} runs of service.py latency ({reports[0]['reference']['backend']} reference); "
-             "p50 ms, median over the runs; ratio = service p50 / reference p50, median (min-max)",
+    lines = [f"{len(reports)} runs of service.py latency (references {reports[0]['reference']['backends']}); "
+             "p50 ms, median over the runs; ratio = service p50 / the fastest reference's p50 in that run, "
+             "median (min-max)",
              "load average before each run: " + ", ".join(str(r["machine_before"]["loadavg"]) for r in reports),
-             "| case | FAST | ACCURATE | reference | FAST / ref | ACCURATE / ref |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| case | FAST | ACCURATE | fastest reference | FAST / ref | ACCURATE / ref | fastest reference (runs) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for index, row in enumerate(reports[0]["cases"]):
         rows = [r["cases"][index] for r in reports]
         p50 = {name: median([r[name]["p50_ms"] for r in rows]) for name in (*MODES, "reference")}
         ratios = {mode: [r[mode]["ratio_p50"] for r in rows] for mode in MODES}
         cells = [f"{median(v):.2f} ({min(v):.2f}-{max(v):.2f})" for v in ratios.values()]
+        won = Counter(r["reference"]["backend"] for r in rows)
         lines.append(f"| {row['case']} | {p50['FAST']:.1f} | {p50['ACCURATE']:.1f} | {p50['reference']:.1f} | "
-                     + " | ".join(cells) + " |")
+                     + " | ".join(cells) + " | " + ", ".join(f"{b} {n}" for b, n in won.most_common()) + " |")
     return "\n".join(lines)
 
 
@@ -440,7 +454,9 @@ def main():
     latency_parser.add_argument("--runs", type=int, default=1,
                                 help="repeat the whole measurement (same stack); more than 1 prints each "
                                 "run and the median with the ratios' range")
-    latency_parser.add_argument("--backend", default="opencv5", help="reference backend (of this Python environment)")
+    latency_parser.add_argument("--backends", default=None,
+                                help="comma-separated reference backends of this Python environment "
+                                "[default: all it has]; the ratios are against the fastest")
     latency_parser.add_argument("--cases", nargs="*", choices=[c[0] for c in CASES], help="default: all")
     if defaults_shared:
         reference.add_model_arguments(latency_parser, with_backends=False)
@@ -460,6 +476,7 @@ def main():
         if not defaults_shared:
             parser.error("latency needs the reference's environment (numpy, OpenCV): run it with "
                          "bench/.venv-opencv5/bin/python")
+        args.backends = args.backends or ",".join(reference.backends.available())
         latency(args)
     else:
         load(args)

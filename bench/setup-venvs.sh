@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Makes the two Python environments of the reference benchmarks (git-ignored, development only):
 #   bench/.venv          onnxruntime + OpenCV 4   (requirements.txt)
-#   bench/.venv-opencv5  OpenCV 5                 (requirements-opencv5.txt)
+#   bench/.venv-opencv5  OpenCV 5 + onnxruntime   (requirements-opencv5.txt; onnxruntime for
+#                        service.py, which compares the whole service with every backend in one loop)
 # OpenCV 4 and 5 install the same `cv2` module, so they cannot share one environment.
 # Re-running it brings existing environments to the pinned versions.
 set -euo pipefail
