@@ -65,7 +65,7 @@ for ((run = 1; run <= runs; run++)); do
     backends=()
     [[ "$venv" == .venv-opencv5 ]] && backends=(--backends opencv5)
     "bench/$venv/bin/python" bench/reference.py --iterations "$iterations" --threads "$threads" \
-      --bench-dir "$bench_dir" "${backends[@]}" > "$dir/reference${venv#.venv}.json"
+      --bench-dir "$bench_dir" ${backends[@]+"${backends[@]}"} > "$dir/reference${venv#.venv}.json"
   done
   run_dirs+=("$dir")
 done
