@@ -196,10 +196,11 @@ mod tests {
 
     #[tokio::test]
     async fn closed_port_is_an_error_not_a_hang() {
-        // Bind then drop: the port is closed, so the connection is refused.
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
+        // Bound but never listening: the port stays ours (no other process can take it) and
+        // every connection to it is refused.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = socket.local_addr().unwrap();
         let error = check(&addr.to_string(), "", Duration::from_secs(5))
             .await
             .unwrap_err();

@@ -700,11 +700,9 @@ fn url_route_reports_http_status_and_size_limit() {
 #[test]
 fn url_route_to_a_closed_port_fails_cleanly() {
     let fixture = Fixture::new();
-    // Bind then drop: nothing listens there any more, so the connection is refused.
-    let base_url = {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        format!("http://{}", listener.local_addr().unwrap())
-    };
+    // Port 0 is never a listening port: the kernel refuses every connection to it, and unlike a
+    // port bound and released for the test, no other process can start listening there.
+    let base_url = "http://127.0.0.1:0".to_owned();
     let server = Server {
         base_url,
         requests: Arc::new(AtomicUsize::new(0)),

@@ -82,7 +82,9 @@ impl ModelService for Matcher {
         config: &MatcherConfig,
         inference: Inference<dyn MatchEngine>,
     ) -> Result<Self::Handler, HostError> {
-        let calibration = Calibration::builtin().map_err(crate::calibration::start_error)?;
+        // A malformed table stops the start ("invalid calibration table: ...").
+        let calibration =
+            Calibration::builtin().map_err(|error| HostError::Service(Box::new(error)))?;
         if calibration.is_provisional() {
             tracing::warn!(
                 calibration = calibration.id(),

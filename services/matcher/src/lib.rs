@@ -21,16 +21,3 @@ pub use engine::{
     SubjectEmbedding, SubjectResult,
 };
 pub use faceproof_runtime::HostError;
-
-/// The matcher's own start-up failure; every other one is a [`HostError`].
-#[derive(Debug, thiserror::Error)]
-pub enum MatcherError {
-    #[error("invalid calibration table: {0}")]
-    Calibration(String),
-}
-
-impl From<MatcherError> for HostError {
-    fn from(error: MatcherError) -> Self {
-        Self::Service(Box::new(error))
-    }
-}
