@@ -89,8 +89,11 @@ impl<E: ?Sized + Send + Sync + 'static> Inference<E> {
     /// The answer is the outputs in order, or the first failure in job order, exactly as if the
     /// jobs had run one after another and stopped at the first failure: a failing job cancels
     /// the jobs after it (they can no longer change the answer) but never those before it. Each
-    /// job's [`Cancellation`] expires at `deadline` and is cancelled when this future is
-    /// dropped; a failure comes back with its job's token, as [`Self::run`] does.
+    /// job's [`Cancellation`] expires at `deadline` and is cancelled when this future returns or
+    /// is dropped; a failure comes back with its job's token, as [`Self::run`] does. A job no
+    /// worker has taken by then is skipped unrun (its receiver is gone). A panicking job is a
+    /// failure like any other, answered INTERNAL ([`crate::RuntimeError::JobPanicked`]); its worker
+    /// lives on.
     pub async fn run_each<Job, T, Fail>(
         &self,
         deadline: Deadline,
@@ -241,7 +244,7 @@ mod tests {
     }
 
     /// `n` doubles; `0` fails at once; `1` waits until cancelled; `3` fails after 200 ms of
-    /// work. A job that saw its cancellation fails with `u32::MAX`.
+    /// work; `7` panics. A job that saw its cancellation fails with `u32::MAX`.
     fn script(_: &Doubler, job: u32, cancel: &Cancellation) -> Result<u32, u32> {
         let work = |milliseconds: u32| {
             for _ in 0..milliseconds {
@@ -254,6 +257,7 @@ mod tests {
             0 => Err(0),
             1 => work(u32::MAX).and(Err(u32::MAX)),
             3 => work(200).and(Err(3)),
+            7 => panic!("scripted engine panic"),
             n => Ok(n * 2),
         }
     }
@@ -296,6 +300,27 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert_eq!(failure, 3);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_job_is_internal_and_frees_its_worker() {
+        // One worker: the job after the panic (it would wait for its cancellation forever) is
+        // skipped or stopped, so the next request is served; the panic text stays in the log.
+        let inference = pool_of(1);
+        let error = inference
+            .run_each(soon(), vec![2, 7, 1], script)
+            .await
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(error.code, crate::error::ErrorCode::Internal);
+        assert!(!error.message.contains("scripted"), "{}", error.message);
+        let next = tokio::time::timeout(
+            Duration::from_secs(5),
+            inference.run_each(soon(), vec![2], script),
+        )
+        .await
+        .expect("the worker is free again");
+        assert_eq!(next.unwrap().unwrap(), [4]);
     }
 
     #[test]

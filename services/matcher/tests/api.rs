@@ -412,26 +412,51 @@ async fn the_probe_s_rejection_wins_over_any_gallery_failure() {
 
 #[tokio::test]
 async fn a_failing_image_stops_the_images_after_it() {
-    for threads in [1, 2] {
-        let app = spawn_app(Options {
-            threads,
-            ..Options::default()
+    // Two workers, the probe held: the request still waits for the probe, so the panicking
+    // gallery image (on the other worker) is what stops the spinning image after it, not the
+    // request's end. The answer is the panic's INTERNAL, the first failure in image order (the
+    // spinning image's own "cancelled" comes after it).
+    let mut app = spawn_app(Options {
+        threads: 2,
+        ..Options::default()
+    })
+    .await;
+    let mut client = app.service.client();
+    let answer = app
+        .hold_worker(async move {
+            let mut failing = tonic::Request::new(request(b"block", &[b"panic", b"spin"]));
+            failing.set_timeout(Duration::from_secs(60));
+            call(client.compare(failing)).await
         })
         .await;
-        let mut failing = tonic::Request::new(request(b"face", &[b"panic", b"spin"]));
-        failing.set_timeout(Duration::from_secs(60));
-        let status = within(app.service.client().compare(failing))
-            .await
-            .unwrap_err();
-        assert_eq!(status.code(), Code::Internal, "{threads} workers");
-        // The spinning image saw its cancellation long before its 60 s deadline.
-        within(async {
-            while app.engine.stopped.load(Ordering::SeqCst) < 1 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await;
-    }
+    within(async {
+        while app.engine.stopped.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    app.lever.release();
+    let status = within(answer).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+
+    // One worker: the answer may come before the worker takes the spinning image, which is then
+    // skipped unrun; if it was taken first, it stops at its first check. Either way the worker
+    // is free long before the image's 60 s deadline: the next request, queued behind it, is
+    // answered.
+    let app = spawn_app(Options::default()).await;
+    let mut failing = tonic::Request::new(request(b"face", &[b"panic", b"spin"]));
+    failing.set_timeout(Duration::from_secs(60));
+    let status = within(app.service.client().compare(failing))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    compare(&app, request(b"face", &[b"cos:0.5"]))
+        .await
+        .unwrap();
+    let stats = app.service.pool_stats();
+    let skipped = stats.abandoned.load(Ordering::SeqCst);
+    let stopped = u64::try_from(app.engine.stopped.load(Ordering::SeqCst)).unwrap();
+    assert_eq!(skipped + stopped, 1, "skipped {skipped}, stopped {stopped}");
 }
 
 #[tokio::test]
