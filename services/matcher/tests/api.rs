@@ -864,6 +864,31 @@ mod real_models {
         }
     }
 
+    /// `faceproof eval` embeds each image alone (`MatchPipeline::embed_image`), as the service
+    /// now does: its embeddings, hence the scores it reports, are the service's bit for bit.
+    #[test]
+    fn the_service_embeds_each_image_exactly_as_faceproof_eval_does() {
+        let store = ModelStore::at(repo_path("models/store")).unwrap();
+        let pipeline = faceproof_vision::pipeline::MatchPipeline::from_weights(
+            &store.read_verified(ModelName::YuNet).unwrap(),
+            &store.read_verified(ModelName::SFace).unwrap(),
+            VisionMatchSettings::default(),
+        )
+        .unwrap();
+        let engine = engine_with(VisionMatchSettings::default());
+        for mode in [SearchMode::Fast, SearchMode::Accurate] {
+            for image in job(mode).gallery.iter().take(2) {
+                let served = engine
+                    .embed_subject(image, mode, ImageRole::Gallery, &Cancellation::never())
+                    .unwrap()
+                    .unwrap();
+                let evaluated = pipeline.embed_image(image, mode).unwrap().unwrap();
+                assert_eq!(served.embedding, evaluated.embedding, "{mode:?}");
+                assert_eq!(served.face, evaluated.face, "{mode:?}");
+            }
+        }
+    }
+
     #[test]
     fn detector_at_640_reproduces_the_reference_cosines() {
         let engine = engine(640);
