@@ -20,7 +20,7 @@ use clap::Parser as _;
 use faceproof_gateway::GatewayCli;
 use faceproof_imaging::Cancellation;
 use faceproof_liveness::{CheckJob, LivenessConfig, LivenessEngine, LivenessVerdict};
-use faceproof_matcher::{CompareJob, GalleryMatch, MatchEngine, MatcherConfig};
+use faceproof_matcher::{ImageRole, MatchEngine, MatcherConfig, SubjectEmbedding, SubjectResult};
 use faceproof_proto::common::v1::{BoundingBox, Face};
 use faceproof_proto::gateway::v1 as pb;
 use faceproof_proto::gateway::v1::face_verification_client::FaceVerificationClient;
@@ -60,35 +60,33 @@ struct FakeMatcher {
 }
 
 impl MatchEngine for FakeMatcher {
-    fn compare(
+    fn embed_subject(
         &self,
-        job: CompareJob,
+        image: &[u8],
+        _mode: faceproof_proto::common::v1::SearchMode,
+        role: ImageRole,
         cancel: &Cancellation,
-    ) -> Result<faceproof_matcher::CompareOutcome, faceproof_matcher::EngineError> {
+    ) -> SubjectResult {
         let metrics = Some(&self.metrics);
-        for _image in std::iter::once(&job.probe).chain(&job.gallery) {
-            time_stage(metrics, Stage::Decode, || ());
-            time_stage(metrics, Stage::Detect, || ());
-            time_stage(metrics, Stage::Align, || ());
-        }
+        time_stage(metrics, Stage::Decode, || ());
+        time_stage(metrics, Stage::Detect, || ());
+        time_stage(metrics, Stage::Align, || ());
         cancel.check()?;
-        // Biden is the impostor; any other gallery image matches (below the copy threshold).
+        // The probe is the unit x axis. Biden is the impostor (cosine -0.1); any other gallery
+        // image matches (0.9, below the copy threshold).
         let biden = fixture("biden_2010_blue_room.jpg").unwrap_or_default();
-        let gallery = time_stage(metrics, Stage::Embed, || {
-            job.gallery
-                .iter()
-                .map(|image| {
-                    Ok(GalleryMatch {
-                        face: face(),
-                        similarity: if *image == biden { -0.1 } else { 0.9 },
-                    })
-                })
-                .collect()
+        let cosine: f32 = match role {
+            ImageRole::Probe => 1.0,
+            ImageRole::Gallery if image == biden.as_slice() => -0.1,
+            ImageRole::Gallery => 0.9,
+        };
+        let embedding = time_stage(metrics, Stage::Embed, || {
+            vec![cosine, (1.0 - cosine * cosine).sqrt()]
         });
-        Ok(faceproof_matcher::CompareOutcome {
-            probe_face: face(),
-            gallery,
-        })
+        Ok(Ok(SubjectEmbedding {
+            face: face(),
+            embedding,
+        }))
     }
 
     fn warm_up(&self) -> Result<(), faceproof_matcher::EngineError> {
@@ -407,7 +405,7 @@ async fn metrics_endpoints_show_requests_stages_queue_and_decisions() {
         "faceproof_inference_stage_seconds_count{stage=\"decode\"} 4",
         "faceproof_inference_stage_seconds_count{stage=\"detect\"} 4",
         "faceproof_inference_stage_seconds_count{stage=\"align\"} 4",
-        "faceproof_inference_stage_seconds_count{stage=\"embed\"} 2",
+        "faceproof_inference_stage_seconds_count{stage=\"embed\"} 4",
         "# TYPE faceproof_inference_stage_seconds histogram",
         "faceproof_inference_queue_depth 0",
         "faceproof_inference_queue_rejected_total 0",

@@ -5,10 +5,16 @@
 //! block on the queue (no spinning: on 2 cores a busy-waiting pool halves throughput), the queue is
 //! bounded so overload is answered at once with RESOURCE_EXHAUSTED rather than by growing latency,
 //! and each job carries its deadline and its caller's tracing span.
+//!
+//! The bound counts requests, not jobs: one request may queue several jobs at once
+//! ([`InferencePool::submit_all`], e.g. a comparison's probe and each gallery image) so that idle
+//! workers share it; it holds one place in the queue until a worker takes its first job, and it
+//! is admitted whole or refused whole.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
@@ -22,12 +28,41 @@ use crate::deadline::Deadline;
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
+/// A job in the queue and the place its request holds there.
+struct Queued {
+    admission: Arc<Admission>,
+    job: Job,
+}
+
+/// One request's place among the [`PoolConfig::queue_capacity`] waiting ones, shared by its
+/// jobs: given back when a worker takes the first of them (the request is no longer waiting) or
+/// when they are all dropped unrun.
+struct Admission {
+    waiting_requests: Arc<AtomicUsize>,
+    released: AtomicBool,
+}
+
+impl Admission {
+    fn release(&self) {
+        if !self.released.swap(true, Ordering::AcqRel) {
+            self.waiting_requests.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
 /// Size of an [`InferencePool`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Worker threads, each running one job at a time.
     pub threads: usize,
-    /// Jobs that may wait for a worker; one more is refused with [`RuntimeError::QueueFull`].
+    /// Requests that may wait for a worker (a request waits until a worker takes its first
+    /// job); one more is refused with [`RuntimeError::QueueFull`].
     pub queue_capacity: usize,
 }
 
@@ -44,7 +79,7 @@ impl PoolConfig {
 pub struct PoolStats {
     /// Jobs accepted and not yet taken by a worker.
     pub queue_depth: AtomicUsize,
-    /// Jobs refused because the queue was full.
+    /// Requests refused because the queue was full (all their jobs, however many).
     pub rejected_queue_full: AtomicU64,
     /// Jobs dropped unrun because their deadline passed while queued.
     pub expired_in_queue: AtomicU64,
@@ -60,7 +95,9 @@ pub struct PoolStats {
 /// workers finish the jobs already queued and exit.
 #[derive(Debug)]
 pub struct InferencePool {
-    sender: SyncSender<Job>,
+    sender: Sender<Queued>,
+    /// Requests admitted whose first job no worker has taken yet; at most `queue_capacity`.
+    waiting_requests: Arc<AtomicUsize>,
     stats: Arc<PoolStats>,
     config: PoolConfig,
     metrics: Option<Metrics>,
@@ -97,7 +134,8 @@ impl InferencePool {
                 "queue capacity must be at least 1".into(),
             ));
         }
-        let (sender, receiver) = sync_channel::<Job>(config.queue_capacity);
+        // Unbounded: admission ([`Admission`]) bounds it to `queue_capacity` requests.
+        let (sender, receiver) = channel::<Queued>();
         let receiver = Arc::new(Mutex::new(receiver));
         let stats = Arc::new(PoolStats::default());
         for index in 0..config.threads {
@@ -111,6 +149,7 @@ impl InferencePool {
         }
         Ok(Self {
             sender,
+            waiting_requests: Arc::default(),
             stats,
             config,
             metrics,
@@ -129,42 +168,70 @@ impl InferencePool {
     /// Queues `work` and returns the receiver of its result, or fails at once when the queue is
     /// full. The job runs inside the current tracing span; it is skipped if its deadline passes
     /// while queued (answered [`RuntimeError::DeadlineExceeded`]) or if the receiver is dropped.
-    pub fn submit<T, F>(
-        &self,
-        deadline: Deadline,
-        work: F,
-    ) -> Result<oneshot::Receiver<Result<T, RuntimeError>>, RuntimeError>
+    pub fn submit<T, F>(&self, deadline: Deadline, work: F) -> Result<JobResult<T>, RuntimeError>
     where
         T: Send + 'static,
         F: FnOnce(&Deadline) -> T + Send + 'static,
     {
-        let (result_tx, result_rx) = oneshot::channel();
-        let span = Span::current();
-        let stats = Arc::clone(&self.stats);
-        let job: Job = Box::new(move || run_job(work, deadline, &span, result_tx, &stats));
+        let mut receivers = self.submit_all(deadline, vec![work])?;
+        receivers.pop().ok_or(RuntimeError::PoolClosed)
+    }
 
-        // Count before sending so a fast worker never decrements below zero.
-        self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
-        let sent = self.sender.try_send(job);
-        if sent.is_err() {
-            self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+    /// Queues the jobs of one request together, each on its own so that idle workers run them
+    /// side by side (FIFO, so busy workers take them one after another), and returns their
+    /// receivers in order. The request takes one place in the queue, whatever its number of
+    /// jobs: all are queued, or none and [`RuntimeError::QueueFull`].
+    pub fn submit_all<T, F>(
+        &self,
+        deadline: Deadline,
+        works: Vec<F>,
+    ) -> Result<Vec<JobResult<T>>, RuntimeError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Deadline) -> T + Send + 'static,
+    {
+        let capacity = self.config.queue_capacity;
+        let admitted =
+            self.waiting_requests
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                    (waiting < capacity).then_some(waiting + 1)
+                });
+        if admitted.is_err() {
+            self.stats
+                .rejected_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            if let Some(metrics) = &self.metrics {
+                metrics.record_queue_rejection();
+            }
+            return Err(RuntimeError::QueueFull { capacity });
+        }
+        let admission = Arc::new(Admission {
+            waiting_requests: Arc::clone(&self.waiting_requests),
+            released: AtomicBool::new(false),
+        });
+        let span = Span::current();
+        let mut receivers = Vec::with_capacity(works.len());
+        for work in works {
+            let (result_tx, result_rx) = oneshot::channel();
+            let span = span.clone();
+            let stats = Arc::clone(&self.stats);
+            let job: Job = Box::new(move || run_job(work, deadline, &span, result_tx, &stats));
+            // Count before sending so a fast worker never decrements below zero.
+            self.stats.queue_depth.fetch_add(1, Ordering::Relaxed);
+            let queued = Queued {
+                admission: Arc::clone(&admission),
+                job,
+            };
+            if self.sender.send(queued).is_err() {
+                self.stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                publish_queue_depth(&self.stats, self.metrics.as_ref());
+                // Jobs already queued are skipped: their receivers are dropped here.
+                return Err(RuntimeError::PoolClosed);
+            }
+            receivers.push(result_rx);
         }
         publish_queue_depth(&self.stats, self.metrics.as_ref());
-        match sent {
-            Ok(()) => Ok(result_rx),
-            Err(TrySendError::Full(_)) => {
-                self.stats
-                    .rejected_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(metrics) = &self.metrics {
-                    metrics.record_queue_rejection();
-                }
-                Err(RuntimeError::QueueFull {
-                    capacity: self.config.queue_capacity,
-                })
-            }
-            Err(TrySendError::Disconnected(_)) => Err(RuntimeError::PoolClosed),
-        }
+        Ok(receivers)
     }
 
     /// Submits `work` and waits for its result, at most until `deadline`. Dropping the returned
@@ -175,19 +242,27 @@ impl InferencePool {
         F: FnOnce(&Deadline) -> T + Send + 'static,
     {
         let receiver = self.submit(deadline, work)?;
-        let wait_until = tokio::time::Instant::from_std(deadline.instant());
-        match tokio::time::timeout_at(wait_until, receiver).await {
-            Ok(Ok(result)) => result,
-            // The worker dropped the sender without answering: only when the pool is torn down.
-            Ok(Err(_)) => Err(RuntimeError::PoolClosed),
-            Err(_) => Err(RuntimeError::DeadlineExceeded),
-        }
+        wait_for(deadline, receiver).await
+    }
+}
+
+/// The receiving end of one queued job's result.
+pub type JobResult<T> = oneshot::Receiver<Result<T, RuntimeError>>;
+
+/// Waits for a submitted job's result, at most until `deadline`.
+pub async fn wait_for<T>(deadline: Deadline, receiver: JobResult<T>) -> Result<T, RuntimeError> {
+    let wait_until = tokio::time::Instant::from_std(deadline.instant());
+    match tokio::time::timeout_at(wait_until, receiver).await {
+        Ok(Ok(result)) => result,
+        // The worker dropped the sender without answering: only when the pool is torn down.
+        Ok(Err(_)) => Err(RuntimeError::PoolClosed),
+        Err(_) => Err(RuntimeError::DeadlineExceeded),
     }
 }
 
 /// Cancels its token when dropped: when the future awaiting a job is dropped (the caller went
 /// away, the transport gave up) or returns (at the deadline), the job stops at its next check.
-struct CancelOnDrop(Cancellation);
+pub(crate) struct CancelOnDrop(pub(crate) Cancellation);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
@@ -233,7 +308,7 @@ fn publish_queue_depth(stats: &PoolStats, metrics: Option<&Metrics>) {
     }
 }
 
-fn worker_loop(receiver: &Mutex<Receiver<Job>>, stats: &PoolStats, metrics: Option<&Metrics>) {
+fn worker_loop(receiver: &Mutex<Receiver<Queued>>, stats: &PoolStats, metrics: Option<&Metrics>) {
     loop {
         // The lock is held only while waiting for the next job; nothing can panic under it, so a
         // poisoned lock still guards a sound receiver.
@@ -241,10 +316,13 @@ fn worker_loop(receiver: &Mutex<Receiver<Job>>, stats: &PoolStats, metrics: Opti
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .recv();
-        let Ok(job) = next else {
+        let Ok(Queued { admission, job }) = next else {
             tracing::debug!("inference queue closed, worker exiting");
             return;
         };
+        // Its request is under way: its place in the queue goes to the next one.
+        admission.release();
+        drop(admission);
         stats.queue_depth.fetch_sub(1, Ordering::Relaxed);
         publish_queue_depth(stats, metrics);
         job();
@@ -365,6 +443,77 @@ mod tests {
         release.send(()).unwrap();
         first.await.unwrap().unwrap();
         assert_eq!(queued.await.unwrap().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_request_s_jobs_are_admitted_together_as_one_waiting_request() {
+        let pool = pool(1, 1);
+        let (release, first) = block_worker(&pool).await;
+        // Three jobs, one place: admitted whole.
+        let group = pool
+            .submit_all(later(), (1..=3).map(|n| move |_: &Deadline| n).collect())
+            .unwrap();
+        assert_eq!(pool.stats().queue_depth.load(Ordering::Relaxed), 3);
+        // The queue is full: another request is refused whole, a single job too.
+        let refused = pool.submit_all(later(), vec![|_: &Deadline| 4, |_: &Deadline| 5]);
+        assert!(matches!(
+            refused,
+            Err(RuntimeError::QueueFull { capacity: 1 })
+        ));
+        assert!(pool.submit(later(), |_| 6).is_err());
+        assert_eq!(pool.stats().rejected_queue_full.load(Ordering::Relaxed), 2);
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        let mut results = Vec::new();
+        for receiver in group {
+            results.push(receiver.await.unwrap().unwrap());
+        }
+        assert_eq!(results, [1, 2, 3]);
+        // Once a worker took its first job the request no longer waits: its place is free.
+        assert_eq!(pool.run(later(), |_| 7).await.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn idle_workers_run_one_request_s_jobs_side_by_side() {
+        let pool = pool(2, 1);
+        // Each job waits for the other: both finish only if two workers run them at once.
+        let barrier = Arc::new(std::sync::Barrier::new(2));
+        let jobs = (0..2)
+            .map(|_| {
+                let barrier = Arc::clone(&barrier);
+                move |_: &Deadline| {
+                    barrier.wait();
+                    thread::current().name().map(str::to_owned)
+                }
+            })
+            .collect();
+        let mut names = Vec::new();
+        for receiver in pool.submit_all(later(), jobs).unwrap() {
+            let result = tokio::time::timeout(Duration::from_secs(10), receiver).await;
+            names.push(result.unwrap().unwrap().unwrap().unwrap());
+        }
+        assert_ne!(names[0], names[1]);
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_jobs_are_dropped_unrun_gives_its_place_back() {
+        let pool = pool(1, 1);
+        let (release, first) = block_worker(&pool).await;
+        let group = pool
+            .submit_all(later(), vec![|_: &Deadline| 1, |_: &Deadline| 2])
+            .unwrap();
+        drop(group);
+        release.send(()).unwrap();
+        first.await.unwrap().unwrap();
+        // Both abandoned jobs are taken and skipped; then the place is free again.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while pool.stats().abandoned.load(Ordering::Relaxed) < 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(pool.run(later(), |_| 3).await.unwrap(), 3);
     }
 
     #[tokio::test]

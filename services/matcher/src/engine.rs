@@ -1,11 +1,15 @@
 //! The contract between the gRPC service and the model code: the service validates, schedules
-//! and maps errors; an engine turns image bytes into faces and cosine similarities. Engines run
-//! on the inference pool's threads, never on the async runtime.
+//! and maps errors; an engine turns each image's bytes into its subject's face and embedding,
+//! compared by cosine. Engines run on the inference pool's threads, never on the async runtime:
+//! the service runs the probe and each gallery image as its own job, so idle workers share one
+//! request.
 
 use faceproof_imaging::{Cancellation, Cancelled};
 use faceproof_proto::common::v1::SearchMode;
 use faceproof_runtime::DeadlineExceeded;
 use faceproof_vision::VisionError;
+/// The side of a comparison an image is on, and its subject ready to compare.
+pub use faceproof_vision::pipeline::matching::{ImageRole, SubjectEmbedding};
 /// Why an image has no usable face, one gallery image's similarity and the whole answer: the
 /// match pipeline's own types.
 pub use faceproof_vision::pipeline::{CompareOutcome, FaceRejection, GalleryMatch};
@@ -44,16 +48,40 @@ impl From<VisionError> for EngineError {
     }
 }
 
+/// One image's part of a comparison: its subject, or why it has none.
+pub type SubjectResult = Result<Result<SubjectEmbedding, FaceRejection>, EngineError>;
+
 /// Face comparison, run inside the inference pool.
 pub trait MatchEngine: Send + Sync + 'static {
-    /// Compares the probe's subject face with every gallery image. Implementations call
-    /// `cancel.check()?` inside their long stages (decode, inference) so abandoned work stops
-    /// within milliseconds of the deadline or of the caller going away.
+    /// One image of a comparison: decode, detect, choose the subject (a probe with a rival
+    /// face is refused), gate, align, embed. Implementations call `cancel.check()?` inside
+    /// their long stages (decode, inference) so abandoned work stops within milliseconds of the
+    /// deadline, of the caller going away or of another image of the request failing.
+    fn embed_subject(
+        &self,
+        image: &[u8],
+        mode: SearchMode,
+        role: ImageRole,
+        cancel: &Cancellation,
+    ) -> SubjectResult;
+
+    /// The whole comparison on the calling thread, one image after another (in-process tools
+    /// and tests): the answer the service gives by running the images as separate jobs.
     fn compare(
         &self,
         job: CompareJob,
         cancel: &Cancellation,
-    ) -> Result<CompareOutcome, EngineError>;
+    ) -> Result<CompareOutcome, EngineError> {
+        let probe = self
+            .embed_subject(&job.probe, job.mode, ImageRole::Probe, cancel)?
+            .map_err(EngineError::Probe)?;
+        let mut gallery = Vec::with_capacity(job.gallery.len());
+        for image in &job.gallery {
+            cancel.check()?;
+            gallery.push(self.embed_subject(image, job.mode, ImageRole::Gallery, cancel)?);
+        }
+        Ok(CompareOutcome::from_subjects(probe, gallery))
+    }
 
     /// Runs the whole pipeline once so the first real request is not slow; the service reports
     /// SERVING only after this succeeds.

@@ -17,6 +17,7 @@ pub use app::{Application, Matcher, TELEMETRY_SERVICE_NAME, run, serve};
 pub use calibration::Calibration;
 pub use config::MatcherConfig;
 pub use engine::{
-    CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch, MatchEngine,
+    CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch, ImageRole, MatchEngine,
+    SubjectEmbedding, SubjectResult,
 };
 pub use faceproof_runtime::HostError;

@@ -1,5 +1,6 @@
 //! The `faceproof.matcher.v1.Matcher` gRPC service: validates requests, runs the engine on the
-//! inference pool and maps its outcome to the response or to a status with rich details.
+//! inference pool (the probe and each gallery image as its own job, so idle workers share one
+//! request) and maps the joined outcome to the response or to a status with rich details.
 
 use std::sync::Arc;
 
@@ -14,7 +15,9 @@ use faceproof_runtime::{Inference, ServiceError, check_image_bytes, respond};
 use tonic::{Request, Response, Status};
 
 use crate::calibration::Calibration;
-use crate::engine::{CompareJob, CompareOutcome, EngineError, MatchEngine};
+use crate::engine::{
+    CompareJob, CompareOutcome, EngineError, ImageRole, MatchEngine, SubjectEmbedding,
+};
 
 /// Request limits enforced before any work is queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +54,26 @@ impl MatcherService {
         let (deadline, request) = self.inference.accept(request);
         let job = validate(request, self.limits)?;
         let (gallery_len, mode) = (job.gallery.len(), job.mode);
-        let (outcome, cancel) = self
+        // The probe first: its failure is the answer before any gallery image's, as when the
+        // images ran one after another.
+        let images = std::iter::once((job.probe, ImageRole::Probe))
+            .chain(
+                job.gallery
+                    .into_iter()
+                    .map(|image| (image, ImageRole::Gallery)),
+            )
+            .map(|(bytes, role)| ImageJob { bytes, role, mode })
+            .collect();
+        let subjects = self
             .inference
-            .run(deadline, job, |engine, job, cancel| {
-                engine.compare(job, cancel)
-            })
-            .await?;
-        let outcome = outcome.map_err(|error| engine_error(error, &cancel))?;
+            .run_each(deadline, images, embed_image)
+            .await?
+            .map_err(|(error, cancel)| engine_error(error, &cancel))?;
+        let mut subjects = subjects.into_iter();
+        let Some(Ok(probe)) = subjects.next() else {
+            return Err(ServiceError::internal("the probe's subject is missing"));
+        };
+        let outcome = CompareOutcome::from_subjects(probe, subjects.collect());
         build_response(outcome, gallery_len, &self.calibration, mode)
     }
 }
@@ -70,6 +86,27 @@ impl MatcherApi for MatcherService {
         request: Request<CompareRequest>,
     ) -> Result<Response<CompareResponse>, Status> {
         respond("compare", self.compare_inner(request).await)
+    }
+}
+
+/// One image of a comparison, run as its own job on the inference pool.
+struct ImageJob {
+    bytes: Vec<u8>,
+    role: ImageRole,
+    mode: SearchMode,
+}
+
+/// One image's subject; a probe without one ends the comparison (a gallery image without one is
+/// an entry of the answer).
+fn embed_image(
+    engine: &dyn MatchEngine,
+    image: ImageJob,
+    cancel: &Cancellation,
+) -> Result<Result<SubjectEmbedding, crate::engine::FaceRejection>, EngineError> {
+    let subject = engine.embed_subject(&image.bytes, image.mode, image.role, cancel)?;
+    match (image.role, subject) {
+        (ImageRole::Probe, Err(rejection)) => Err(EngineError::Probe(rejection)),
+        (_, subject) => Ok(subject),
     }
 }
 

@@ -8,7 +8,9 @@ use faceproof_runtime::time_stage;
 use faceproof_telemetry::Metrics;
 use faceproof_vision::pipeline::{MatchPipeline, MatchSettings, Stage};
 
-use crate::engine::{CompareJob, CompareOutcome, EngineError, MatchEngine};
+use faceproof_proto::common::v1::SearchMode;
+
+use crate::engine::{EngineError, ImageRole, MatchEngine, SubjectResult};
 use crate::{HostError, MatcherConfig};
 
 /// Settings of the match pipeline (the name the matcher's callers know it by).
@@ -66,14 +68,14 @@ impl VisionMatchEngine {
 }
 
 impl MatchEngine for VisionMatchEngine {
-    fn compare(
+    fn embed_subject(
         &self,
-        job: CompareJob,
+        image: &[u8],
+        mode: SearchMode,
+        role: ImageRole,
         cancel: &Cancellation,
-    ) -> Result<CompareOutcome, EngineError> {
-        self.pipeline
-            .compare(&job.probe, &job.gallery, job.mode, cancel)?
-            .map_err(EngineError::Probe)
+    ) -> SubjectResult {
+        Ok(self.pipeline.embed_subject(image, mode, role, cancel)?)
     }
 
     fn warm_up(&self) -> Result<(), EngineError> {

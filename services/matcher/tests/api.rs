@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use faceproof_imaging::Cancellation;
 use faceproof_matcher::{
-    Calibration, CompareJob, CompareOutcome, EngineError, FaceRejection, GalleryMatch, MatchEngine,
-    Matcher, MatcherConfig,
+    Calibration, CompareJob, CompareOutcome, EngineError, FaceRejection, ImageRole, MatchEngine,
+    Matcher, MatcherConfig, SubjectEmbedding, SubjectResult,
 };
 use faceproof_proto::common::v1::{FaceIssueReason, SearchMode};
 use faceproof_proto::matcher::v1::matcher_server::SERVICE_NAME;
@@ -29,7 +29,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 struct FakeEngine {
-    compare_calls: AtomicUsize,
+    /// Images the engine was asked for (the probe and each gallery image are one each).
+    embed_calls: AtomicUsize,
+    /// `pair` images running now or done.
+    pairing: AtomicUsize,
     /// `spin` jobs that saw their cancellation and stopped.
     stopped: AtomicUsize,
     /// `block` jobs (and a gated warm-up) wait here for the test's release (or its end).
@@ -38,13 +41,15 @@ struct FakeEngine {
 }
 
 impl MatchEngine for FakeEngine {
-    fn compare(
+    fn embed_subject(
         &self,
-        job: CompareJob,
+        image: &[u8],
+        _mode: SearchMode,
+        role: ImageRole,
         cancel: &Cancellation,
-    ) -> Result<CompareOutcome, EngineError> {
-        self.compare_calls.fetch_add(1, Ordering::SeqCst);
-        match job.probe.as_slice() {
+    ) -> SubjectResult {
+        self.embed_calls.fetch_add(1, Ordering::SeqCst);
+        match image {
             b"block" => self.gate.hold(),
             b"panic" => panic!("fake engine panicked"),
             // A long stage that checks its cancellation, as the real engine's decode and
@@ -55,38 +60,47 @@ impl MatchEngine for FakeEngine {
                 }
                 self.stopped.fetch_add(1, Ordering::SeqCst);
             }
+            // Waits (checking its cancellation) until another image of the request runs at the
+            // same time: only a request spread over two workers gets past it.
+            b"pair" => {
+                self.pairing.fetch_add(1, Ordering::SeqCst);
+                while self.pairing.load(Ordering::SeqCst) < 2 {
+                    cancel.check()?;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             b"noface" => {
-                return Err(EngineError::Probe(FaceRejection::new(
+                return Ok(Err(FaceRejection::new(
                     FaceIssueReason::NoFaceDetected,
                     "no face found",
+                )));
+            }
+            b"small" => {
+                return Ok(Err(FaceRejection::new(
+                    FaceIssueReason::FaceTooSmall,
+                    "31 px",
                 )));
             }
             _ => {}
         }
         cancel.check()?;
-        let gallery = job
-            .gallery
-            .iter()
-            .map(|item| match item.as_slice() {
-                b"noface" => Err(FaceRejection::new(FaceIssueReason::NoFaceDetected, "none")),
-                b"small" => Err(FaceRejection::new(FaceIssueReason::FaceTooSmall, "31 px")),
-                other => {
-                    let text = std::str::from_utf8(other).unwrap_or("");
-                    let similarity = text
-                        .strip_prefix("cos:")
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0.9);
-                    Ok(GalleryMatch {
-                        face: face(1.0),
-                        similarity,
-                    })
-                }
-            })
-            .collect();
-        Ok(CompareOutcome {
-            probe_face: face(0.0),
-            gallery,
-        })
+        // The probe's embedding is the unit x axis: a gallery image's cosine with it is the
+        // first coordinate of its own unit embedding.
+        let (face_x, cosine) = match role {
+            ImageRole::Probe => (0.0, 1.0),
+            ImageRole::Gallery => {
+                let text = std::str::from_utf8(image).unwrap_or("");
+                let cosine = text
+                    .strip_prefix("cos:")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0.9_f32);
+                (1.0, cosine)
+            }
+        };
+        Ok(Ok(SubjectEmbedding {
+            face: face(face_x),
+            embedding: vec![cosine, (1.0 - cosine * cosine).sqrt()],
+        }))
     }
 
     fn warm_up(&self) -> Result<(), EngineError> {
@@ -133,7 +147,8 @@ const MAX_IMAGE_BYTES: usize = 64;
 async fn spawn_app(options: Options) -> TestApp {
     let (gate, lever) = gate();
     let engine = Arc::new(FakeEngine {
-        compare_calls: AtomicUsize::new(0),
+        embed_calls: AtomicUsize::new(0),
+        pairing: AtomicUsize::new(0),
         stopped: AtomicUsize::new(0),
         gate,
         gate_warm_up: options.gate_warm_up,
@@ -202,8 +217,13 @@ async fn compare_returns_calibrated_scores_and_gallery_issues() {
         .await
         .unwrap();
     let calibration = Calibration::builtin().unwrap();
+    let similarity = |index: usize| match &response.gallery[index].outcome {
+        Some(gallery_item_result::Outcome::Match(matched)) => matched.similarity,
+        other => panic!("gallery[{index}] should match: {other:?}"),
+    };
+    assert!((similarity(2) - 0.5).abs() < 1e-6, "{}", similarity(2));
     assert_eq!(response.best_index, 2);
-    assert_eq!(response.best_score, calibration.score(0.5));
+    assert_eq!(response.best_score, calibration.score(similarity(2)));
     assert_eq!(response.calibration, calibration.id());
     assert_eq!(response.probe_face, Some(face(0.0)));
     assert_eq!(response.gallery.len(), 3);
@@ -213,8 +233,12 @@ async fn compare_returns_calibrated_scores_and_gallery_issues() {
     let Some(gallery_item_result::Outcome::Match(first)) = &response.gallery[0].outcome else {
         panic!("gallery[0] should match");
     };
-    assert_eq!(first.similarity, 0.2);
-    assert_eq!(first.score, calibration.score(0.2));
+    assert!(
+        (first.similarity - 0.2).abs() < 1e-6,
+        "{}",
+        first.similarity
+    );
+    assert_eq!(first.score, calibration.score(first.similarity));
     let Some(gallery_item_result::Outcome::Issue(issue)) = &response.gallery[1].outcome else {
         panic!("gallery[1] should be an issue");
     };
@@ -280,7 +304,7 @@ async fn malformed_requests_are_rejected_before_inference() {
         assert_eq!(reason, field_reason);
         assert_eq!(violations, [(field.to_owned(), field_reason.to_owned())]);
     }
-    assert_eq!(app.engine.compare_calls.load(Ordering::SeqCst), 0);
+    assert_eq!(app.engine.embed_calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
@@ -318,6 +342,121 @@ async fn full_queue_answers_resource_exhausted_at_once() {
     within(blocked).await.unwrap().unwrap();
     let (queued, _) = within(results.recv()).await.unwrap();
     queued.unwrap();
+}
+
+#[tokio::test]
+async fn one_request_spreads_over_idle_workers() {
+    let app = spawn_app(Options {
+        threads: 2,
+        ..Options::default()
+    })
+    .await;
+    // Each `pair` image waits for the other: on one worker this would run into the deadline.
+    let mut paired = tonic::Request::new(request(b"pair", &[b"pair"]));
+    paired.set_timeout(Duration::from_secs(5));
+    let response = within(app.service.client().compare(paired))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.gallery.len(), 1);
+    assert_eq!(app.engine.embed_calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_takes_one_place_in_the_queue_whatever_its_gallery_size() {
+    let mut app = spawn_app(Options::one_worker_and_queue(1)).await;
+    let blocked = occupy_worker(&mut app).await;
+    // Five jobs wait in a queue of one request: admitted, not refused.
+    let mut client = app.service.client();
+    let queued = tokio::spawn(async move {
+        call(client.compare(request(
+            b"face",
+            &[b"cos:0.1", b"cos:0.2", b"cos:0.3", b"cos:0.4"],
+        )))
+        .await
+    });
+    // It is waiting (all its jobs queued behind the blocked request's gallery image): the next
+    // request is refused.
+    within(async {
+        while app.service.pool_stats().queue_depth.load(Ordering::SeqCst) < 6 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    let status = compare(&app, request(b"face", &[b"cos:0.5"]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    app.lever.release();
+    within(blocked).await.unwrap().unwrap();
+    let response = within(queued).await.unwrap().unwrap();
+    assert_eq!(response.best_index, 3);
+}
+
+#[tokio::test]
+async fn the_probe_s_rejection_wins_over_any_gallery_failure() {
+    // As when the images ran one after another (the probe first), on one worker and on two.
+    for threads in [1, 2] {
+        let app = spawn_app(Options {
+            threads,
+            ..Options::default()
+        })
+        .await;
+        let status = compare(&app, request(b"noface", &[b"panic", b"cos:0.5"]))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{threads} workers");
+        assert_eq!(details(&status).0, "no_face_detected");
+    }
+}
+
+#[tokio::test]
+async fn a_failing_image_stops_the_images_after_it() {
+    // Two workers, the probe held: the request still waits for the probe, so the panicking
+    // gallery image (on the other worker) is what stops the spinning image after it, not the
+    // request's end. The answer is the panic's INTERNAL, the first failure in image order (the
+    // spinning image's own "cancelled" comes after it).
+    let mut app = spawn_app(Options {
+        threads: 2,
+        ..Options::default()
+    })
+    .await;
+    let mut client = app.service.client();
+    let answer = app
+        .hold_worker(async move {
+            let mut failing = tonic::Request::new(request(b"block", &[b"panic", b"spin"]));
+            failing.set_timeout(Duration::from_secs(60));
+            call(client.compare(failing)).await
+        })
+        .await;
+    within(async {
+        while app.engine.stopped.load(Ordering::SeqCst) < 1 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    app.lever.release();
+    let status = within(answer).await.unwrap().unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+
+    // One worker: the answer may come before the worker takes the spinning image, which is then
+    // skipped unrun; if it was taken first, it stops at its first check. Either way the worker
+    // is free long before the image's 60 s deadline: the next request, queued behind it, is
+    // answered.
+    let app = spawn_app(Options::default()).await;
+    let mut failing = tonic::Request::new(request(b"face", &[b"panic", b"spin"]));
+    failing.set_timeout(Duration::from_secs(60));
+    let status = within(app.service.client().compare(failing))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Internal);
+    compare(&app, request(b"face", &[b"cos:0.5"]))
+        .await
+        .unwrap();
+    let stats = app.service.pool_stats();
+    let skipped = stats.abandoned.load(Ordering::SeqCst);
+    let stopped = u64::try_from(app.engine.stopped.load(Ordering::SeqCst)).unwrap();
+    assert_eq!(skipped + stopped, 1, "skipped {skipped}, stopped {stopped}");
 }
 
 #[tokio::test]
@@ -372,11 +511,12 @@ async fn deadline_passing_in_the_queue_is_deadline_exceeded_and_never_runs() {
 
     app.lever.release();
     within(blocked).await.unwrap().unwrap();
-    // FIFO: once this one has run, the expired job has been taken from the queue and skipped.
+    // FIFO: once this one has run, the expired jobs have been taken from the queue and skipped:
+    // two images of the blocked request and two of this one ran.
     compare(&app, request(b"face", &[b"cos:0.5"]))
         .await
         .unwrap();
-    assert_eq!(app.engine.compare_calls.load(Ordering::SeqCst), 2);
+    assert_eq!(app.engine.embed_calls.load(Ordering::SeqCst), 4);
 }
 
 #[tokio::test]
@@ -685,6 +825,68 @@ mod real_models {
             (other - reference).abs() < 0.05,
             "against another photo: {other} (full-size original: {reference})"
         );
+    }
+
+    /// The service embeds each image in its own job (one face, or one face and its mirror, per
+    /// forward pass, as `faceproof eval` does); the batched pipeline (every face of the request
+    /// in one pass) gives the same faces and the same cosines to float rounding (the kernels'
+    /// summation order depends on the batch: about 3e-7 on these fixtures).
+    #[test]
+    fn each_image_alone_gives_the_batched_pipeline_s_answer() {
+        let store = ModelStore::at(repo_path("models/store")).unwrap();
+        let pipeline = faceproof_vision::pipeline::MatchPipeline::from_weights(
+            &store.read_verified(ModelName::YuNet).unwrap(),
+            &store.read_verified(ModelName::SFace).unwrap(),
+            VisionMatchSettings::default(),
+        )
+        .unwrap();
+        let engine = engine_with(VisionMatchSettings::default());
+        let never = Cancellation::never();
+        for mode in [SearchMode::Accurate, SearchMode::Fast] {
+            let job = job(mode);
+            let batched = pipeline
+                .compare(&job.probe, &job.gallery, mode, &never)
+                .unwrap()
+                .unwrap();
+            let alone = engine.compare(job, &never).unwrap();
+            assert_eq!(alone.probe_face, batched.probe_face, "{mode:?}");
+            for (one, other) in alone.gallery.iter().zip(&batched.gallery) {
+                match (one, other) {
+                    (Ok(one), Ok(other)) => {
+                        assert_eq!(one.face, other.face, "{mode:?}");
+                        let difference = (one.similarity - other.similarity).abs();
+                        assert!(difference < 2e-6, "{mode:?}: {difference}");
+                    }
+                    (one, other) => assert_eq!(one, other, "{mode:?}"),
+                }
+            }
+            assert!(alone.gallery[2].is_err(), "the third image is not one");
+        }
+    }
+
+    /// `faceproof eval` embeds each image alone (`MatchPipeline::embed_image`), as the service
+    /// now does: its embeddings, hence the scores it reports, are the service's bit for bit.
+    #[test]
+    fn the_service_embeds_each_image_exactly_as_faceproof_eval_does() {
+        let store = ModelStore::at(repo_path("models/store")).unwrap();
+        let pipeline = faceproof_vision::pipeline::MatchPipeline::from_weights(
+            &store.read_verified(ModelName::YuNet).unwrap(),
+            &store.read_verified(ModelName::SFace).unwrap(),
+            VisionMatchSettings::default(),
+        )
+        .unwrap();
+        let engine = engine_with(VisionMatchSettings::default());
+        for mode in [SearchMode::Fast, SearchMode::Accurate] {
+            for image in job(mode).gallery.iter().take(2) {
+                let served = engine
+                    .embed_subject(image, mode, ImageRole::Gallery, &Cancellation::never())
+                    .unwrap()
+                    .unwrap();
+                let evaluated = pipeline.embed_image(image, mode).unwrap().unwrap();
+                assert_eq!(served.embedding, evaluated.embedding, "{mode:?}");
+                assert_eq!(served.face, evaluated.face, "{mode:?}");
+            }
+        }
     }
 
     #[test]

@@ -78,6 +78,44 @@ pub struct CompareOutcome {
     pub gallery: Vec<Result<GalleryMatch, FaceRejection>>,
 }
 
+impl CompareOutcome {
+    /// The comparison of the probe's subject with each gallery image's (or its rejection): the
+    /// cosine of their embeddings.
+    pub fn from_subjects(
+        probe: SubjectEmbedding,
+        gallery: Vec<Result<SubjectEmbedding, FaceRejection>>,
+    ) -> Self {
+        let gallery = gallery
+            .into_iter()
+            .map(|item| {
+                item.map(|subject| GalleryMatch {
+                    similarity: f64::from(cosine_similarity(&probe.embedding, &subject.embedding)),
+                    face: subject.face,
+                })
+            })
+            .collect();
+        Self {
+            probe_face: probe.face,
+            gallery,
+        }
+    }
+}
+
+/// Which side of a comparison an image is on: a probe with a second face nearly as large as its
+/// subject is refused (`multiple_faces_detected`), a gallery image keeps its subject.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageRole {
+    Probe,
+    Gallery,
+}
+
+/// One image's subject, ready to compare: its face (full-resolution pixels) and embedding.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubjectEmbedding {
+    pub face: Face,
+    pub embedding: Vec<f32>,
+}
+
 /// One image through the match pipeline, for the evaluation tools (`faceproof eval`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageEmbedding {
@@ -172,28 +210,53 @@ impl MatchPipeline {
             .intake
             .timer
             .timed(Stage::Embed, || self.embed(&aligned, mode, cancel))?;
-        let Some((probe_embedding, gallery_embeddings)) = embeddings.split_first() else {
-            return Err(internal("embedder returned no rows"));
+        let mut embeddings = embeddings.into_iter();
+        let mut subject = |face: &DetectedFace| {
+            let embedding = embeddings
+                .next()
+                .ok_or_else(|| internal("embedding rows missing"))?;
+            Ok::<_, VisionError>(SubjectEmbedding {
+                face: super::to_proto(face),
+                embedding,
+            })
         };
-        let mut gallery_embeddings = gallery_embeddings.iter();
-        let mut results = Vec::with_capacity(prepared.len());
+        let probe = subject(&probe_face)?;
+        let mut gallery_subjects = Vec::with_capacity(prepared.len());
         for item in prepared {
-            results.push(match item {
-                Ok((_, face)) => {
-                    let embedding = gallery_embeddings
-                        .next()
-                        .ok_or_else(|| internal("embedding rows missing"))?;
-                    Ok(GalleryMatch {
-                        face: super::to_proto(&face),
-                        similarity: f64::from(cosine_similarity(probe_embedding, embedding)),
-                    })
-                }
+            gallery_subjects.push(match item {
+                Ok((_, face)) => Ok(subject(&face)?),
                 Err(rejection) => Err(rejection),
             });
         }
-        Ok(Ok(CompareOutcome {
-            probe_face: super::to_proto(&probe_face),
-            gallery: results,
+        Ok(Ok(CompareOutcome::from_subjects(probe, gallery_subjects)))
+    }
+
+    /// One image's share of a comparison, on its own: decode, detect, subject choice and gates
+    /// (rivals refused for a probe), align, embed. The probe's and each gallery image's, joined
+    /// by [`CompareOutcome::from_subjects`], give [`Self::compare`]'s answer (each embedding
+    /// equals its row of the batched pass), so the matcher can run each image as its own job.
+    pub fn embed_subject(
+        &self,
+        bytes: &[u8],
+        mode: SearchMode,
+        role: ImageRole,
+        cancel: &Cancellation,
+    ) -> PipelineResult<SubjectEmbedding> {
+        let (aligned, face) =
+            or_reject!(self.prepare(bytes, mode, role == ImageRole::Probe, cancel));
+        cancel.check()?;
+        let embedding = self
+            .intake
+            .timer
+            .timed(Stage::Embed, || {
+                self.embed(std::slice::from_ref(&aligned), mode, cancel)
+            })?
+            .into_iter()
+            .next()
+            .ok_or_else(|| internal("embedder returned no rows"))?;
+        Ok(Ok(SubjectEmbedding {
+            face: super::to_proto(&face),
+            embedding,
         }))
     }
 
@@ -224,8 +287,9 @@ impl MatchPipeline {
         }))
     }
 
-    /// Runs every network once (both detectors on a blank frame, the embedder on blank faces in
-    /// both batch shapes a comparison uses) so the first real request is not slow.
+    /// Runs every network once (both detectors on a blank frame, the embedder on a blank face in
+    /// the batch shapes of both modes: one face, and one face with its mirror image) so the first
+    /// real request is not slow.
     pub fn warm_up(&self) -> Result<(), VisionError> {
         let frame = blank_frame()?;
         for detector in [&self.fast_detector, &self.accurate_detector] {
@@ -233,11 +297,9 @@ impl MatchPipeline {
         }
         let face = RgbImage::from_raw(112, 112, vec![128; 112 * 112 * 3])
             .ok_or_else(|| internal("warm-up face"))?;
-        self.embed(
-            &[face.clone(), face],
-            SearchMode::Accurate,
-            &Cancellation::never(),
-        )?;
+        for mode in [SearchMode::Fast, SearchMode::Accurate] {
+            self.embed(std::slice::from_ref(&face), mode, &Cancellation::never())?;
+        }
         Ok(())
     }
 
