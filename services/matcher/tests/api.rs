@@ -827,43 +827,6 @@ mod real_models {
         );
     }
 
-    /// The service embeds each image in its own job (one face, or one face and its mirror, per
-    /// forward pass, as `faceproof eval` does); the batched pipeline (every face of the request
-    /// in one pass) gives the same faces and the same cosines to float rounding (the kernels'
-    /// summation order depends on the batch: about 3e-7 on these fixtures).
-    #[test]
-    fn each_image_alone_gives_the_batched_pipeline_s_answer() {
-        let store = ModelStore::at(repo_path("models/store")).unwrap();
-        let pipeline = faceproof_vision::pipeline::MatchPipeline::from_weights(
-            &store.read_verified(ModelName::YuNet).unwrap(),
-            &store.read_verified(ModelName::SFace).unwrap(),
-            VisionMatchSettings::default(),
-        )
-        .unwrap();
-        let engine = engine_with(VisionMatchSettings::default());
-        let never = Cancellation::never();
-        for mode in [SearchMode::Accurate, SearchMode::Fast] {
-            let job = job(mode);
-            let batched = pipeline
-                .compare(&job.probe, &job.gallery, mode, &never)
-                .unwrap()
-                .unwrap();
-            let alone = engine.compare(job, &never).unwrap();
-            assert_eq!(alone.probe_face, batched.probe_face, "{mode:?}");
-            for (one, other) in alone.gallery.iter().zip(&batched.gallery) {
-                match (one, other) {
-                    (Ok(one), Ok(other)) => {
-                        assert_eq!(one.face, other.face, "{mode:?}");
-                        let difference = (one.similarity - other.similarity).abs();
-                        assert!(difference < 2e-6, "{mode:?}: {difference}");
-                    }
-                    (one, other) => assert_eq!(one, other, "{mode:?}"),
-                }
-            }
-            assert!(alone.gallery[2].is_err(), "the third image is not one");
-        }
-    }
-
     /// `faceproof eval` embeds each image alone (`MatchPipeline::embed_image`), as the service
     /// now does: its embeddings, hence the scores it reports, are the service's bit for bit.
     #[test]

@@ -1,6 +1,7 @@
 //! The match pipeline: decode (EXIF orientation, pixel limit, large JPEGs at reduced scale) ->
-//! detect with YuNet -> subject choice and quality gates -> align to 112x112 -> embed every
-//! usable face of the request in one SFace batch -> cosine.
+//! detect with YuNet -> subject choice and quality gates -> align to 112x112 -> embed -> cosine.
+//! Each image is embedded on its own ([`MatchPipeline::embed_subject`]): the matcher runs them
+//! as separate jobs, and `faceproof eval` and `bench` get the same numbers.
 //!
 //! FAST detects on the image brought down to `fast_detector_side` and embeds each face once;
 //! ACCURATE detects at `accurate_detector_side` and adds the embedding of the mirrored face
@@ -186,7 +187,8 @@ impl MatchPipeline {
 
     /// Compares the probe's subject face with every gallery image; a probe without a usable
     /// face (or with a rival nearly as large) is the rejection. `cancel` is checked inside the
-    /// long stages so abandoned work stops within milliseconds.
+    /// long stages so abandoned work stops within milliseconds. The images run one after
+    /// another on the calling thread; the matcher's answer, which runs them as separate jobs.
     pub fn compare(
         &self,
         probe: &[u8],
@@ -194,39 +196,11 @@ impl MatchPipeline {
         mode: SearchMode,
         cancel: &Cancellation,
     ) -> PipelineResult<CompareOutcome> {
-        let (probe_aligned, probe_face) = or_reject!(self.prepare(probe, mode, true, cancel));
-        let mut prepared = Vec::with_capacity(gallery.len());
+        let probe = or_reject!(self.embed_subject(probe, mode, ImageRole::Probe, cancel));
+        let mut gallery_subjects = Vec::with_capacity(gallery.len());
         for bytes in gallery {
             cancel.check()?;
-            prepared.push(self.prepare(bytes, mode, false, cancel)?);
-        }
-        cancel.check()?;
-
-        let mut aligned = vec![probe_aligned];
-        for (face, _) in prepared.iter().flatten() {
-            aligned.push(face.clone());
-        }
-        let embeddings = self
-            .intake
-            .timer
-            .timed(Stage::Embed, || self.embed(&aligned, mode, cancel))?;
-        let mut embeddings = embeddings.into_iter();
-        let mut subject = |face: &DetectedFace| {
-            let embedding = embeddings
-                .next()
-                .ok_or_else(|| internal("embedding rows missing"))?;
-            Ok::<_, VisionError>(SubjectEmbedding {
-                face: super::to_proto(face),
-                embedding,
-            })
-        };
-        let probe = subject(&probe_face)?;
-        let mut gallery_subjects = Vec::with_capacity(prepared.len());
-        for item in prepared {
-            gallery_subjects.push(match item {
-                Ok((_, face)) => Ok(subject(&face)?),
-                Err(rejection) => Err(rejection),
-            });
+            gallery_subjects.push(self.embed_subject(bytes, mode, ImageRole::Gallery, cancel)?);
         }
         Ok(Ok(CompareOutcome::from_subjects(probe, gallery_subjects)))
     }
@@ -248,12 +222,7 @@ impl MatchPipeline {
         let embedding = self
             .intake
             .timer
-            .timed(Stage::Embed, || {
-                self.embed(std::slice::from_ref(&aligned), mode, cancel)
-            })?
-            .into_iter()
-            .next()
-            .ok_or_else(|| internal("embedder returned no rows"))?;
+            .timed(Stage::Embed, || self.embed_one(&aligned, mode, cancel))?;
         Ok(Ok(SubjectEmbedding {
             face: super::to_proto(&face),
             embedding,
@@ -275,11 +244,7 @@ impl MatchPipeline {
             Ok(prepared) => prepared,
             Err(rejection) => return Ok(Err(rejection)),
         };
-        let embedding = self
-            .embed(std::slice::from_ref(&aligned), mode, &never)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| internal("embedder returned no rows"))?;
+        let embedding = self.embed_one(&aligned, mode, &never)?;
         Ok(Ok(ImageEmbedding {
             embedding,
             face: super::to_proto(&face),
@@ -348,6 +313,19 @@ impl MatchPipeline {
     }
 
     /// One embedding per aligned face; ACCURATE adds the mirrored face's embedding.
+    /// One aligned face's embedding (flip-fused in ACCURATE), as every comparison computes it.
+    fn embed_one(
+        &self,
+        face: &RgbImage,
+        mode: SearchMode,
+        cancel: &Cancellation,
+    ) -> Result<Vec<f32>, VisionError> {
+        self.embed(std::slice::from_ref(face), mode, cancel)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| internal("embedder returned no rows"))
+    }
+
     fn embed(
         &self,
         faces: &[RgbImage],
