@@ -493,7 +493,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(threads, 1);
-        assert!(joined_on.iter().all(|id| *id == joined_on[0]), "{joined_on:?}");
+        assert!(
+            joined_on.iter().all(|id| *id == joined_on[0]),
+            "{joined_on:?}"
+        );
         // One worker: its pool spans every core (the worker and cores - 1 helpers).
         let single = pool(1, 4);
         assert_eq!(single.config().kernel_threads(), cores);
