@@ -213,7 +213,7 @@ pub fn run_in_process(
     gallery: Vec<u8>,
 ) -> anyhow::Result<InProcess> {
     use faceproof_liveness::{CheckJob, LivenessEngine as _};
-    use faceproof_matcher::{CompareJob, MatchEngine as _};
+    use faceproof_matcher::CompareJob;
     use faceproof_proto::common::v1::SearchMode;
     let deadline = || {
         faceproof_imaging::Cancellation::with_deadline(

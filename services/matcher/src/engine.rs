@@ -65,24 +65,6 @@ pub trait MatchEngine: Send + Sync + 'static {
         cancel: &Cancellation,
     ) -> SubjectResult;
 
-    /// The whole comparison on the calling thread, one image after another (in-process tools
-    /// and tests): the answer the service gives by running the images as separate jobs.
-    fn compare(
-        &self,
-        job: CompareJob,
-        cancel: &Cancellation,
-    ) -> Result<CompareOutcome, EngineError> {
-        let probe = self
-            .embed_subject(&job.probe, job.mode, ImageRole::Probe, cancel)?
-            .map_err(EngineError::Probe)?;
-        let mut gallery = Vec::with_capacity(job.gallery.len());
-        for image in &job.gallery {
-            cancel.check()?;
-            gallery.push(self.embed_subject(image, job.mode, ImageRole::Gallery, cancel)?);
-        }
-        Ok(CompareOutcome::from_subjects(probe, gallery))
-    }
-
     /// Runs the whole pipeline once so the first real request is not slow; the service reports
     /// SERVING only after this succeeds.
     fn warm_up(&self) -> Result<(), EngineError>;

@@ -10,7 +10,9 @@ use faceproof_vision::pipeline::{MatchPipeline, MatchSettings, Stage};
 
 use faceproof_proto::common::v1::SearchMode;
 
-use crate::engine::{EngineError, ImageRole, MatchEngine, SubjectResult};
+use crate::engine::{
+    CompareJob, CompareOutcome, EngineError, ImageRole, MatchEngine, SubjectResult,
+};
 use crate::{HostError, MatcherConfig};
 
 /// Settings of the match pipeline (the name the matcher's callers know it by).
@@ -64,6 +66,20 @@ impl VisionMatchEngine {
         Self {
             pipeline: self.pipeline.with_stage_timer(timer),
         }
+    }
+}
+
+impl VisionMatchEngine {
+    /// The whole comparison on the calling thread, one image after another (in-process tools
+    /// and tests): the answer the service gives by running the images as separate jobs.
+    pub fn compare(
+        &self,
+        job: CompareJob,
+        cancel: &Cancellation,
+    ) -> Result<CompareOutcome, EngineError> {
+        self.pipeline
+            .compare(&job.probe, &job.gallery, job.mode, cancel)?
+            .map_err(EngineError::Probe)
     }
 }
 

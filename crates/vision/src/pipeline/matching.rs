@@ -188,7 +188,8 @@ impl MatchPipeline {
     /// Compares the probe's subject face with every gallery image; a probe without a usable
     /// face (or with a rival nearly as large) is the rejection. `cancel` is checked inside the
     /// long stages so abandoned work stops within milliseconds. The images run one after
-    /// another on the calling thread; the matcher's answer, which runs them as separate jobs.
+    /// another on the calling thread; the matcher gives the same answer running each image as
+    /// its own job.
     pub fn compare(
         &self,
         probe: &[u8],
@@ -207,8 +208,8 @@ impl MatchPipeline {
 
     /// One image's share of a comparison, on its own: decode, detect, subject choice and gates
     /// (rivals refused for a probe), align, embed. The probe's and each gallery image's, joined
-    /// by [`CompareOutcome::from_subjects`], give [`Self::compare`]'s answer (each embedding
-    /// equals its row of the batched pass), so the matcher can run each image as its own job.
+    /// by [`CompareOutcome::from_subjects`], give [`Self::compare`]'s answer, so the matcher can
+    /// run each image as its own job.
     pub fn embed_subject(
         &self,
         bytes: &[u8],
@@ -263,7 +264,7 @@ impl MatchPipeline {
         let face = RgbImage::from_raw(112, 112, vec![128; 112 * 112 * 3])
             .ok_or_else(|| internal("warm-up face"))?;
         for mode in [SearchMode::Fast, SearchMode::Accurate] {
-            self.embed(std::slice::from_ref(&face), mode, &Cancellation::never())?;
+            self.embed_one(&face, mode, &Cancellation::never())?;
         }
         Ok(())
     }
@@ -312,32 +313,23 @@ impl MatchPipeline {
         Ok(Ok((aligned, full_resolution_face)))
     }
 
-    /// One embedding per aligned face; ACCURATE adds the mirrored face's embedding.
-    /// One aligned face's embedding (flip-fused in ACCURATE), as every comparison computes it.
+    /// One aligned face's embedding, as every comparison computes it: ACCURATE fuses the face
+    /// with its mirror image, embedded in the same forward pass.
     fn embed_one(
         &self,
         face: &RgbImage,
         mode: SearchMode,
         cancel: &Cancellation,
     ) -> Result<Vec<f32>, VisionError> {
-        self.embed(std::slice::from_ref(face), mode, cancel)?
-            .into_iter()
+        let faces = std::slice::from_ref(face);
+        let rows = if mode == SearchMode::Accurate {
+            self.embedder.embed_flip_fused(faces, cancel)?
+        } else {
+            self.embedder.embed_faces(faces, cancel)?
+        };
+        rows.into_iter()
             .next()
             .ok_or_else(|| internal("embedder returned no rows"))
-    }
-
-    fn embed(
-        &self,
-        faces: &[RgbImage],
-        mode: SearchMode,
-        cancel: &Cancellation,
-    ) -> Result<Vec<Vec<f32>>, VisionError> {
-        // ACCURATE fuses each face with its mirror image, embedded in the same forward pass.
-        if mode == SearchMode::Accurate {
-            self.embedder.embed_flip_fused(faces, cancel)
-        } else {
-            self.embedder.embed_faces(faces, cancel)
-        }
     }
 }
 
